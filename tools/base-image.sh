@@ -52,7 +52,9 @@ build() {
   # The tarball streams straight into docker; nothing is written to the work tree.
   # Customize hooks: an empty machine-id (systemd fills it at boot), no getty on a container,
   # and a policy so that postinst scripts may start services, as on a real host.
-  timeout 900 mmdebstrap --quiet --variant=apt \
+  # Package lists stay in the image: apt works at once in a new container, and roles that
+  # use cache_valid_time refresh them when they are older than that.
+  timeout 900 mmdebstrap --quiet --variant=apt --skip=cleanup/apt/lists \
     --include="$(IFS=,; echo "${packages[*]}")" \
     --customize-hook='echo "" >"$1/etc/machine-id"' \
     --customize-hook='rm -f "$1"/etc/systemd/system/getty.target.wants/*' \

@@ -1,0 +1,140 @@
+"""A minimal RESP2 client for the kit's modules.
+
+The modules run on the managed hosts, which may have no Python Redis library (and Debian 12
+and 13 ship redis-py 4.3 and 6.1, whose reply parsing differs). The handful of commands the
+modules need (INFO, CONFIG, ACL, SENTINEL) are simple request/reply exchanges, so a small
+typed client over a socket keeps the modules dependency-free and identical on every host.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+Reply = Any  # str | int | None | list[Reply]; errors raise ReplyError
+
+
+class ReplyError(Exception):
+    """The server answered with an error reply (-ERR ..., -NOAUTH ..., -WRONGPASS ...)."""
+
+
+class Connection:
+    """One connection to a Redis, Valkey or Sentinel server, authenticated on open."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self.address = f"{host}:{port}"
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._buf = b""
+        if password:
+            if username:
+                self.command("AUTH", username, password)
+            else:
+                self.command("AUTH", password)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def command(self, *args: str | int) -> Reply:
+        """Send one command and return its decoded reply."""
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self._sock.sendall(b"".join(parts))
+        return self._read_reply()
+
+    def _read_line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"{self.address} closed the connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\r\n", 1)
+        return line
+
+    def _read_exact(self, size: int) -> bytes:
+        while len(self._buf) < size + 2:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"{self.address} closed the connection")
+            self._buf += chunk
+        data, self._buf = self._buf[:size], self._buf[size + 2 :]
+        return data
+
+    def _read_reply(self) -> Reply:
+        line = self._read_line()
+        kind, rest = line[:1], line[1:].decode()
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise ReplyError(rest)
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._read_exact(size).decode()
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [self._read_reply() for _ in range(count)]
+        raise ConnectionError(f"{self.address} sent an unexpected reply: {line[:40]!r}")
+
+
+def pairs(reply: list[Reply]) -> dict[str, Reply]:
+    """Turn a flat [key, value, key, value, ...] reply into a dict."""
+    return {str(reply[i]): reply[i + 1] for i in range(0, len(reply) - 1, 2)}
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """Parse an INFO reply ("key:value" lines, "# Section" headers) into a dict."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, value = line.split(":", 1)
+            info[key] = value
+    return info
+
+
+def is_auth_error(error: Exception) -> bool:
+    """True when a reply error means the credentials were refused or required."""
+    message = str(error).upper()
+    return message.startswith(("NOAUTH", "WRONGPASS", "ERR AUTH", "NOPERM")) or (
+        "AUTH" in message and "PASSWORD" in message
+    )
+
+
+def connect_any_auth(
+    host: str, port: int, username: str | None, password: str | None, timeout: float
+) -> Connection:
+    """Connect with the given credentials, or without any when the server has none yet.
+
+    A freshly installed server has no password; after the kit's first run it refuses
+    anonymous clients. Discovery must work in both states.
+    """
+    try:
+        return Connection(host, port, username, password, timeout)
+    except ReplyError as error:
+        if not is_auth_error(error):
+            raise
+        conn = Connection(host, port, None, None, timeout)
+        try:
+            conn.command("PING")
+        except ReplyError:
+            conn.close()
+            raise error from None
+        return conn

@@ -1,0 +1,145 @@
+#!/usr/bin/python
+"""Find the current Redis master: ask the Sentinels first, the data nodes second."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_ha_master
+short_description: Find the current master of a Sentinel-managed Redis or Valkey group
+description:
+  - Asks every reachable Sentinel for the master of O(master_name) and keeps the answer with
+    the highest configuration epoch, so that a re-run after a failover follows the new master.
+  - When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the
+    data nodes; a node that replicas point to is the master.
+  - When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
+  - Read-only; never reports a change.
+options:
+  master_name: {description: Name of the monitored group., type: str, required: true}
+  sentinels: {description: Sentinel addresses., type: list, elements: str, default: []}
+  sentinel_port: {description: Sentinel port., type: int, default: 26379}
+  sentinel_password: {description: Sentinel password (requirepass)., type: str}
+  nodes: {description: Data node addresses., type: list, elements: str, default: []}
+  node_port: {description: Data node port., type: int, default: 6379}
+  node_user: {description: ACL user allowed to run INFO on the nodes., type: str}
+  node_password: {description: Password of O(node_user)., type: str}
+  bootstrap_master: {description: Master to use when nothing is configured yet., type: str, required: true}
+  timeout: {description: Connect and reply timeout in seconds., type: float, default: 1.0}
+author: kit maintainers
+"""
+
+RETURN = r"""
+master_host: {description: Address of the current master., type: str, returned: always}
+master_port: {description: Port of the current master., type: int, returned: always}
+source: {description: "How it was found: sentinel, replication or bootstrap.", type: str, returned: always}
+sentinels_answered: {description: Sentinels that know the group., type: int, returned: always}
+not_answering: {description: Addresses that did not answer., type: list, returned: always}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible.module_utils.kit_redis import (
+    Connection,
+    ReplyError,
+    connect_any_auth,
+    pairs,
+    parse_info,
+)
+
+
+def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
+    answers = []
+    for address in params["sentinels"]:
+        try:
+            with Connection(
+                address,
+                params["sentinel_port"],
+                None,
+                params["sentinel_password"],
+                params["timeout"],
+            ) as conn:
+                state = pairs(conn.command("SENTINEL", "MASTER", params["master_name"]))
+        except ReplyError as error:
+            if "no such master" in str(error).lower():
+                continue
+            unreachable.append(f"{address}:{params['sentinel_port']} ({error})")
+            continue
+        except OSError as error:
+            unreachable.append(f"{address}:{params['sentinel_port']} ({error})")
+            continue
+        answers.append(
+            {
+                "host": state["ip"],
+                "port": int(state["port"]),
+                "epoch": int(state.get("config-epoch", 0)),
+            }
+        )
+    return answers
+
+
+def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
+    masters: list[str] = []
+    pointed_to: list[tuple[str, int]] = []
+    for address in params["nodes"]:
+        try:
+            with connect_any_auth(
+                address,
+                params["node_port"],
+                params["node_user"],
+                params["node_password"],
+                params["timeout"],
+            ) as conn:
+                info = parse_info(conn.command("INFO", "replication"))
+        except (OSError, ReplyError) as error:
+            unreachable.append(f"{address}:{params['node_port']} ({error})")
+            continue
+        if info.get("role") == "slave":
+            pointed_to.append((info["master_host"], int(info["master_port"])))
+        elif int(info.get("connected_slaves", "0")) > 0:
+            masters.append(address)
+    if pointed_to:
+        # The address most replicas follow; ties go to the first one seen.
+        return max(pointed_to, key=pointed_to.count)
+    if len(masters) == 1:
+        return masters[0], params["node_port"]
+    return None
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "master_name": {"type": "str", "required": True},
+            "sentinels": {"type": "list", "elements": "str", "default": []},
+            "sentinel_port": {"type": "int", "default": 26379},
+            "sentinel_password": {"type": "str", "no_log": True},
+            "nodes": {"type": "list", "elements": "str", "default": []},
+            "node_port": {"type": "int", "default": 6379},
+            "node_user": {"type": "str"},
+            "node_password": {"type": "str", "no_log": True},
+            "bootstrap_master": {"type": "str", "required": True},
+            "timeout": {"type": "float", "default": 1.0},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    unreachable: list[str] = []
+    answers = ask_sentinels(params, unreachable)
+    result: dict = {"changed": False, "sentinels_answered": len(answers)}
+    if answers:
+        best = max(answers, key=lambda a: (a["epoch"], answers.count(a)))
+        result.update(master_host=best["host"], master_port=best["port"], source="sentinel")
+    else:
+        found = ask_nodes(params, unreachable)
+        if found:
+            result.update(master_host=found[0], master_port=found[1], source="replication")
+        else:
+            result.update(
+                master_host=params["bootstrap_master"],
+                master_port=params["node_port"],
+                source="bootstrap",
+            )
+    result["not_answering"] = unreachable
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

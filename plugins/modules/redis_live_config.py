@@ -1,0 +1,189 @@
+#!/usr/bin/python
+"""Reconcile a running Redis or Valkey server with the wanted configuration."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_live_config
+short_description: Apply settings and replication to a running Redis or Valkey server
+description:
+  - Compares each wanted setting with the live value (C(CONFIG GET)), applies only the ones
+    that differ (C(CONFIG SET)) and persists them with C(CONFIG REWRITE). Reports a change
+    only when a live value differed, so a file that the server rewrites itself (as Redis does
+    when Sentinel reconfigures it) never makes a run report changes.
+  - Settings the server refuses to change at runtime (immutable ones) are written into
+    O(config_file) instead and returned in RV(restart_required).
+  - Points the server at O(replicaof) when it is a replica of another master or a master.
+    A server that should be the master is promoted only with O(promote), because after
+    bootstrap Sentinel, not Ansible, decides who is master.
+options:
+  login_host: {description: Server address., type: str, default: 127.0.0.1}
+  login_port: {description: Server port., type: int, default: 6379}
+  login_user: {description: ACL user with CONFIG and REPLICAOF rights., type: str}
+  login_password: {description: Password of O(login_user)., type: str}
+  config: {description: Wanted settings (name to value, as in the config file)., type: dict, default: {}}
+  secret_config: {description: Like O(config) but never shown in output or diffs., type: dict, default: {}}
+  replicaof: {description: "Master to follow (host, port); omit on the master.", type: dict}
+  promote: {description: Turn a replica into a master when O(replicaof) is omitted., type: bool, default: false}
+  config_file: {description: Config file for settings that cannot change at runtime., type: path}
+  acl_load:
+    description:
+      - Reload the ACL file (C(ACL LOAD)) first. When the server refuses O(login_user) (its
+        password just changed in that file), nothing else is done and RV(restart_required)
+        names C(aclfile): a restart loads the new users.
+    type: bool
+    default: false
+author: kit maintainers
+"""
+
+RETURN = r"""
+changes: {description: Settings that differed (secret values masked)., type: list, returned: always}
+restart_required: {description: Immutable settings written to the file; a restart applies them., type: list, returned: always}
+role: {description: Replication role after the run., type: str, returned: always}
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible.module_utils.kit_redis import Connection, ReplyError, is_auth_error, parse_info
+
+_UNITS = {"k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+_MEMORY = re.compile(r"^(\d+)(k|kb|m|mb|g|gb)$", re.IGNORECASE)
+
+
+def normalize(value: object) -> str:
+    """The form CONFIG GET answers in: memory units as bytes, lower-case words, single spaces."""
+    text = " ".join(str(value).split())
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    match = _MEMORY.match(text)
+    if match:
+        return str(int(match.group(1)) * _UNITS[match.group(2).lower()])
+    return text.lower() if text.lower() in ("yes", "no") else text
+
+
+def write_setting(path: str, key: str, value: str) -> None:
+    """Replace the first `key ...` line of a config file (or append one)."""
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    new_line = f"{key} {value}"
+    for index, line in enumerate(lines):
+        if line.split(" ", 1)[0].lower() == key.lower():
+            lines[index] = new_line
+            break
+    else:
+        lines.append(new_line)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def reconcile_config(module: AnsibleModule, conn: Connection, result: dict) -> bool:
+    wanted = dict(module.params["config"])
+    secret_keys = set(module.params["secret_config"])
+    wanted.update(module.params["secret_config"])
+    changed_live = False
+    for key, value in wanted.items():
+        reply = conn.command("CONFIG", "GET", key)
+        if not reply:
+            module.fail_json(msg=f"the server does not know the setting '{key}'", **result)
+        current = normalize(reply[1])
+        target = normalize(value)
+        if current == target:
+            continue
+        shown = "********" if key in secret_keys else {"before": current, "after": target}
+        result["changes"].append({key: shown})
+        if module.check_mode:
+            continue
+        try:
+            conn.command("CONFIG", "SET", key, str(value))
+            changed_live = True
+        except ReplyError as error:
+            if "immutable" not in str(error).lower() or not module.params["config_file"]:
+                module.fail_json(msg=f"CONFIG SET {key} failed: {error}", **result)
+            write_setting(module.params["config_file"], key, str(value))
+            result["restart_required"].append(key)
+    return changed_live
+
+
+def reconcile_replication(module: AnsibleModule, conn: Connection, result: dict) -> bool:
+    info = parse_info(conn.command("INFO", "replication"))
+    role = info.get("role", "master")
+    wanted = module.params["replicaof"]
+    if wanted:
+        host, port = str(wanted["host"]), int(wanted["port"])
+        if role == "slave" and info.get("master_host") == host and int(info["master_port"]) == port:
+            result["role"] = "replica"
+            return False
+        result["changes"].append({"replicaof": {"before": _describe(info), "after": f"{host} {port}"}})
+        if not module.check_mode:
+            conn.command("REPLICAOF", host, port)
+        result["role"] = "replica"
+        return True
+    if role == "slave" and module.params["promote"]:
+        result["changes"].append({"replicaof": {"before": _describe(info), "after": "no one"}})
+        if not module.check_mode:
+            conn.command("REPLICAOF", "NO", "ONE")
+        result["role"] = "master"
+        return True
+    result["role"] = "master" if role == "master" else "replica"
+    return False
+
+
+def _describe(info: dict[str, str]) -> str:
+    if info.get("role") == "slave":
+        return f"{info.get('master_host')} {info.get('master_port')}"
+    return "no one"
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "login_host": {"type": "str", "default": "127.0.0.1"},
+            "login_port": {"type": "int", "default": 6379},
+            "login_user": {"type": "str"},
+            "login_password": {"type": "str", "no_log": True},
+            "config": {"type": "dict", "default": {}},
+            "secret_config": {"type": "dict", "default": {}, "no_log": True},
+            "replicaof": {
+                "type": "dict",
+                "options": {
+                    "host": {"type": "str", "required": True},
+                    "port": {"type": "int", "default": 6379},
+                },
+            },
+            "promote": {"type": "bool", "default": False},
+            "config_file": {"type": "path"},
+            "acl_load": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    result: dict = {"changed": False, "changes": [], "restart_required": [], "role": ""}
+    try:
+        conn = Connection(p["login_host"], p["login_port"], p["login_user"], p["login_password"])
+    except ReplyError as error:
+        if p["acl_load"] and is_auth_error(error):
+            result.update(changed=True, restart_required=["aclfile"])
+            module.exit_json(**result)
+        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
+    except OSError as error:
+        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
+    try:
+        with conn:
+            if p["acl_load"]:
+                result["changes"].append({"acl": "reloaded"})
+                if not module.check_mode:
+                    conn.command("ACL", "LOAD")
+            config_changed = reconcile_config(module, conn, result)
+            replication_changed = reconcile_replication(module, conn, result)
+            if (config_changed or replication_changed) and not module.check_mode:
+                conn.command("CONFIG", "REWRITE")
+    except (OSError, ReplyError) as error:
+        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
+    result["changed"] = bool(result["changes"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

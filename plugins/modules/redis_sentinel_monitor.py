@@ -1,0 +1,118 @@
+#!/usr/bin/python
+"""Reconcile what a running Sentinel monitors with the wanted settings."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_sentinel_monitor
+short_description: Make a running Sentinel monitor a master group with the wanted settings
+description:
+  - When the Sentinel does not monitor O(master_name) yet, starts monitoring it at
+    O(master_host) with C(SENTINEL MONITOR) and applies every setting.
+  - When it already does, never touches the master address (Sentinel knows the current master
+    better than the inventory after a failover) and applies only the settings whose live value
+    differs, with C(SENTINEL SET). Sentinel persists them in its own config file.
+  - The credentials Sentinel uses for the data nodes cannot be read back through the protocol,
+    so they are compared with the lines Sentinel wrote in O(config_file).
+options:
+  login_host: {description: Sentinel address., type: str, default: 127.0.0.1}
+  login_port: {description: Sentinel port., type: int, default: 26379}
+  login_password: {description: Sentinel password (requirepass)., type: str}
+  master_name: {description: Name of the monitored group., type: str, required: true}
+  master_host: {description: Master address used when the group is not monitored yet., type: str, required: true}
+  master_port: {description: Master port used when the group is not monitored yet., type: int, default: 6379}
+  quorum: {description: Sentinels that must agree that the master is down., type: int, required: true}
+  settings: {description: "Per-group settings (down-after-milliseconds, failover-timeout, parallel-syncs...).", type: dict, default: {}}
+  auth_user: {description: ACL user Sentinel logs in as on the data nodes., type: str}
+  auth_pass: {description: Password of O(auth_user)., type: str}
+  config_file: {description: The Sentinel config file (read only)., type: path, required: true}
+author: kit maintainers
+"""
+
+RETURN = r"""
+changes: {description: Settings that differed (secrets masked)., type: list, returned: always}
+master: {description: Master address as this Sentinel knows it., type: str, returned: always}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible.module_utils.kit_redis import Connection, ReplyError, pairs
+
+
+def file_settings(path: str, name: str) -> dict[str, str]:
+    """The `sentinel auth-user/auth-pass <name> <value>` lines of the config file."""
+    found: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                words = line.split()
+                if len(words) == 4 and words[0] == "sentinel" and words[2] == name:
+                    found[words[1]] = words[3].strip('"')
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "login_host": {"type": "str", "default": "127.0.0.1"},
+            "login_port": {"type": "int", "default": 26379},
+            "login_password": {"type": "str", "no_log": True},
+            "master_name": {"type": "str", "required": True},
+            "master_host": {"type": "str", "required": True},
+            "master_port": {"type": "int", "default": 6379},
+            "quorum": {"type": "int", "required": True},
+            "settings": {"type": "dict", "default": {}},
+            "auth_user": {"type": "str"},
+            "auth_pass": {"type": "str", "no_log": True},
+            "config_file": {"type": "path", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    name = p["master_name"]
+    result: dict = {"changed": False, "changes": [], "master": ""}
+    wanted = {"quorum": str(p["quorum"])}
+    wanted.update({k: str(v) for k, v in p["settings"].items()})
+    try:
+        with Connection(p["login_host"], p["login_port"], None, p["login_password"]) as conn:
+            try:
+                state = pairs(conn.command("SENTINEL", "MASTER", name))
+            except ReplyError as error:
+                if "no such master" not in str(error).lower():
+                    raise
+                state = None
+            updates: list[str] = []
+            if state is None:
+                result["changes"].append({"monitor": f"{p['master_host']} {p['master_port']}"})
+                if not module.check_mode:
+                    conn.command("SENTINEL", "MONITOR", name, p["master_host"], p["master_port"], p["quorum"])
+                for key, value in wanted.items():
+                    if key != "quorum":
+                        updates += [key, value]
+                known = {}
+                result["master"] = f"{p['master_host']}:{p['master_port']}"
+            else:
+                result["master"] = f"{state['ip']}:{state['port']}"
+                for key, value in wanted.items():
+                    if str(state.get(key)) != value:
+                        result["changes"].append({key: {"before": state.get(key), "after": value}})
+                        updates += [key, value]
+                known = file_settings(p["config_file"], name)
+            for key in ("auth-user", "auth-pass"):
+                value = p[key.replace("-", "_")]
+                if value and known.get(key) != value:
+                    if state is not None:
+                        result["changes"].append({key: "********" if key == "auth-pass" else value})
+                    updates += [key, value]
+            if updates and not module.check_mode:
+                conn.command("SENTINEL", "SET", name, *updates)
+    except (OSError, ReplyError) as error:
+        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
+    result["changed"] = bool(result["changes"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
