@@ -11,6 +11,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= $(if $(CI),false,true)
 export PY_COLORS ?= $(if $(CI),0,1)
+# Molecule draws boxes at the terminal width; wide enough that test names stay on one line.
+export COLUMNS ?= 160
 
 # Molecule scenarios run by `make test`, in order (fast feedback first).
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
@@ -49,7 +51,7 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax
 	yamllint --strict .
 	@# Molecule platforms share settings through YAML merge keys, which yamllint checks
 	@# correctly but Ansible's loader reports as duplicate keys: silence only that warning here.
-	ANSIBLE_DUPLICATE_YAML_DICT_KEY=ignore ansible-lint --strict
+	ANSIBLE_DUPLICATE_YAML_DICT_KEY=ignore ANSIBLE_MODULE_UTILS=$(CURDIR)/plugins/module_utils ansible-lint --strict
 	ruff check .
 	ruff format --check .
 	@$(MAKE) syntax

@@ -8,6 +8,7 @@ typed client over a socket keeps the modules dependency-free and identical on ev
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
@@ -45,10 +46,8 @@ class Connection:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
     def command(self, *args: str | int) -> Reply:
         """Send one command and return its decoded reply."""

@@ -14,29 +14,72 @@ description:
   - When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
   - Read-only; never reports a change.
 options:
-  master_name: {description: Name of the monitored group., type: str, required: true}
-  sentinels: {description: Sentinel addresses., type: list, elements: str, default: []}
-  sentinel_port: {description: Sentinel port., type: int, default: 26379}
-  sentinel_password: {description: Sentinel password (requirepass)., type: str}
-  nodes: {description: Data node addresses., type: list, elements: str, default: []}
-  node_port: {description: Data node port., type: int, default: 6379}
-  node_user: {description: ACL user allowed to run INFO on the nodes., type: str}
-  node_password: {description: Password of O(node_user)., type: str}
-  bootstrap_master: {description: Master to use when nothing is configured yet., type: str, required: true}
-  timeout: {description: Connect and reply timeout in seconds., type: float, default: 1.0}
+  master_name:
+    description: "Name of the monitored group."
+    type: str
+    required: true
+  sentinels:
+    description: "Sentinel addresses."
+    type: list
+    elements: str
+    default: []
+  sentinel_port:
+    description: "Sentinel port."
+    type: int
+    default: 26379
+  sentinel_password:
+    description: "Sentinel password (requirepass)."
+    type: str
+  nodes:
+    description: "Data node addresses."
+    type: list
+    elements: str
+    default: []
+  node_port:
+    description: "Data node port."
+    type: int
+    default: 6379
+  node_user:
+    description: "ACL user allowed to run INFO on the nodes."
+    type: str
+  node_password:
+    description: "Password of O(node_user)."
+    type: str
+  bootstrap_master:
+    description: "Master to use when nothing is configured yet."
+    type: str
+    required: true
+  timeout:
+    description: "Connect and reply timeout in seconds."
+    type: float
+    default: 1.0
 author: kit maintainers
 """
 
 RETURN = r"""
-master_host: {description: Address of the current master., type: str, returned: always}
-master_port: {description: Port of the current master., type: int, returned: always}
-source: {description: "How it was found: sentinel, replication or bootstrap.", type: str, returned: always}
-sentinels_answered: {description: Sentinels that know the group., type: int, returned: always}
-not_answering: {description: Addresses that did not answer., type: list, returned: always}
+master_host:
+  description: "Address of the current master."
+  type: str
+  returned: always
+master_port:
+  description: "Port of the current master."
+  type: int
+  returned: always
+source:
+  description: "How it was found: sentinel, replication or bootstrap."
+  type: str
+  returned: always
+sentinels_answered:
+  description: "Sentinels that know the group."
+  type: int
+  returned: always
+not_answering:
+  description: "Addresses that did not answer."
+  type: list
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.kit_redis import (
     Connection,
     ReplyError,

@@ -17,35 +17,66 @@ description:
     A server that should be the master is promoted only with O(promote), because after
     bootstrap Sentinel, not Ansible, decides who is master.
 options:
-  login_host: {description: Server address., type: str, default: 127.0.0.1}
-  login_port: {description: Server port., type: int, default: 6379}
-  login_user: {description: ACL user with CONFIG and REPLICAOF rights., type: str}
-  login_password: {description: Password of O(login_user)., type: str}
-  config: {description: Wanted settings (name to value, as in the config file)., type: dict, default: {}}
-  secret_config: {description: Like O(config) but never shown in output or diffs., type: dict, default: {}}
-  replicaof: {description: "Master to follow (host, port); omit on the master.", type: dict}
-  promote: {description: Turn a replica into a master when O(replicaof) is omitted., type: bool, default: false}
-  config_file: {description: Config file for settings that cannot change at runtime., type: path}
+  login_host:
+    description: "Server address."
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: "Server port."
+    type: int
+    default: 6379
+  login_user:
+    description: "ACL user with CONFIG and REPLICAOF rights."
+    type: str
+  login_password:
+    description: "Password of O(login_user)."
+    type: str
+  config:
+    description: "Wanted settings (name to value, as in the config file)."
+    type: dict
+    default: {}
+  secret_config:
+    description: "Like O(config) but never shown in output or diffs."
+    type: dict
+    default: {}
+  replicaof:
+    description: "Master to follow (host, port); omit on the master."
+    type: dict
+  promote:
+    description: "Turn a replica into a master when O(replicaof) is omitted."
+    type: bool
+    default: false
+  config_file:
+    description: "Config file for settings that cannot change at runtime."
+    type: path
   acl_load:
     description:
       - Reload the ACL file (C(ACL LOAD)) first. When the server refuses O(login_user) (its
         password just changed in that file), nothing else is done and RV(restart_required)
-        names C(aclfile): a restart loads the new users.
+        names C(aclfile); a restart loads the new users.
     type: bool
     default: false
 author: kit maintainers
 """
 
 RETURN = r"""
-changes: {description: Settings that differed (secret values masked)., type: list, returned: always}
-restart_required: {description: Immutable settings written to the file; a restart applies them., type: list, returned: always}
-role: {description: Replication role after the run., type: str, returned: always}
+changes:
+  description: "Settings that differed (secret values masked)."
+  type: list
+  returned: always
+restart_required:
+  description: "Immutable settings written to the file; a restart applies them."
+  type: list
+  returned: always
+role:
+  description: "Replication role after the run."
+  type: str
+  returned: always
 """
 
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.kit_redis import Connection, ReplyError, is_auth_error, parse_info
 
 _UNITS = {"k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}

@@ -15,27 +15,62 @@ description:
   - The credentials Sentinel uses for the data nodes cannot be read back through the protocol,
     so they are compared with the lines Sentinel wrote in O(config_file).
 options:
-  login_host: {description: Sentinel address., type: str, default: 127.0.0.1}
-  login_port: {description: Sentinel port., type: int, default: 26379}
-  login_password: {description: Sentinel password (requirepass)., type: str}
-  master_name: {description: Name of the monitored group., type: str, required: true}
-  master_host: {description: Master address used when the group is not monitored yet., type: str, required: true}
-  master_port: {description: Master port used when the group is not monitored yet., type: int, default: 6379}
-  quorum: {description: Sentinels that must agree that the master is down., type: int, required: true}
-  settings: {description: "Per-group settings (down-after-milliseconds, failover-timeout, parallel-syncs...).", type: dict, default: {}}
-  auth_user: {description: ACL user Sentinel logs in as on the data nodes., type: str}
-  auth_pass: {description: Password of O(auth_user)., type: str}
-  config_file: {description: The Sentinel config file (read only)., type: path, required: true}
+  login_host:
+    description: "Sentinel address."
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: "Sentinel port."
+    type: int
+    default: 26379
+  login_password:
+    description: "Sentinel password (requirepass)."
+    type: str
+  master_name:
+    description: "Name of the monitored group."
+    type: str
+    required: true
+  master_host:
+    description: "Master address used when the group is not monitored yet."
+    type: str
+    required: true
+  master_port:
+    description: "Master port used when the group is not monitored yet."
+    type: int
+    default: 6379
+  quorum:
+    description: "Sentinels that must agree that the master is down."
+    type: int
+    required: true
+  settings:
+    description: "Per-group settings (down-after-milliseconds, failover-timeout, parallel-syncs...)."
+    type: dict
+    default: {}
+  auth_user:
+    description: "ACL user Sentinel logs in as on the data nodes."
+    type: str
+  auth_pass:
+    description: "Password of O(auth_user)."
+    type: str
+  config_file:
+    description: "The Sentinel config file (read only)."
+    type: path
+    required: true
 author: kit maintainers
 """
 
 RETURN = r"""
-changes: {description: Settings that differed (secrets masked)., type: list, returned: always}
-master: {description: Master address as this Sentinel knows it., type: str, returned: always}
+changes:
+  description: "Settings that differed (secrets masked)."
+  type: list
+  returned: always
+master:
+  description: "Master address as this Sentinel knows it."
+  type: str
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.kit_redis import Connection, ReplyError, pairs
 
 

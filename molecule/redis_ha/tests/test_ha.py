@@ -1,0 +1,142 @@
+"""The group as clients and operators see it: replication, Sentinel agreement, auth, and a
+failover followed by a re-run of the playbook and the old master's return.
+
+Each test runs once per group (Redis 7 on Debian 12, Valkey 8 on Debian 13).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kit_checks import Connection, ReplyError, converge, get_host, wait_for
+
+
+def link_up(group, replica: str, master: str) -> bool:
+    info = group.role(replica)
+    return (
+        info.get("role") == "slave"
+        and info.get("master_host") == master
+        and info.get("master_link_status") == "up"
+    )
+
+
+def test_replication_link_is_up_and_a_key_reaches_the_replica(group):
+    master = group.current_master()
+    replicas = [a for a in group.nodes.values() if a != master]
+    assert replicas, "no replica in the group"
+    key, value = f"app:replication-check:{uuid.uuid4()}", str(uuid.uuid4())
+    with group.node(master) as conn:
+        conn.command("SET", key, value)
+        assert conn.command("WAIT", len(replicas), 2000) == len(replicas)
+    for replica in replicas:
+        assert link_up(group, replica, master)
+        with group.node(replica) as conn:
+            assert conn.command("GET", key) == value
+
+
+def test_all_sentinels_name_the_same_master_and_quorum_is_reachable(group):
+    named = group.masters_named()
+    assert len(named) >= 3
+    assert None not in named.values(), named
+    assert len(set(named.values())) == 1, named
+    for address in group.sentinels.values():
+        with group.sentinel(address) as conn:
+            assert conn.command("SENTINEL", "CKQUORUM", group.master_name).startswith("OK")
+
+
+def test_clients_without_credentials_get_noauth(group):
+    targets = [(a, 6379) for a in group.nodes.values()] + [(a, 26379) for a in group.sentinels.values()]
+    for address, port in targets:
+        with (
+            Connection(address, port, timeout=1.0) as conn,
+            pytest.raises(ReplyError, match="NOAUTH"),
+        ):
+            conn.command("PING")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("FLUSHALL",),
+        ("CONFIG", "SET", "maxmemory", "1"),
+        ("KEYS", "*"),
+        ("DEBUG", "SLEEP", "0"),
+        ("SET", "outside", "1"),
+    ],
+    ids=["flushall", "config-set", "keys", "debug", "key-outside-prefix"],
+)
+def test_application_user_is_denied_dangerous_commands(group, command):
+    with (
+        group.node(group.current_master(), user=group.app) as conn,
+        pytest.raises(ReplyError, match=r"NOPERM|not allowed"),
+    ):
+        conn.command(*command)
+
+
+def test_application_user_works_within_its_prefix(group):
+    with group.node(group.current_master(), user=group.app) as conn:
+        assert conn.command("LPUSH", "rq:queue:check", "job") >= 1
+        assert conn.command("LPOP", "rq:queue:check") == "job"
+
+
+def test_failover_rerun_and_return_of_the_old_master(group):
+    old = group.current_master()
+    new = next(a for a in group.nodes.values() if a != old)
+    old_host = get_host(group.host_of(old))
+    wait_for(lambda: link_up(group, new, old), 30, "the replica to be in sync")
+    with group.node(old) as conn:
+        conn.command("SET", "app:before-failover", old)
+        conn.command("WAIT", 1, 2000)
+
+    # 4. SIGKILL the master's server and keep systemd from restarting it (a dead node).
+    started = time.monotonic()
+    kill = old_host.run(
+        f"systemctl mask --runtime {group.service} && systemctl kill --signal=SIGKILL {group.service}"
+    )
+    assert kill.rc == 0, kill.stderr
+    wait_for(lambda: group.role(new).get("role") == "master", 60, f"{new} to be promoted")
+    promoted = time.monotonic() - started
+    wait_for(
+        lambda: set(group.masters_named().values()) == {f"{new}:6379"},
+        30,
+        "all Sentinels to name the new master",
+    )
+    agreed = time.monotonic() - started
+    budget = group.down_after_ms / 1000 + 3
+    print(
+        f"\n{group.name}: replica promoted {promoted:.2f}s after SIGKILL, all Sentinels agreed after "
+        f"{agreed:.2f}s (down-after {group.down_after_ms} ms, budget {budget:.1f}s)"
+    )
+    assert promoted <= budget
+    with group.node(new) as conn:
+        assert conn.command("GET", "app:before-failover") == old
+
+    # 5. Re-run the playbook on every host still alive: nothing changes, the new master stays.
+    recap = converge("--limit", f"{group.name}:!{group.host_of(old)}")
+    assert {h: r["changed"] for h, r in recap.items() if r["changed"]} == {}
+    assert group.role(new)["role"] == "master"
+    assert set(group.masters_named().values()) == {f"{new}:6379"}
+
+    # 6. The old master comes back and rejoins as a replica of the new one (masterauth works).
+    back = old_host.run(
+        f"systemctl unmask --runtime {group.service} && systemctl reset-failed {group.service} "
+        f"&& systemctl start {group.service}"
+    )
+    assert back.rc == 0, back.stderr
+    started = time.monotonic()
+    wait_for(lambda: link_up(group, old, new), 60, f"{old} to rejoin as a replica of {new}")
+    rejoined = time.monotonic() - started
+    print(f"{group.name}: old master back in sync as a replica {rejoined:.2f}s after its start")
+    with group.node(new) as conn:
+        conn.command("SET", "app:after-failover", new)
+        assert conn.command("WAIT", 1, 2000) == 1
+    with group.node(old) as conn:
+        assert conn.command("GET", "app:after-failover") == new
+
+    # And the whole group converges with no change either.
+    recap = converge("--limit", group.name)
+    assert {h: r["changed"] for h, r in recap.items() if r["changed"]} == {}
+    assert group.role(new)["role"] == "master"
+    assert group.role(old)["role"] == "slave"

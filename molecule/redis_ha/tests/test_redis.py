@@ -1,0 +1,71 @@
+"""Data nodes: the service, where it listens, its files and its unit hardening."""
+
+import os
+
+import pytest
+import testinfra.utils.ansible_runner
+from kit_checks import assert_running
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("redis")
+
+
+@pytest.fixture(scope="module")
+def v(host):
+    return host.ansible.get_variables()
+
+
+@pytest.fixture(scope="module")
+def flavor(v):
+    return v["redis_flavor"]
+
+
+def test_service_runs(host, flavor):
+    assert_running(host, f"{flavor}-server")
+
+
+def test_listens_on_private_address_and_localhost_only(host, v):
+    assert host.socket(f"tcp://{v['kit_address']}:6379").is_listening
+    assert host.socket("tcp://127.0.0.1:6379").is_listening
+    assert not host.socket("tcp://0.0.0.0:6379").is_listening
+
+
+def test_files_belong_to_the_service_user(host, flavor):
+    for path in (f"/etc/{flavor}/{flavor}.conf", f"/etc/{flavor}/users.acl"):
+        f = host.file(path)
+        assert f.user == flavor
+        assert not f.mode & 0o007, f"{path} is readable by others ({oct(f.mode)})"
+
+
+def test_acl_file_holds_no_plain_text_password(host, flavor, v):
+    content = host.file(f"/etc/{flavor}/users.acl").content_string
+    for secret in (
+        "redis_acl_admin_password",
+        "redis_acl_replication_password",
+        "redis_acl_sentinel_password",
+    ):
+        assert v[secret] not in content
+    assert "user default off" in content
+
+
+def test_unit_is_at_least_as_hardened_as_debians(host, flavor):
+    unit = f"{flavor}-server.service"
+    ours = host.run(f"systemd-analyze security {unit} --no-pager | tail -n 1").stdout
+    debian = host.run(
+        f"systemd-analyze security --offline=true /lib/systemd/system/{unit} | tail -n 1"
+    ).stdout
+    relaxations = host.run(f"cat /etc/systemd/system/{unit}.d/kit-container.conf").stdout
+    print(f"kit unit: {ours.strip()}\nDebian's unit alone: {debian.strip()}")
+    print(f"container relaxations:\n{relaxations}")
+    score = float(ours.split(":")[1].split()[0])
+    baseline = float(debian.split(":")[1].split()[0])
+    assert score <= baseline
+    assert "PrivateUsers=false" in relaxations
+
+
+def test_persistence_is_aof_everysec_plus_rdb(host, flavor):
+    content = host.file(f"/etc/{flavor}/{flavor}.conf").content_string
+    assert "appendonly yes" in content
+    assert "appendfsync everysec" in content
+    assert "\nsave " in content
