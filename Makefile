@@ -18,7 +18,7 @@ export COLUMNS ?= 160
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
 PLAYBOOKS := $(wildcard site.yml playbooks/*.yml)
 
-.PHONY: help venv engine images dev down test lint syntax test-app molecule bench lock clean
+.PHONY: help venv engine images dev down test lint syntax test-roles test-app molecule bench lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,7 +44,7 @@ dev: venv images ## Deploy the development topology on local containers (localho
 down: ## Remove the development containers, network and volumes
 	@if [ -x tools/dev.sh ]; then tools/dev.sh down; else echo "nothing to remove"; fi
 
-test: lint test-app molecule ## Every check: lint, syntax, app tests, every Molecule scenario
+test: lint test-roles test-app molecule ## Every check: lint, role checks, app tests, every Molecule scenario
 	@echo "==> make test: all checks passed"
 
 lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax check
@@ -60,6 +60,9 @@ syntax: venv ## Syntax-check the playbooks
 	@for pb in $(PLAYBOOKS); do \
 	  ansible-playbook --syntax-check -i localhost, "$$pb" >/dev/null && echo "syntax ok: $$pb"; \
 	done
+
+test-roles: venv ## Role preflight checks (bad input is refused, naming the variable) on the controller
+	pytest -p no:cacheprovider -q tests
 
 test-app: venv ## The queueing app's tests against real redis-server and redis-sentinel
 	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh; else echo "no app/ yet: nothing to test"; fi

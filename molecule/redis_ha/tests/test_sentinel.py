@@ -4,7 +4,7 @@ import hashlib
 import os
 
 import testinfra.utils.ansible_runner
-from kit_checks import assert_running
+from kit_checks import assert_running, exposure
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -27,3 +27,8 @@ def test_sentinel_id_is_derived_from_the_inventory_name(host):
     flavor = v["redis_sentinel_flavor"]
     expected = hashlib.sha1(v["inventory_hostname"].encode()).hexdigest()  # noqa: S324 - an id, not a secret
     assert f"sentinel myid {expected}" in host.file(f"/etc/{flavor}/sentinel.conf").content_string
+
+
+def test_unit_is_at_least_as_hardened_as_debians(host):
+    ours, debian = exposure(host, f"{host.ansible.get_variables()['redis_sentinel_flavor']}-sentinel.service")
+    assert ours <= debian

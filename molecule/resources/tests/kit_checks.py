@@ -94,3 +94,18 @@ def converge(*extra_args: str) -> dict[str, dict[str, int]]:
     if any(r["changed"] for r in recap.values()):
         print("\n".join(changed) or proc.stdout[-20000:])
     return recap
+
+
+def exposure(host: testinfra.host.Host, unit: str) -> tuple[float, float]:
+    """`systemd-analyze security` exposure of the unit as deployed, and of Debian's unit file
+    alone (analysed offline), printing both and the container relaxations applied."""
+
+    def score(output: str) -> float:
+        return float(output.strip().splitlines()[-1].split(":")[1].split()[0])
+
+    ours = host.run(f"systemd-analyze security {unit} --no-pager").stdout
+    vendor = host.run(f"systemd-analyze security --offline=true /lib/systemd/system/{unit}").stdout
+    relaxed = host.run(f"cat /etc/systemd/system/{unit}.d/kit-container.conf 2>/dev/null").stdout
+    print(f"\n{unit}: exposure {score(ours)} as deployed, {score(vendor)} for Debian's unit alone")
+    print("container relaxations: " + (" ".join(relaxed.split("[Service]")[-1].split()) or "none"))
+    return score(ours), score(vendor)
