@@ -78,8 +78,9 @@ molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" t
 bench: venv images ## Speed and memory benchmarks (numbers, not pass/fail)
 	@if [ -x tools/bench.sh ]; then tools/bench.sh; else echo "no benchmarks yet"; fi
 
-lock: ## Re-resolve requirements-dev.txt from its first block (needs the package index)
+lock: venv ## Re-resolve requirements-dev.txt and the app's lock files (needs the package index)
 	@tools/lock.sh
+	@python tools/lock-app.py
 
 clean: ## Remove the venv and caches (images and containers stay: see `make down`)
-	rm -rf $(VENV) .cache .ruff_cache
+	rm -rf $(VENV) .venv-app .cache .ruff_cache

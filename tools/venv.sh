@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Create or update the project virtualenv (.venv/) from requirements-dev.txt.
-# The venv records the hash of the pins it was built from; when the pins did not change,
-# this returns at once and installs nothing.
+# Create or update a virtualenv from pinned requirement files.
+#   tools/venv.sh                         .venv from requirements-dev.txt (the toolchain)
+#   tools/venv.sh .venv-app app/requirements-test.lock   the app's test environment
+# The venv records the hash of the pins it was built from; when they did not change this
+# returns at once and installs nothing. Files with --hash lines install with --require-hashes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=${VENV:-.venv}
-pins=requirements-dev.txt
+venv=${1:-.venv}
+shift || true
+pins=("${@:-requirements-dev.txt}")
 python=${PYTHON:-python3}
-want=$(sha256sum "$pins" | cut -c1-16)
+want=$(cat "${pins[@]}" | sha256sum | cut -c1-16)
 stamp="$venv/.pins-sha256"
 
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
@@ -26,7 +29,10 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "==> Creating $venv with $("$python" --version)"
   "$python" -m venv "$venv"
 fi
-echo "==> Installing the pinned toolchain from $pins into $venv"
-"$venv/bin/python" -m pip install --quiet -r "$pins" 2> >(grep -v 'is ignored' >&2)
+echo "==> Installing ${pins[*]} into $venv"
+args=()
+for f in "${pins[@]}"; do args+=(-r "$f"); done
+# pip warns about the machine's optional local indexes; those lines are noise here.
+"$venv/bin/python" -m pip install --quiet "${args[@]}" 2> >(grep -v 'is ignored: it is neither' >&2)
 echo "$want" >"$stamp"
 echo "==> $venv ready in $(( $(date +%s) - started ))s"

@@ -1,0 +1,144 @@
+"""The HTTP API: enqueue (202), job status, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest
+
+from . import get_store, monitoring
+from .openapi import document
+from .queueing import enqueue, fetch_job
+from .tasks import TASKS, BadArguments, validate_comida
+
+bp = Blueprint("api", __name__)
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+JOB_FIELDS = {"task", "args", "queue", "delay"}
+
+
+def _accepted(result, task_name: str):
+    status_url = url_for("api.job_status", job_id=result.job_id)
+    response = jsonify(
+        {
+            "job_id": result.job_id,
+            "task": task_name,
+            "queue": result.queue,
+            "status": "queued",
+            "status_url": status_url,
+            "replayed": result.replayed,
+        }
+    )
+    response.status_code = 202
+    response.headers["Location"] = status_url
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise BadArguments("Idempotency-Key must be 1 to 200 printable characters")
+    return key
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _queue(name: Any, default: str) -> str:
+    if name is None:
+        return default
+    queues = current_app.config["QUEUES"]
+    if not isinstance(name, str) or name not in queues:
+        raise BadArguments(f"unknown queue {name!r} (queues: {', '.join(queues)})")
+    return name
+
+
+@bp.route("/comer/<comida>", methods=["GET", "POST"])
+def comer(comida: str):
+    """The original notes' example: put one food in the fridge for a worker to eat."""
+    task = TASKS["eat"]
+    kwargs = {"comida": validate_comida(comida, int(current_app.config["MAX_COMIDA_LENGTH"]))}
+    queue = _queue(request.args.get("queue"), task.queue)
+    result = enqueue(
+        get_store(current_app),
+        task,
+        kwargs,
+        queue,
+        idempotency_key=_idempotency_key(),
+        fingerprint=_fingerprint("comer", comida, queue),
+    )
+    return _accepted(result, task.name)
+
+
+@bp.post("/jobs")
+def create_job():
+    """Enqueue a registered task: {"task": ..., "args": [...] or {...}, "queue": ..., "delay": s}."""
+    try:
+        body = request.get_json(force=True, silent=False)
+    except BadRequest:
+        raise BadArguments("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadArguments("the body must be a JSON object")
+    unknown = set(body) - JOB_FIELDS
+    if unknown:
+        raise BadArguments(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    name = body.get("task")
+    if not isinstance(name, str) or name not in TASKS:
+        raise BadArguments(f"unknown task {name!r} (tasks: {', '.join(TASKS)})")
+    task = TASKS[name]
+    kwargs = task.arguments(body.get("args"))
+    queue = _queue(body.get("queue"), task.queue)
+    delay = body.get("delay", 0)
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 30 * 86400:
+        raise BadArguments("'delay' must be a number of seconds between 0 and 2592000")
+    result = enqueue(
+        get_store(current_app),
+        task,
+        kwargs,
+        queue,
+        idempotency_key=_idempotency_key(),
+        fingerprint=_fingerprint("jobs", request.get_data(as_text=True)),
+        delay=float(delay),
+    )
+    return _accepted(result, task.name)
+
+
+@bp.get("/jobs/<job_id>")
+def job_status(job_id: str):
+    if not JOB_ID.match(job_id):
+        raise BadArguments("a job id is 1 to 64 letters, digits, '-' or '_'")
+    job = fetch_job(get_store(current_app), job_id)
+    if job is None:
+        response = jsonify({"error": f"no job {job_id}", "status": 404})
+        response.status_code = 404
+        return response
+    return jsonify(monitoring.describe_job(job))
+
+
+@bp.get("/healthz")
+def healthz():
+    healthy, details = monitoring.health(get_store(current_app))
+    response = jsonify({"status": "ok" if healthy else "unavailable", **details})
+    if not healthy:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER"])
+    return response
+
+
+@bp.get("/metrics")
+def metrics():
+    body = monitoring.prometheus(get_store(current_app))
+    return body, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(document(current_app.config))

@@ -1,0 +1,77 @@
+"""Settings: defaults here, then a TOML file (FRIDGE_CONFIG, written by Ansible), then
+FRIDGE_* environment variables (JSON values), then a test mapping."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    # Redis is reached only through Sentinel.
+    "SENTINELS": ["127.0.0.1:26379"],
+    "SENTINEL_PASSWORD": None,
+    "MASTER_NAME": "kit",
+    "REDIS_USERNAME": None,
+    "REDIS_PASSWORD": None,
+    "SENTINEL_TIMEOUT": 0.5,  # seconds, per Sentinel question
+    "REDIS_CONNECT_TIMEOUT": 1.0,
+    "REDIS_SOCKET_TIMEOUT": 2.0,
+    # A request that meets a failover retries for this long, then answers 503.
+    "RETRY_BUDGET": 5.0,
+    "RETRY_AFTER": 2,
+    # Queues in priority order: a worker takes from the first non-empty one.
+    "QUEUES": ["critical", "default", "low"],
+    # 202 only after the job reached this many replicas (WAIT); 0 turns the check off.
+    "ACK_REPLICAS": 1,
+    "ACK_TIMEOUT_MS": 1000,
+    # Jobs
+    "JOB_TIMEOUT": 180,
+    "JOB_RETRIES": 3,
+    "JOB_RETRY_INTERVALS": [5, 30, 120],
+    "RESULT_TTL": 86400,
+    "FAILURE_TTL": 7 * 86400,
+    "IDEMPOTENCY_TTL": 86400,
+    "EAT_SECONDS": 0.2,
+    # The app's own keys (idempotency, counters, recurring locks) start with this prefix.
+    "KEY_PREFIX": "fridge",
+    # Recurring jobs: [{"name": ..., "task": ..., "args": [...], "every": seconds, "queue": ...}]
+    "RECURRING": [],
+    # Workers: heartbeat every N s; a job whose worker stopped beating for N + grace seconds
+    # is abandoned and retried by the next maintenance pass (every M s).
+    "WORKER_JOB_MONITORING_INTERVAL": 10,
+    "WORKER_HEARTBEAT_GRACE": 30,
+    "WORKER_MAINTENANCE_INTERVAL": 30,
+    "WORKER_TTL": 60,
+    # Requests
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    "MAX_COMIDA_LENGTH": 64,
+}
+
+
+def load(test_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    settings = dict(DEFAULTS)
+    path = os.environ.get("FRIDGE_CONFIG")
+    if path:
+        with open(path, "rb") as handle:
+            settings.update({k.upper(): v for k, v in tomllib.load(handle).items()})
+    settings.update(_from_environment())
+    if test_config:
+        settings.update(test_config)
+    return settings
+
+
+def _from_environment() -> dict[str, Any]:
+    import json
+
+    found: dict[str, Any] = {}
+    for name, raw in os.environ.items():
+        if not name.startswith("FRIDGE_") or name == "FRIDGE_CONFIG":
+            continue
+        key = name.removeprefix("FRIDGE_")
+        try:
+            found[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            found[key] = raw
+    return found

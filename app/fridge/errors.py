@@ -1,0 +1,67 @@
+"""Every error is JSON that names the problem; bad input is 4xx, a failover is 503."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .queueing import IdempotencyConflict, NotDurable
+from .store import Unavailable
+from .tasks import BadArguments
+
+log = logging.getLogger(__name__)
+
+
+def error(status: int, message: str, **extra):
+    response = jsonify({"error": message, "status": status, **extra})
+    response.status_code = status
+    return response
+
+
+def register(app: Flask) -> None:
+    retry_after = str(app.config["RETRY_AFTER"])
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {
+            413: f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+            404: "no such resource",
+            405: "method not allowed here",
+        }
+        response = error(exc.code or 500, messages.get(exc.code or 0, exc.description or exc.name))
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(BadArguments)
+    def bad_arguments(exc: BadArguments):
+        return error(400, str(exc))
+
+    @app.errorhandler(IdempotencyConflict)
+    def conflict(exc: IdempotencyConflict):
+        return error(422, str(exc))
+
+    @app.errorhandler(Unavailable)
+    def unavailable(exc: Unavailable):
+        response = error(503, "the queue is unavailable, retry later", reason=exc.reason)
+        response.headers["Retry-After"] = retry_after
+        return response
+
+    @app.errorhandler(NotDurable)
+    def not_durable(exc: NotDurable):
+        response = error(
+            503,
+            "the job was stored but not yet replicated; retry with the same Idempotency-Key",
+            job_id=exc.job_id,
+            replicas=exc.acked,
+            wanted=exc.wanted,
+        )
+        response.headers["Retry-After"] = retry_after
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error")
+        return error(500, "internal error")
