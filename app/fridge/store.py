@@ -32,7 +32,7 @@ def is_transient(error: BaseException) -> bool:
     """True for errors that a failover explains and a retry may cure."""
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
         return True
-    if isinstance(error, redis.BusyLoadingError | redis.TryAgainError):
+    if isinstance(error, redis.BusyLoadingError | redis.exceptions.TryAgainError):
         return True
     if isinstance(error, redis.ResponseError):
         text = str(error).upper()

@@ -1,0 +1,232 @@
+"""Real Redis for the tests: a master, a replica and three Sentinels on 127.0.0.1, with the
+same ACL users and rules as the kit's `redis` role deploys (read from the role's files)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import yaml
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "redis"
+MASTER_NAME = "kit"
+PASSWORDS = {
+    "admin": "test-admin-pw-8Hn3",
+    "replica": "test-replica-pw-2Kd7",
+    "sentinel": "test-sentinel-acl-5Ws1",
+    "app": "test-app-pw-9Qe4",
+    "sentinel_own": "test-sentinel-pw-4Lm6",
+}
+
+
+def _role_rules() -> dict[str, str]:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    internals = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    return {
+        "app": defaults["redis_acl_app_rules"],
+        "sentinel": " ".join(internals["__redis_acl_sentinel_rules"].split()),
+        "replica": internals["__redis_acl_replication_rules"],
+    }
+
+
+def acl_file(app_keys: tuple[str, ...] = ("rq:*", "fridge:*"), app_channels: tuple[str, ...] = ("rq:*",)) -> str:
+    rules = _role_rules()
+
+    def h(name: str) -> str:
+        return "#" + hashlib.sha256(PASSWORDS[name].encode()).hexdigest()
+
+    keys = " ".join(f"~{k}" for k in app_keys)
+    channels = " ".join(f"&{c}" for c in app_channels)
+    return "\n".join(
+        [
+            "user default off resetkeys resetchannels -@all",
+            f"user kit-admin on {h('admin')} ~* &* +@all",
+            f"user kit-replica on {h('replica')} resetkeys resetchannels -@all {rules['replica']}",
+            f"user kit-sentinel on {h('sentinel')} resetkeys resetchannels -@all {rules['sentinel']}",
+            f"user app on {h('app')} resetkeys resetchannels {keys} {channels} -@all {rules['app']}",
+            "",
+        ]
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (redis.RedisError, OSError) as error:
+            last = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    data_ports: list[int] = field(default_factory=list)
+    sentinel_ports: list[int] = field(default_factory=list)
+    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    down_after_ms: int = 1000
+
+    @property
+    def sentinels(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.sentinel_ports]
+
+    def admin(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, username="kit-admin", password=PASSWORDS["admin"], socket_timeout=2)
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=PASSWORDS["sentinel_own"], socket_timeout=2)
+
+    def master_port(self) -> int:
+        host, port = self.sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER_NAME)
+        return int(port)
+
+    def start(self) -> None:
+        (self.workdir / "users.acl").write_text(acl_file())
+        self.data_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        master = self.data_ports[0]
+        for index, port in enumerate(self.data_ports):
+            data = self.workdir / f"redis-{port}"
+            data.mkdir()
+            conf = data / "redis.conf"
+            lines = [
+                f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"dir {data}", "daemonize no",
+                f"aclfile {self.workdir / 'users.acl'}", "appendonly yes", "appendfsync everysec",
+                'save ""', "masteruser kit-replica", f"masterauth {PASSWORDS['replica']}",
+                "repl-diskless-sync yes", "repl-diskless-sync-delay 0", "logfile redis.log",
+            ]
+            if index:
+                lines.append(f"replicaof 127.0.0.1 {master}")
+            conf.write_text("\n".join(lines) + "\n")
+            self._spawn(port, ["redis-server", str(conf)], data)
+        for port in self.data_ports:
+            wait_until(lambda p=port: self.admin(p).ping(), 10, f"redis on {port}")
+        wait_until(lambda: self.admin(self.data_ports[1]).info("replication")["master_link_status"] == "up",
+                   10, "the replica to sync")
+        for port in self.sentinel_ports:
+            data = self.workdir / f"sentinel-{port}"
+            data.mkdir()
+            conf = data / "sentinel.conf"
+            conf.write_text(
+                "\n".join(
+                    [
+                        f"port {port}", "bind 127.0.0.1", f"dir {data}", "daemonize no", "logfile sentinel.log",
+                        f"requirepass {PASSWORDS['sentinel_own']}",
+                        f"sentinel sentinel-pass {PASSWORDS['sentinel_own']}",
+                        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2",
+                        f"sentinel auth-user {MASTER_NAME} kit-sentinel",
+                        f"sentinel auth-pass {MASTER_NAME} {PASSWORDS['sentinel']}",
+                        f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
+                        f"sentinel failover-timeout {MASTER_NAME} 5000",
+                        f"sentinel parallel-syncs {MASTER_NAME} 1",
+                    ]
+                )
+                + "\n"
+            )
+            self._spawn(port, ["redis-sentinel", str(conf)], data)
+        for port in self.sentinel_ports:
+            wait_until(
+                lambda p=port: (
+                    (m := self.sentinel(p).sentinel_master(MASTER_NAME))["num-other-sentinels"] == 2
+                    and m["num-slaves"] == 1
+                ),
+                20,
+                f"sentinel {port} to see its peers and the replica",
+            )
+
+    def _spawn(self, port: int, cmd: list[str], cwd: Path) -> None:
+        binary = shutil.which(cmd[0])
+        if binary is None:
+            raise RuntimeError(f"{cmd[0]} is not installed (Debian: apt-get install redis-server redis-sentinel)")
+        self.processes[port] = subprocess.Popen(  # noqa: S603 - fixed command
+            [binary, *cmd[1:]], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def restart(self, port: int) -> None:
+        """Start a data node again with its own (possibly Sentinel-rewritten) config."""
+        data = self.workdir / f"redis-{port}"
+        self._spawn(port, ["redis-server", str(data / "redis.conf")], data)
+        wait_until(lambda: self.admin(port).ping(), 10, f"redis on {port} to restart")
+
+    def kill(self, port: int) -> None:
+        proc = self.processes.pop(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def failover(self) -> tuple[int, int]:
+        """SENTINEL FAILOVER; returns (old, new) master ports once every Sentinel agrees."""
+        old = self.master_port()
+        self.sentinel(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        new = wait_until(
+            lambda: (p := self.master_port()) != old and p, 30, "the Sentinels to promote the replica"
+        )
+        wait_until(
+            lambda: all(
+                int(self.sentinel(s).sentinel_get_master_addr_by_name(MASTER_NAME)[1]) == new
+                for s in self.sentinel_ports
+            ),
+            30,
+            "every Sentinel to name the new master",
+        )
+        return old, new
+
+    def wait_healthy(self) -> None:
+        """Master known, replica linked: the state every test starts from."""
+        def healthy() -> bool:
+            master = self.master_port()
+            replica = next(p for p in self.data_ports if p != master)
+            info = self.admin(replica).info("replication")
+            return info.get("master_port") == master and info.get("master_link_status") == "up"
+
+        wait_until(healthy, 60, "the replica to follow the master")
+
+    def flush(self) -> None:
+        self.wait_healthy()
+        master = self.admin(self.master_port())
+        master.flushall()
+        master.execute_command("WAIT", 1, 2000)
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def env_for(cluster: Cluster, **extra) -> dict[str, str]:
+    """The environment a worker process needs to reach this cluster."""
+    import json
+
+    settings = {
+        "SENTINELS": cluster.sentinels,
+        "SENTINEL_PASSWORD": PASSWORDS["sentinel_own"],
+        "MASTER_NAME": MASTER_NAME,
+        "REDIS_USERNAME": "app",
+        "REDIS_PASSWORD": PASSWORDS["app"],
+        **extra,
+    }
+    env = dict(os.environ)
+    env.update({f"FRIDGE_{k}": json.dumps(v) for k, v in settings.items()})
+    return env

@@ -1,0 +1,194 @@
+"""The HTTP API through Flask's test client, against the real Redis cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import wait_for_status
+
+
+def queue_depth(store, name: str = "default") -> int:
+    return store.redis.llen(f"rq:queue:{name}")
+
+
+def test_comer_platano_answers_202_and_a_worker_eats_it(client, workers):
+    workers.start(1)
+    response = client.get("/comer/platano")
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert body["task"] == "eat"
+    assert body["queue"] == "default"
+    assert response.headers["Location"] == body["status_url"] == f"/jobs/{body['job_id']}"
+    done = wait_for_status(client, body["job_id"], {"finished", "failed"})
+    assert done["status"] == "finished", done
+    assert done["result"] == "ate platano"
+    assert done["args"] == {"comida": "platano"}
+    assert done["enqueued_at"] and done["started_at"] and done["ended_at"]
+
+
+def test_post_comer_works_too_and_the_job_is_json_readable_with_redis_cli(client, store):
+    response = client.post("/comer/manzana")
+    assert response.status_code == 202
+    job_id = response.get_json()["job_id"]
+    raw = store.redis.hget(f"rq:job:{job_id}", "data")
+    # The JSON serializer: any client (redis-cli, another language) can read the job.
+    data = json.loads(__import__("zlib").decompress(raw))
+    assert data[0] == "fridge.tasks.eat"
+    assert data[3] == {"comida": "manzana"}
+
+
+def test_post_jobs_runs_a_registered_task_with_list_or_object_args(client, workers):
+    workers.start(1)
+    first = client.post("/jobs", json={"task": "add", "args": [2, 3]})
+    second = client.post("/jobs", json={"task": "add", "args": {"a": 1.5, "b": 1}, "queue": "critical"})
+    assert first.status_code == second.status_code == 202
+    assert second.get_json()["queue"] == "critical"
+    assert wait_for_status(client, first.get_json()["job_id"], {"finished"})["result"] == 5
+    assert wait_for_status(client, second.get_json()["job_id"], {"finished"})["result"] == 2.5
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"task": "os.system", "args": ["id"]}, "unknown task 'os.system'"),
+        ({"task": "eat", "args": ["x"], "queue": "urgent"}, "unknown queue 'urgent'"),
+        ({"task": "eat", "args": []}, "takes 1 argument"),
+        ({"task": "eat", "args": {"food": "x"}}, "has no argument(s) food"),
+        ({"task": "add", "args": ["1", 2]}, "'a' must be a number"),
+        ({"task": "eat", "args": ["x"], "priority": 1}, "unknown field(s): priority"),
+        ([1, 2], "must be a JSON object"),
+        ({"task": "sleep", "args": [5], "delay": -1}, "'delay' must be"),
+    ],
+)
+def test_bad_job_requests_are_400_and_enqueue_nothing(client, admin, body, message):
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+    assert admin.keys("rq:*") == []
+
+
+def test_invalid_json_and_oversized_bodies_are_refused(client, admin):
+    response = client.post("/jobs", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert "not valid JSON" in response.get_json()["error"]
+    big = json.dumps({"task": "eat", "args": ["x" * (65 * 1024)]})
+    response = client.post("/jobs", data=big, content_type="application/json")
+    assert response.status_code == 413
+    assert "larger than 65536 bytes" in response.get_json()["error"]
+    assert admin.keys("rq:*") == []
+
+
+@pytest.mark.parametrize(
+    ("comida", "message"),
+    [(" ", "must not be empty"), ("x" * 65, "longer than 64"), ("pl\x01tano", "non-printable")],
+    ids=["blank", "too-long", "control-character"],
+)
+def test_bad_comida_is_400(client, store, comida, message):
+    response = client.get("/comer/" + comida)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+    assert queue_depth(store) == 0
+
+
+def test_idempotency_key_returns_the_same_job(client, store):
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/comer/pera", headers=headers)
+    again = client.post("/comer/pera", headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["job_id"] == again.get_json()["job_id"]
+    assert again.get_json()["replayed"] is True
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert queue_depth(store) == 1
+    other = client.post("/comer/uva", headers=headers)
+    assert other.status_code == 422
+    assert "different request" in other.get_json()["error"]
+    assert queue_depth(store) == 1
+
+
+def test_job_status_of_unknown_or_malformed_ids(client):
+    assert client.get("/jobs/does-not-exist").status_code == 404
+    response = client.get("/jobs/" + "x" * 65)
+    assert response.status_code == 400
+    assert "job id" in response.get_json()["error"]
+
+
+def test_a_job_that_cannot_be_replicated_in_time_is_not_acknowledged(cluster, settings):
+    from fridge import create_app
+
+    client = create_app({**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200}).test_client()
+    response = client.get("/comer/kiwi", headers={"Idempotency-Key": "kiwi-1"})
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["replicas"] == 1
+    assert body["wanted"] == 2
+    assert "Idempotency-Key" in body["error"]
+    assert response.headers["Retry-After"] == "2"
+
+
+def test_healthz_needs_a_worker(client, workers):
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "no worker is alive"
+    workers.start(1)
+    deadline = __import__("time").monotonic() + 15
+    while client.get("/healthz").status_code != 200:
+        assert __import__("time").monotonic() < deadline, client.get("/healthz").get_json()
+        __import__("time").sleep(0.1)
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok"
+    assert body["workers"] == 1
+    assert body["master"].endswith(str(client.application.extensions["fridge"].master_address()[1]))
+
+
+def test_healthz_is_503_when_no_sentinel_answers(settings):
+    from fridge import create_app
+
+    client = create_app({**settings, "SENTINELS": ["127.0.0.1:1"], "RETRY_BUDGET": 0.5}).test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert "not reachable through Sentinel" in response.get_json()["reason"]
+
+
+def test_enqueue_answers_503_with_retry_after_when_redis_is_unreachable(settings):
+    from fridge import create_app
+
+    client = create_app({**settings, "SENTINELS": ["127.0.0.1:1"], "RETRY_BUDGET": 0.5}).test_client()
+    response = client.get("/comer/platano")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "unavailable" in response.get_json()["error"]
+
+
+def test_metrics_in_prometheus_text_format(client, workers):
+    workers.start(1)
+    job_id = client.get("/comer/fresa").get_json()["job_id"]
+    client.post("/jobs", json={"task": "sleep", "args": [1], "queue": "low", "delay": 3600})
+    wait_for_status(client, job_id, {"finished"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert client.get("/metrics").headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "fridge_redis_up 1" in text
+    for queue in ("critical", "default", "low"):
+        assert f'fridge_queue_depth{{queue="{queue}"}} 0' in text
+    assert 'fridge_jobs_scheduled{queue="low"} 1' in text
+    assert "fridge_jobs_enqueued_total 2" in text
+    assert "fridge_jobs_finished_total 1" in text
+    assert 'fridge_workers{state="idle"} 1' in text or 'fridge_workers{state="busy"} 1' in text
+
+
+def test_openapi_document_describes_the_routes(client):
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) >= {"/comer/{comida}", "/jobs", "/jobs/{job_id}", "/healthz", "/metrics"}
+    assert doc["components"]["schemas"]["NewJob"]["properties"]["task"]["enum"] == [
+        "eat", "sleep", "fail", "flaky", "add"
+    ]
+
+
+def test_unknown_routes_and_methods_answer_json_4xx(client):
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "no such resource"
+    response = client.delete("/jobs")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
