@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     # 202 only after the job reached this many replicas (WAIT); 0 turns the check off.
     "ACK_REPLICAS": 1,
     "ACK_TIMEOUT_MS": 1000,
+    # "available": when no replica is online at all (the only one is down or resyncing after a
+    # failover), acknowledge on the master alone and count it; "strict": answer 503 instead.
+    "ACK_POLICY": "available",
     # Jobs
     "JOB_TIMEOUT": 180,
     "JOB_RETRIES": 3,
@@ -43,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_JOB_MONITORING_INTERVAL": 10,
     "WORKER_HEARTBEAT_GRACE": 30,
     "WORKER_MAINTENANCE_INTERVAL": 30,
+    # A job moved out of its queue by a worker that died before starting it is re-run after
+    # this long (see fetch.py).
+    "WORKER_INTERMEDIATE_GRACE": 30,
     "WORKER_TTL": 60,
     # Requests
     "MAX_CONTENT_LENGTH": 64 * 1024,

@@ -96,11 +96,12 @@ def overview(store: Store) -> dict[str, Any]:
         }
         for w in live_workers(store)
     ]
-    counters = store.redis.mget([store.key("stats", n) for n in ("enqueued", "finished", "failures")])
+    names = ("enqueued", "finished", "failures", "unreplicated")
+    counters = store.redis.mget([store.key("stats", n) for n in names])
     return {
         "queues": queues,
         "workers": workers,
-        "counters": dict(zip(("enqueued", "finished", "failures"), (int(c or 0) for c in counters), strict=True)),
+        "counters": dict(zip(names, (int(c or 0) for c in counters), strict=True)),
     }
 
 
@@ -135,6 +136,7 @@ def prometheus(store: Store) -> str:
         ("enqueued", "Jobs accepted (202) since the counters began."),
         ("finished", "Jobs finished successfully."),
         ("failures", "Job executions that raised (each retry counts)."),
+        ("unreplicated", "Jobs acknowledged while no replica was online (ACK_POLICY=available)."),
     ):
         metric = f"fridge_jobs_{name}_total"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from rq import Queue, Retry
+from rq import Queue, Retry  # noqa: F401 - Queue re-exported for type hints
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from .fetch import FridgeQueue
 from .store import Store, Unavailable
 from .tasks import ALLOWED_PATHS, Task
+
+log = logging.getLogger(__name__)
 
 
 class UnknownTask(Exception):
@@ -52,7 +58,7 @@ class Enqueued:
 
 
 def make_queue(store: Store, name: str) -> Queue:
-    return Queue(
+    return FridgeQueue(
         name,
         connection=store.redis,
         serializer=JSONSerializer,
@@ -77,15 +83,42 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
     WAIT covers the writes of the connection it runs on, so it follows a small write (the
     enqueued counter) on the same connection; replication is ordered, so that write reaching
     a replica means the job, written before it, did too.
+
+    ACK_POLICY "strict": fewer than ACK_REPLICAS acknowledgements is a 503 (NotDurable).
+    ACK_POLICY "available" (default): the same, except when no replica is online at all (the
+    only replica is down or still resynchronising after a failover): then the job is
+    acknowledged on the master's AOF alone and counted in fridge_jobs_unreplicated_total,
+    because refusing every write until a replica returns would turn a failover into an outage.
     """
     wanted = int(store.config["ACK_REPLICAS"])
     pipe = store.redis.pipeline(transaction=False)
     pipe.incr(store.key("stats", "replayed" if replayed else "enqueued"))
+    pipe.lpush(store.key("wake"), 1)  # wakes one idle worker at once (see fetch.py)
+    pipe.ltrim(store.key("wake"), 0, 99)
     if wanted > 0:
         pipe.execute_command("WAIT", wanted, int(store.config["ACK_TIMEOUT_MS"]))
     replies = pipe.execute()
-    if wanted > 0 and int(replies[1]) < wanted:
-        raise NotDurable(job_id, int(replies[1]), wanted)
+    acked = int(replies[-1]) if wanted > 0 else 0
+    if wanted <= 0 or acked >= wanted:
+        return
+    if store.config["ACK_POLICY"] == "available":
+        online = online_replicas(store)
+        if online == 0 or acked >= online:
+            if online == 0:
+                store.redis.incr(store.key("stats", "unreplicated"))
+                log.warning("job %s acknowledged without a replica: none is online", job_id)
+            return
+    raise NotDurable(job_id, acked, wanted)
+
+
+def online_replicas(store: Store) -> int:
+    """Replicas of the master that are in sync (state=online), from INFO replication."""
+    info = store.redis.info("replication")
+    return sum(
+        1
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 def enqueue(
@@ -122,7 +155,9 @@ def enqueue(
         }
         try:
             if delay > 0:
-                queue.enqueue_in(timedelta(seconds=delay), task.func, **options)
+                # RQ keeps whole seconds; round up so a job never runs before its delay.
+                at = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
+                queue.enqueue_at(at, task.func, **options)
             else:
                 queue.enqueue(task.func, **options)
         except DuplicateJobError:

@@ -22,6 +22,7 @@ from rq import Worker
 from rq.serializers import JSONSerializer
 
 from . import create_app, get_store, tasks
+from .fetch import FridgeQueue, GracefulIntermediateQueue
 from .queueing import FridgeJob, NotDurable, enqueue, make_queue
 from .store import Store, Unavailable, is_transient
 
@@ -58,6 +59,10 @@ class FridgeWorker(Worker):
                 log.warning("Worker %s: failover under way (%s); reconnecting", self.name, error)
                 self.connection.connection_pool.disconnect()
                 time.sleep(0.5)
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
+        # Every queue is read through its intermediate list (fetch.py), not only single ones.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
     def handle_job_success(self, job, queue, *args: Any, **kwargs: Any):
         result = super().handle_job_success(job, queue, *args, **kwargs)
@@ -134,11 +139,14 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> FridgeWorke
     config = store.config
     FridgeWorker.heartbeat_grace = int(config["WORKER_HEARTBEAT_GRACE"])
     FridgeWorker.stats_prefix = store.key_prefix
+    FridgeQueue.wake_key = store.key("wake")
+    GracefulIntermediateQueue.grace_seconds = float(config["WORKER_INTERMEDIATE_GRACE"])
     return FridgeWorker(
         [make_queue(store, q) for q in queue_names],
         name=name,
         connection=store.redis,
         job_class=FridgeJob,
+        queue_class=FridgeQueue,
         serializer=JSONSerializer,
         worker_ttl=int(config["WORKER_TTL"]),
         job_monitoring_interval=int(config["WORKER_JOB_MONITORING_INTERVAL"]),

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ FAST = {
     "WORKER_JOB_MONITORING_INTERVAL": 1,
     "WORKER_HEARTBEAT_GRACE": 2,
     "WORKER_MAINTENANCE_INTERVAL": 2,
+    "WORKER_INTERMEDIATE_GRACE": 3,
     "WORKER_TTL": 10,
 }
 
@@ -80,44 +82,79 @@ def store(app):
     return app.extensions["fridge"]
 
 
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    parent_of = {int(a): int(b) for a, b in (line.split() for line in out.splitlines())}
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parent_of.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
 class Workers:
     """`fridge-worker` processes, each in its own process group like a systemd unit's cgroup."""
 
     def __init__(self, cluster: Cluster, settings: dict) -> None:
         self.cluster, self.settings = cluster, settings
         self.procs: list[subprocess.Popen] = []
+        self.restarts = 0
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def _spawn(self, index: int, args: tuple[str, ...], env: dict) -> subprocess.Popen:
+        return subprocess.Popen(  # noqa: S603 - our own entry point
+            [sys.executable, "-m", "fridge.worker", "--name", f"test-worker-{index}", *args],
+            env=env,
+            start_new_session=True,
+        )
 
     def start(self, count: int = 1, *args: str, **extra) -> list[subprocess.Popen]:
         env = env_for(self.cluster, **{**FAST, **extra})
         env["PYTHONPATH"] = str(APP_DIR)
-        started = []
-        for index in range(count):
-            proc = subprocess.Popen(  # noqa: S603 - our own entry point
-                [sys.executable, "-m", "fridge.worker", "--name", f"test-worker-{index}", *args],
-                env=env,
-                start_new_session=True,
-            )
-            started.append(proc)
+        started = [self._spawn(index, args, env) for index in range(count)]
         self.procs += started
+        self._args, self._env = args, env
         return started
+
+    def supervise(self) -> None:
+        """Restart any worker that exits, one second later: systemd's Restart=always."""
+
+        def loop() -> None:
+            while not self._supervising.wait(0.2):
+                for position, proc in enumerate(self.procs):
+                    if proc.poll() is not None:
+                        time.sleep(1)
+                        self.procs[position] = self._spawn(position, self._args, self._env)
+                        self.restarts += 1
+
+        self._supervisor = threading.Thread(target=loop, daemon=True)
+        self._supervisor.start()
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         if proc.poll() is None:
             proc.send_signal(sig)
 
-    def kill_group(self, proc: subprocess.Popen) -> None:
-        """SIGKILL the worker and its work horse at once (a machine or cgroup kill)."""
-        os.killpg(proc.pid, signal.SIGKILL)
+    def kill_all(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the worker and every process under it at once, as `systemctl kill
+        --signal=SIGKILL` does to a unit's cgroup (the work horse has its own process group)."""
+        for pid in [*descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
     def close(self) -> None:
+        self._supervising.set()
+        if self._supervisor:
+            self._supervisor.join()
         for proc in self.procs:
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+                self.kill_all(proc)
 
 
 @pytest.fixture

@@ -113,10 +113,12 @@ def test_job_status_of_unknown_or_malformed_ids(client):
     assert "job id" in response.get_json()["error"]
 
 
-def test_a_job_that_cannot_be_replicated_in_time_is_not_acknowledged(cluster, settings):
+def test_a_job_that_cannot_reach_enough_replicas_is_not_acknowledged(cluster, settings):
     from fridge import create_app
 
-    client = create_app({**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200}).test_client()
+    client = create_app(
+        {**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict"}
+    ).test_client()
     response = client.get("/comer/kiwi", headers={"Idempotency-Key": "kiwi-1"})
     assert response.status_code == 503
     body = response.get_json()
@@ -192,3 +194,12 @@ def test_unknown_routes_and_methods_answer_json_4xx(client):
     response = client.delete("/jobs")
     assert response.status_code == 405
     assert "POST" in response.headers["Allow"]
+
+
+def test_available_policy_acknowledges_with_every_online_replica(settings, admin):
+    from fridge import create_app
+
+    # Two replicas wanted, one exists and acknowledges: "available" accepts, "strict" does not.
+    client = create_app({**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200}).test_client()
+    assert client.get("/comer/mango").status_code == 202
+    assert admin.get("fridge:stats:unreplicated") is None

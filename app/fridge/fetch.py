@@ -1,0 +1,81 @@
+"""Reliable fetch for priority queues.
+
+RQ moves a job atomically into an "intermediate" list (BLMOVE) only when a worker listens on
+a single queue; with several queues it pops with BLPOP, and a job popped by a worker that
+dies (or loses its master) before registering it as started is gone. Here every queue, in
+priority order, is read with LMOVE into its intermediate list, so a popped job is never held
+only in a process's memory. A worker that dies there leaves the job in the list; the
+maintenance pass re-runs it (as a failed attempt, so its retries apply) once it has been
+stuck longer than a grace period.
+
+Idle workers block on a small wake-up list that every enqueue pushes to, and look at the
+queues again at least once a second for jobs that arrive another way (scheduled, retried).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+
+from rq import Queue
+from rq.exceptions import DequeueTimeout
+from rq.intermediate_queue import IntermediateQueue
+from rq.utils import as_text, now
+
+POLL_SECONDS = 1.0
+
+
+class GracefulIntermediateQueue(IntermediateQueue):
+    """RQ's intermediate list with a configurable "stuck" threshold (RQ hard-codes 1 minute)."""
+
+    grace_seconds = 30.0
+
+    def should_be_cleaned_up(self, job_id: str) -> bool:
+        first_seen = self.get_first_seen(job_id)
+        return first_seen is not None and now() - first_seen > timedelta(seconds=self.grace_seconds)
+
+
+class FridgeQueue(Queue):
+    wake_key = "fridge:wake"
+
+    @property
+    def intermediate_queue(self) -> IntermediateQueue:
+        return GracefulIntermediateQueue(self.key, connection=self.connection)
+
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Iterable[Queue],
+        timeout: int | None,
+        connection,
+        job_class=None,
+        serializer=None,
+        death_penalty_class=None,
+    ):
+        queues = list(queues)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for queue in queues:
+                moved = cls.lmove(connection, queue.key, None)
+                if moved is None:
+                    continue
+                queue_key, job_id = map(as_text, moved)
+                fetched = cls._fetch_dequeued_job(
+                    connection,
+                    queue_key,
+                    job_id,
+                    job_class=job_class,
+                    serializer=serializer,
+                    death_penalty_class=death_penalty_class,
+                )
+                if fetched is not None:
+                    return fetched
+                break  # the job hash was gone; look at the queues again from the top
+            else:
+                if deadline is None:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DequeueTimeout(timeout, [q.key for q in queues])
+                connection.blpop([cls.wake_key], timeout=min(remaining, POLL_SECONDS))

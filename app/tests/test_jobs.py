@@ -1,0 +1,104 @@
+"""Job semantics: priority, retries and the failed registry, delays, recurring jobs, the
+task allowlist, and the dashboard's actions on failed jobs."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import wait_for_status
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+
+def test_a_worker_takes_critical_before_default_before_low(client, workers):
+    ids = {}
+    for queue in ("low", "default", "critical"):
+        ids[queue] = [
+            client.post("/jobs", json={"task": "add", "args": [i, 0], "queue": queue}).get_json()["job_id"]
+            for i in range(3)
+        ]
+    workers.start(1, "--burst")
+    started = {}
+    for queue, job_ids in ids.items():
+        for job_id in job_ids:
+            started[job_id] = wait_for_status(client, job_id, {"finished"})["started_at"]
+    order = sorted(started, key=started.get)
+    assert order[:3] == ids["critical"]
+    assert order[3:6] == ids["default"]
+    assert order[6:] == ids["low"]
+
+
+def test_failing_jobs_are_retried_then_land_in_the_failed_registry(client, workers):
+    workers.start(1)
+    job_id = client.post("/jobs", json={"task": "fail", "args": ["boom"]}).get_json()["job_id"]
+    failed = wait_for_status(client, job_id, {"failed"}, timeout=20)
+    assert failed["error"] == "RuntimeError: boom"
+    assert failed["retries_left"] == 0
+    overview = client.get("/dashboard/api/overview").get_json()
+    assert [j["job_id"] for j in overview["failed_jobs"]] == [job_id]
+    assert overview["counters"]["failures"] == 3  # first run + 2 retries (JOB_RETRIES=2)
+
+
+def test_a_flaky_job_succeeds_on_a_retry(client, workers):
+    workers.start(1)
+    job_id = client.post("/jobs", json={"task": "flaky", "args": [2]}).get_json()["job_id"]
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=20)
+    assert done["status"] == "finished", done
+    assert done["result"] == 3
+
+
+def test_dashboard_requeues_and_deletes_failed_jobs(client, workers, admin):
+    workers.start(1)
+    first = client.post("/jobs", json={"task": "fail", "args": ["one"]}).get_json()["job_id"]
+    second = client.post("/jobs", json={"task": "fail", "args": ["two"]}).get_json()["job_id"]
+    wait_for_status(client, first, {"failed"}, timeout=20)
+    wait_for_status(client, second, {"failed"}, timeout=20)
+    page = client.get("/dashboard/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert first in html and second in html and "critical" in html and "RuntimeError: one" in html
+
+    # Actions must come from the dashboard page itself.
+    refused = client.post(f"/dashboard/failed/{first}/delete")
+    assert refused.status_code == 403
+    same_site = {"Origin": "http://localhost"}
+    assert client.post(f"/dashboard/failed/{first}/delete", headers=same_site).status_code == 303
+    assert client.get(f"/jobs/{first}").status_code == 404
+    assert client.post(f"/dashboard/failed/{second}/requeue", headers=same_site).status_code == 303
+    requeued = wait_for_status(client, second, {"started", "queued", "failed"}, timeout=20)
+    assert requeued["status"] in {"started", "queued", "failed"}
+    assert client.post(f"/dashboard/failed/{second}/explode", headers=same_site).status_code == 404
+
+
+def test_delayed_jobs_run_after_their_delay(client, workers):
+    workers.start(1)
+    asked = time.time()
+    job_id = client.post("/jobs", json={"task": "eat", "args": ["higo"], "delay": 2}).get_json()["job_id"]
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "scheduled"
+    done = wait_for_status(client, job_id, {"finished"}, timeout=20)
+    started = __import__("datetime").datetime.fromisoformat(done["started_at"]).timestamp()
+    assert started - asked >= 2
+
+
+def test_recurring_jobs_run_once_per_period_however_many_workers_run(client, workers, admin):
+    schedule = [{"name": "tick", "task": "add", "args": [1, 1], "every": 1, "queue": "critical"}]
+    workers.start(3, RECURRING=schedule)
+    time.sleep(0.5)
+    begin = time.time()
+    time.sleep(4.2)
+    end = time.time()
+    ids = sorted(k.decode().split(":")[-1] for k in admin.keys("rq:job:recurring-tick-*"))
+    slots = [int(i.rsplit("-", 1)[1]) for i in ids]
+    assert len(slots) == len(set(slots)), "a period got two jobs"
+    in_window = [s for s in slots if int(begin) + 1 <= s <= int(end) - 1]
+    assert in_window == list(range(int(begin) + 1, int(end))), (slots, begin, end)
+
+
+def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers, cluster):
+    # Someone with write access to Redis stores a job naming an arbitrary function.
+    queue = Queue("default", connection=cluster.admin(cluster.master_port()), serializer=JSONSerializer)
+    job = queue.enqueue("os.getcwd", job_id="intruder", retry=None)
+    workers.start(1)
+    failed = wait_for_status(client, job.id, {"failed", "finished"}, timeout=20)
+    assert failed["status"] == "failed"
+    assert "not a registered task" in failed["error"]

@@ -1,0 +1,63 @@
+"""Worker processes as systemd runs them: warm shutdown, a SIGKILL mid-job, the procline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import wait_for_status
+
+
+def proc_title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def wait_started(client, job_id: str) -> None:
+    wait_for_status(client, job_id, {"started"}, timeout=15)
+
+
+def test_sigterm_lets_the_running_job_finish(client, workers):
+    (worker,) = workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"]
+    wait_started(client, job_id)
+    worker.send_signal(signal.SIGTERM)  # what systemd sends to the main process (KillMode=mixed)
+    assert worker.wait(timeout=20) == 0
+    done = client.get(f"/jobs/{job_id}").get_json()
+    assert done["status"] == "finished", done
+    assert done["result"] == 2
+
+
+def test_a_job_whose_worker_was_sigkilled_is_retried_and_finished(client, workers):
+    (victim,) = workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [1]}).get_json()["job_id"]
+    wait_started(client, job_id)
+    workers.kill_all(victim)  # worker and work horse die at once, mid-job
+    killed = time.monotonic()
+    workers.start(1)
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=60)
+    print(f"\njob retried and finished {time.monotonic() - killed:.1f}s after its worker was SIGKILLed")
+    assert done["status"] == "finished", done
+    assert done["retries_left"] == 1
+
+
+def test_the_process_title_says_what_the_worker_does(client, workers):
+    (worker,) = workers.start(1)
+    deadline = time.monotonic() + 15
+    while "Listening on" not in proc_title(worker.pid):
+        assert time.monotonic() < deadline, proc_title(worker.pid)
+        time.sleep(0.05)
+    assert proc_title(worker.pid).startswith(f"rq:worker:test-worker-0.{worker.pid}: Listening on critical,default,low")
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"]
+    wait_started(client, job_id)
+    titles = [proc_title(pid) for pid in children(worker.pid)]
+    assert any("Processing fridge.tasks.sleep from low" in title for title in titles), titles
