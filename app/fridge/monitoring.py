@@ -63,7 +63,7 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
         store.retrying(store.redis.ping, budget=2.0)
         host, port = store.master_address()
         workers = store.retrying(lambda: len(live_workers(store)), budget=2.0)
-    except (Unavailable, Exception) as error:  # noqa: BLE001 - any failure is "unhealthy"
+    except (Unavailable, Exception) as error:
         return False, {"reason": f"the Redis master is not reachable through Sentinel: {error}"}
     details = {"master": f"{host}:{port}", "workers": workers}
     if workers == 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rq import Queue, Retry  # noqa: F401 - Queue re-exported for type hints
+from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -32,7 +32,7 @@ class FridgeJob(Job):
     """RQ job that only ever resolves registered task functions."""
 
     @property
-    def func(self):  # noqa: ANN201 - same type as Job.func
+    def func(self):
         if self.func_name not in ALLOWED_PATHS:
             raise UnknownTask(f"refusing to run {self.func_name!r}: not a registered task")
         return super().func
@@ -189,4 +189,12 @@ def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str
     return job_id, True
 
 
-__all__ = ["Enqueued", "IdempotencyConflict", "NotDurable", "Unavailable", "enqueue", "fetch_job", "make_queue"]
+__all__ = [
+    "Enqueued",
+    "IdempotencyConflict",
+    "NotDurable",
+    "Unavailable",
+    "enqueue",
+    "fetch_job",
+    "make_queue",
+]

@@ -104,7 +104,9 @@ class Task:
             args = {}
         if isinstance(args, list):
             if len(args) != len(self.params):
-                raise BadArguments(f"task '{self.name}' takes {len(self.params)} argument(s): {', '.join(self.params)}")
+                raise BadArguments(
+                    f"task '{self.name}' takes {len(self.params)} argument(s): {', '.join(self.params)}"
+                )
             args = dict(zip(self.params, args, strict=True))
         if not isinstance(args, dict):
             raise BadArguments("'args' must be a list or an object")
@@ -120,18 +122,46 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("eat", eat, "default", ("comida",), lambda a: {"comida": validate_comida(a["comida"])},
-             "Eat one food from the fridge."),
-        Task("sleep", sleep, "low", ("seconds",), lambda a: {"seconds": _number(a["seconds"], "seconds", 0, 3600)},
-             "Sleep for a number of seconds."),
-        Task("fail", fail, "default", ("message",), lambda a: {"message": _text(a["message"], "message")},
-             "Always fail with the given message."),
-        Task("flaky", flaky, "default", ("failures",),
-             lambda a: {"failures": int(_number(a["failures"], "failures", 0, 10))},
-             "Fail a number of times, then succeed."),
-        Task("add", add, "default", ("a", "b"),
-             lambda a: {"a": _number(a["a"], "a", -1e12, 1e12), "b": _number(a["b"], "b", -1e12, 1e12)},
-             "Add two numbers."),
+        Task(
+            "eat",
+            eat,
+            "default",
+            ("comida",),
+            lambda a: {"comida": validate_comida(a["comida"])},
+            "Eat one food from the fridge.",
+        ),
+        Task(
+            "sleep",
+            sleep,
+            "low",
+            ("seconds",),
+            lambda a: {"seconds": _number(a["seconds"], "seconds", 0, 3600)},
+            "Sleep for a number of seconds.",
+        ),
+        Task(
+            "fail",
+            fail,
+            "default",
+            ("message",),
+            lambda a: {"message": _text(a["message"], "message")},
+            "Always fail with the given message.",
+        ),
+        Task(
+            "flaky",
+            flaky,
+            "default",
+            ("failures",),
+            lambda a: {"failures": int(_number(a["failures"], "failures", 0, 10))},
+            "Fail a number of times, then succeed.",
+        ),
+        Task(
+            "add",
+            add,
+            "default",
+            ("a", "b"),
+            lambda a: {"a": _number(a["a"], "a", -1e12, 1e12), "b": _number(a["b"], "b", -1e12, 1e12)},
+            "Add two numbers.",
+        ),
     )
 }
 

@@ -157,7 +157,9 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> FridgeWorke
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fridge-worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default=socket.gethostname(), help="worker name prefix (the pid is appended)")
+    parser.add_argument(
+        "--name", default=socket.gethostname(), help="worker name prefix (the pid is appended)"
+    )
     parser.add_argument("--queues", help="comma-separated queues in priority order (default: QUEUES)")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@ client per test, and worker processes started the way systemd starts them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,7 +107,7 @@ class Workers:
         self._supervisor: threading.Thread | None = None
 
     def _spawn(self, index: int, args: tuple[str, ...], env: dict) -> subprocess.Popen:
-        return subprocess.Popen(  # noqa: S603 - our own entry point
+        return subprocess.Popen(
             [sys.executable, "-m", "fridge.worker", "--name", f"test-worker-{index}", *args],
             env=env,
             start_new_session=True,
@@ -142,10 +143,8 @@ class Workers:
         """SIGKILL the worker and every process under it at once, as `systemctl kill
         --signal=SIGKILL` does to a unit's cgroup (the work horse has its own process group)."""
         for pid in [*descendants(proc.pid), proc.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
 
     def close(self) -> None:

@@ -37,7 +37,9 @@ def _role_rules() -> dict[str, str]:
     }
 
 
-def acl_file(app_keys: tuple[str, ...] = ("rq:*", "fridge:*"), app_channels: tuple[str, ...] = ("rq:*",)) -> str:
+def acl_file(
+    app_keys: tuple[str, ...] = ("rq:*", "fridge:*"), app_channels: tuple[str, ...] = ("rq:*",)
+) -> str:
     rules = _role_rules()
 
     def h(name: str) -> str:
@@ -96,7 +98,7 @@ class Cluster:
         return redis.Redis(port=port, password=PASSWORDS["sentinel_own"], socket_timeout=2)
 
     def master_port(self) -> int:
-        host, port = self.sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER_NAME)
+        _, port = self.sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER_NAME)
         return int(port)
 
     def start(self) -> None:
@@ -109,10 +111,20 @@ class Cluster:
             data.mkdir()
             conf = data / "redis.conf"
             lines = [
-                f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"dir {data}", "daemonize no",
-                f"aclfile {self.workdir / 'users.acl'}", "appendonly yes", "appendfsync everysec",
-                'save ""', "masteruser kit-replica", f"masterauth {PASSWORDS['replica']}",
-                "repl-diskless-sync yes", "repl-diskless-sync-delay 0", "logfile redis.log",
+                f"port {port}",
+                "bind 127.0.0.1",
+                "protected-mode yes",
+                f"dir {data}",
+                "daemonize no",
+                f"aclfile {self.workdir / 'users.acl'}",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "masteruser kit-replica",
+                f"masterauth {PASSWORDS['replica']}",
+                "repl-diskless-sync yes",
+                "repl-diskless-sync-delay 0",
+                "logfile redis.log",
             ]
             if index:
                 lines.append(f"replicaof 127.0.0.1 {master}")
@@ -120,8 +132,11 @@ class Cluster:
             self._spawn(port, ["redis-server", str(conf)], data)
         for port in self.data_ports:
             wait_until(lambda p=port: self.admin(p).ping(), 10, f"redis on {port}")
-        wait_until(lambda: self.admin(self.data_ports[1]).info("replication")["master_link_status"] == "up",
-                   10, "the replica to sync")
+        wait_until(
+            lambda: self.admin(self.data_ports[1]).info("replication")["master_link_status"] == "up",
+            10,
+            "the replica to sync",
+        )
         for port in self.sentinel_ports:
             data = self.workdir / f"sentinel-{port}"
             data.mkdir()
@@ -129,7 +144,11 @@ class Cluster:
             conf.write_text(
                 "\n".join(
                     [
-                        f"port {port}", "bind 127.0.0.1", f"dir {data}", "daemonize no", "logfile sentinel.log",
+                        f"port {port}",
+                        "bind 127.0.0.1",
+                        f"dir {data}",
+                        "daemonize no",
+                        "logfile sentinel.log",
                         f"requirepass {PASSWORDS['sentinel_own']}",
                         f"sentinel sentinel-pass {PASSWORDS['sentinel_own']}",
                         f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2",
@@ -156,8 +175,10 @@ class Cluster:
     def _spawn(self, port: int, cmd: list[str], cwd: Path) -> None:
         binary = shutil.which(cmd[0])
         if binary is None:
-            raise RuntimeError(f"{cmd[0]} is not installed (Debian: apt-get install redis-server redis-sentinel)")
-        self.processes[port] = subprocess.Popen(  # noqa: S603 - fixed command
+            raise RuntimeError(
+                f"{cmd[0]} is not installed (Debian: apt-get install redis-server redis-sentinel)"
+            )
+        self.processes[port] = subprocess.Popen(
             [binary, *cmd[1:]], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
@@ -191,6 +212,7 @@ class Cluster:
 
     def wait_healthy(self) -> None:
         """Master known, replica linked: the state every test starts from."""
+
         def healthy() -> bool:
             master = self.master_port()
             replica = next(p for p in self.data_ports if p != master)
@@ -230,3 +252,32 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
     env = dict(os.environ)
     env.update({f"FRIDGE_{k}": json.dumps(v) for k, v in settings.items()})
     return env
+
+
+def main() -> None:
+    """`python tests/redis_cluster.py`: a local master, replica and three Sentinels for
+    development; prints the environment to export for `flask run` and the worker."""
+    import shlex
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="fridge-redis-"))
+    cluster = Cluster(workdir)
+    cluster.start()
+    print(
+        f"# master 127.0.0.1:{cluster.data_ports[0]}, replica 127.0.0.1:{cluster.data_ports[1]}, "
+        f"Sentinels {', '.join(cluster.sentinels)}; data in {workdir}"
+    )
+    for name, value in env_for(cluster).items():
+        if name.startswith("FRIDGE_"):
+            print(f"export {name}={shlex.quote(value)}")
+    print("# Ctrl-C stops them.", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

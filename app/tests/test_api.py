@@ -24,7 +24,7 @@ def test_comer_platano_answers_202_and_a_worker_eats_it(client, workers):
     assert done["status"] == "finished", done
     assert done["result"] == "ate platano"
     assert done["args"] == {"comida": "platano"}
-    assert done["enqueued_at"] and done["started_at"] and done["ended_at"]
+    assert all(done[k] for k in ("enqueued_at", "started_at", "ended_at"))
 
 
 def test_post_comer_works_too_and_the_job_is_json_readable_with_redis_cli(client, store):
@@ -183,7 +183,11 @@ def test_openapi_document_describes_the_routes(client):
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) >= {"/comer/{comida}", "/jobs", "/jobs/{job_id}", "/healthz", "/metrics"}
     assert doc["components"]["schemas"]["NewJob"]["properties"]["task"]["enum"] == [
-        "eat", "sleep", "fail", "flaky", "add"
+        "eat",
+        "sleep",
+        "fail",
+        "flaky",
+        "add",
     ]
 
 

@@ -19,7 +19,7 @@ def test_a_worker_takes_critical_before_default_before_low(client, workers):
         ]
     workers.start(1, "--burst")
     started = {}
-    for queue, job_ids in ids.items():
+    for job_ids in ids.values():
         for job_id in job_ids:
             started[job_id] = wait_for_status(client, job_id, {"finished"})["started_at"]
     order = sorted(started, key=started.get)
@@ -56,7 +56,8 @@ def test_dashboard_requeues_and_deletes_failed_jobs(client, workers, admin):
     page = client.get("/dashboard/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    assert first in html and second in html and "critical" in html and "RuntimeError: one" in html
+    for text in (first, second, "critical", "RuntimeError: one"):
+        assert text in html
 
     # Actions must come from the dashboard page itself.
     refused = client.post(f"/dashboard/failed/{first}/delete")

@@ -18,7 +18,9 @@ def proc_title(pid: int) -> str:
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
     return [int(p) for p in out.stdout.split()]
 
 
@@ -56,7 +58,9 @@ def test_the_process_title_says_what_the_worker_does(client, workers):
     while "Listening on" not in proc_title(worker.pid):
         assert time.monotonic() < deadline, proc_title(worker.pid)
         time.sleep(0.05)
-    assert proc_title(worker.pid).startswith(f"rq:worker:test-worker-0.{worker.pid}: Listening on critical,default,low")
+    assert proc_title(worker.pid).startswith(
+        f"rq:worker:test-worker-0.{worker.pid}: Listening on critical,default,low"
+    )
     job_id = client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"]
     wait_started(client, job_id)
     titles = [proc_title(pid) for pid in children(worker.pid)]
