@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for_status
 from redis_cluster import wait_until
 
 
@@ -75,3 +76,11 @@ def test_failover_under_continuous_enqueueing(app, cluster, workers, how):
         time.sleep(0.5)
     print(f"{how}: worker restarts {workers.restarts}; acknowledged jobs not finished: {len(left)}")
     assert left == [], [client.get(f"/jobs/{j}").get_json() for j in left[:5]]
+
+    # Delayed jobs still run. When the failover killed the worker that held RQ's scheduler
+    # lock (61 s TTL), a restarted worker takes the lock over once it expires.
+    asked = time.monotonic()
+    delayed = client.post("/jobs", json={"task": "add", "args": [1, 2], "delay": 1}).get_json()["job_id"]
+    assert wait_for_status(client, delayed, {"finished"}, timeout=90)["result"] == 3
+    late = time.monotonic() - asked
+    print(f"{how}: a job delayed by 1 s after the failover ran {late:.1f}s after it was asked")

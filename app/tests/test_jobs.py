@@ -103,3 +103,14 @@ def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers,
     failed = wait_for_status(client, job.id, {"failed", "finished"}, timeout=20)
     assert failed["status"] == "failed"
     assert "not a registered task" in failed["error"]
+
+
+def test_a_job_over_its_timeout_is_stopped_and_failed(settings, workers):
+    from fridge import create_app
+
+    client = create_app({**settings, "JOB_TIMEOUT": 1, "JOB_RETRIES": 0}).test_client()
+    workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [30]}).get_json()["job_id"]
+    failed = wait_for_status(client, job_id, {"failed", "finished"}, timeout=20)
+    assert failed["status"] == "failed"
+    assert "JobTimeoutException" in failed["error"]
