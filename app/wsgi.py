@@ -1,5 +1,5 @@
-"""mod_wsgi entry point: `WSGIScriptAlias / .../wsgi.py` finds `application` here."""
+"""mod_wsgi entry point when serving from a source checkout: exposes `application`."""
 
-from fridge import create_app
+from fridge.wsgi import application
 
-application = create_app()
+__all__ = ["application"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lock the app's dependencies: resolve app/requirements*.in for every Python the targets run
+"""Lock the apps' dependencies: resolve <project>/requirements*.in for every Python the targets run
 (3.11 on Debian 12, 3.13 on Debian 13) and write exact versions with the sha256 of every file
 of each version (from the package index's simple pages), so that `pip install --require-hashes`
 verifies wheels for any of those Pythons. Needs the package index; run with `make lock`."""
@@ -92,11 +92,13 @@ def write_lock(target: Path, requirements: list[Path], exclude: dict[str, str]) 
 
 
 def main() -> None:
-    app = ROOT / "app"
-    runtime = write_lock(app / "requirements.lock", [app / "requirements.in"], {})
-    write_lock(
-        app / "requirements-test.lock", [app / "requirements.in", app / "requirements-test.in"], runtime
-    )
+    """Lock app/ (runtime and test), and any other project directory given as an argument."""
+    targets = [Path(arg).resolve() for arg in sys.argv[1:]] or [ROOT / "app", ROOT / "molecule/web/pantry"]
+    for project in targets:
+        runtime = write_lock(project / "requirements.lock", [project / "requirements.in"], {})
+        test_in = project / "requirements-test.in"
+        if test_in.exists():
+            write_lock(project / "requirements-test.lock", [project / "requirements.in", test_in], runtime)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,23 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
         workers = store.retrying(lambda: len(live_workers(store)), budget=2.0)
     except (Unavailable, Exception) as error:
         return False, {"reason": f"the Redis master is not reachable through Sentinel: {error}"}
-    details = {"master": f"{host}:{port}", "workers": workers}
+    details = {"master": f"{host}:{port}", "workers": workers, "versions": versions()}
     if workers == 0:
         return False, {**details, "reason": "no worker is alive"}
     return True, details
+
+
+def versions() -> dict[str, str]:
+    """Versions of the app and of the libraries it runs with (its own virtualenv's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("fridge", "flask", "itsdangerous", "redis", "rq"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def overview(store: Store) -> dict[str, Any]:

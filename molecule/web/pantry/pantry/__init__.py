@@ -1,0 +1,1 @@
+"""pantry: answers which version of its dependency it sees."""
