@@ -78,4 +78,11 @@ class FridgeQueue(Queue):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DequeueTimeout(timeout, [q.key for q in queues])
-                connection.blpop([cls.wake_key], timeout=min(remaining, POLL_SECONDS))
+                try:
+                    connection.blpop([cls.wake_key], timeout=min(remaining, POLL_SECONDS))
+                except BaseException:
+                    # A warm-shutdown signal interrupts the blocking read; the connection, back
+                    # in the pool, still owes a reply and must not serve another command. (The
+                    # pubsub connection is in use, so it is left alone.)
+                    connection.connection_pool.disconnect(inuse_connections=False)
+                    raise

@@ -29,6 +29,21 @@ from .store import Store, Unavailable, is_transient
 log = logging.getLogger("fridge.worker")
 
 
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) the worker's state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as error:
+        log.warning("could not notify systemd: %s", error)
+
+
 class FridgeWorker(Worker):
     """RQ's forking worker with failover-aware dequeueing and a shorter abandonment window."""
 
@@ -38,6 +53,16 @@ class FridgeWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = 5.0  # RQ's default backoff grows to 60 s
+
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        """Registered in Redis: from now on it takes jobs. systemd's start (and so a rolling
+        restart) waits for this moment."""
+        super().register_birth(*args, **kwargs)
+        sd_notify(f"READY=1\nSTATUS=registered as {self.name}")
+
+    def procline(self, message: str) -> None:
+        super().procline(message)
+        sd_notify(f"STATUS={message}")
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a running job stays "started" without a heartbeat before it counts as

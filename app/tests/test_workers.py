@@ -65,3 +65,15 @@ def test_the_process_title_says_what_the_worker_does(client, workers):
     wait_started(client, job_id)
     titles = [proc_title(pid) for pid in children(worker.pid)]
     assert any("Processing fridge.tasks.sleep from low" in title for title in titles), titles
+
+
+def test_an_idle_worker_stops_cleanly_on_sigterm(workers):
+    (worker,) = workers.start(1)
+    deadline = time.monotonic() + 15
+    while "Listening on" not in proc_title(worker.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for _ in range(3):  # whatever it is doing between polls
+        time.sleep(0.37)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0

@@ -72,17 +72,16 @@ def assert_running(host: testinfra.host.Host, unit: str) -> None:
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
+def run_playbook(*extra_args: str, playbook: str = "converge.yml") -> subprocess.CompletedProcess:
+    """Run one of the scenario's playbooks (converge by default) with Molecule's settings."""
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
+    cmd = ["ansible-playbook", "-i", INVENTORY, os.path.join(SCENARIO_DIR, playbook), *extra_args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
 def converge(*extra_args: str) -> dict[str, dict[str, int]]:
     """Run the scenario's converge playbook again; return the PLAY RECAP per host."""
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        INVENTORY,
-        os.path.join(SCENARIO_DIR, "converge.yml"),
-        *extra_args,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    proc = run_playbook(*extra_args)
     recap = {
         m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
         for m in _RECAP.findall(proc.stdout)

@@ -1,0 +1,141 @@
+"""The web tier through Apache: the VirtualHost, its headers, auth, a second app, deploys."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import testinfra.utils.ansible_runner
+from kit_checks import converge, get_host, run_playbook
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("web")
+
+DASHBOARD_USER = ("admin", "dev-dashboard-3d7f1a9c")  # development inventory's value
+
+
+def basic(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_comer_platano_is_accepted_and_eaten_within_5_seconds(http):
+    reply = http.get("/comer/platano")
+    assert reply.status == 202, reply.body
+    job = reply.json()
+    assert reply.headers["Location"] == f"/jobs/{job['job_id']}"
+    started = time.monotonic()
+    done = http.wait_for_job(job["job_id"], {"finished", "failed"}, timeout=5)
+    print(f"\nplatano eaten {time.monotonic() - started:.2f}s after the 202")
+    assert done["status"] == "finished"
+    assert done["result"] == "ate platano"
+
+
+def test_healthz_is_200_and_apache_hides_its_version(http):
+    reply = http.get("/healthz")
+    assert reply.status == 200, reply.body
+    assert reply.json()["workers"] >= 1
+    assert reply.headers["Server"] == "Apache"
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    assert reply.headers["X-Frame-Options"] == "DENY"
+
+
+def test_trace_is_refused(http):
+    assert http.request("TRACE", "/").status == 405
+
+
+def test_oversized_bodies_are_refused_before_the_app(http):
+    reply = http.request("POST", "/jobs", body={"task": "eat", "args": ["x" * 70000]})
+    assert reply.status == 413
+
+
+def test_dashboard_needs_credentials(http):
+    assert http.get("/dashboard/").status == 401
+    assert http.get("/dashboard/", headers=basic("admin", "not-the-password")).status == 401
+    reply = http.get("/dashboard/", headers=basic(*DASHBOARD_USER))
+    assert reply.status == 200
+    assert b"Workers" in reply.body
+
+
+def test_a_second_app_runs_beside_with_its_own_dependency_version(http):
+    fridge = http.get("/healthz").json()["versions"]
+    pantry = http.get("/", headers={"Host": "pantry.localhost"}).json()
+    print(f"\nfridge sees itsdangerous {fridge['itsdangerous']}, pantry sees {pantry['itsdangerous']}")
+    assert pantry["app"] == "pantry"
+    assert fridge["itsdangerous"] == "2.2.0"
+    assert pantry["itsdangerous"] == "2.1.2"
+    assert pantry["python"] == "/srv/pantry/venv"
+
+
+def test_each_app_runs_as_its_own_user(host):
+    daemons = host.run("ps -eo user:20,args | grep '(wsgi:' | grep -v grep").stdout
+    assert any(line.split()[0] == "fridge" and "(wsgi:fridge)" in line for line in daemons.splitlines())
+    assert any(line.split()[0] == "pantry" and "(wsgi:pantry)" in line for line in daemons.splitlines())
+    config = host.file("/etc/fridge/config.toml")
+    assert config.mode == 0o640
+    assert config.group == "fridge"
+
+
+def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
+    """Deploy a changed configuration (mod_wsgi restarts the daemon processes, the workers
+    restart one at a time) while requests keep coming: none fails."""
+    before = {i: host.service(f"fridge-worker@{i}.service").systemd_properties for i in (1, 2)}
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            results.append(http.get("/healthz").status)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        recap = converge(
+            "--limit", "web-app1", "--tags", "wsgi_app,rq_workers", "-e", "kit_app_eat_seconds=0.1"
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    after = {i: host.service(f"fridge-worker@{i}.service").systemd_properties for i in (1, 2)}
+    failed = [status for status in results if status != 200]
+    print(
+        f"\n{len(results)} requests during the deploy, {len(failed)} failed; changes: {recap['web-app1']['changed']}"
+    )
+    assert recap["web-app1"]["changed"] > 0
+    assert failed == []
+    assert len(results) > 50
+    # Rolling restart: every instance has a new process, started one after the other.
+    for i in (1, 2):
+        assert after[i]["MainPID"] != before[i]["MainPID"]
+    assert after[1]["ExecMainStartTimestampMonotonic"] < after[2]["ExecMainStartTimestampMonotonic"]
+    # Put the scenario's own configuration back (and check it converges cleanly).
+    converge("--limit", "web-app1", "--tags", "wsgi_app,rq_workers")
+
+
+def test_a_broken_apache_config_never_takes_the_server_down(http):
+    broken = run_playbook(
+        "--limit", "web-app1", "--tags", "wsgi_app", "-e", "wsgi_app_limit_request_body=not-a-number"
+    )
+    assert broken.returncode != 0, "a broken VirtualHost was accepted"
+    said = " ".join((broken.stdout + broken.stderr).split())
+    assert "configuration test failed, so Apache was NOT reloaded" in said, broken.stdout[-3000:]
+    # Apache was not reloaded with it: the app still answers.
+    assert http.get("/healthz").status == 200
+    assert http.get("/comer/pera").status == 202
+    # A good run puts things right.
+    recap = converge("--limit", "web-app1", "--tags", "wsgi_app")
+    assert recap["web-app1"]["failed"] == 0
+    assert get_host("web-app1").run("apache2ctl configtest").rc == 0
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/apache2/sites-enabled/010-fridge.conf", "/etc/apache2/sites-enabled/060-pantry.conf"]
+)
+def test_virtualhosts_are_enabled(host, path):
+    assert host.file(path).is_symlink

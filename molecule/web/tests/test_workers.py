@@ -1,0 +1,93 @@
+"""Workers under systemd: instances, scaling, warm stop, hardening, logs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import testinfra.utils.ansible_runner
+from kit_checks import assert_running, converge, exposure, wait_for
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("workers")
+
+
+def instances(host, state: str) -> list[str]:
+    out = host.run(
+        f"systemctl list-units --all --plain --no-legend --state={state} 'fridge-worker@*.service'"
+    )
+    return sorted(line.split()[0] for line in out.stdout.splitlines() if line.strip())
+
+
+def test_the_configured_number_of_workers_runs(host):
+    assert_running(host, "fridge-workers.target")
+    for i in (1, 2):
+        assert_running(host, f"fridge-worker@{i}.service")
+    assert instances(host, "running") == ["fridge-worker@1.service", "fridge-worker@2.service"]
+
+
+def test_unit_has_the_lifecycle_settings(host):
+    props = host.service("fridge-worker@1.service").systemd_properties
+    assert props["Restart"] == "always"
+    assert props["KillMode"] == "mixed"
+    assert props["KillSignal"] == "15"
+    # Longer than the job timeout (180 s): a stop lets the running job finish.
+    assert props["TimeoutStopUSec"] == "3min 30s"
+    assert "fridge-workers.target" in props["PartOf"]
+    assert host.run("systemd-analyze verify fridge-worker@1.service").rc == 0
+
+
+def test_lowering_the_count_leaves_exactly_that_many(host):
+    converge("--limit", host.backend.get_hostname(), "--tags", "rq_workers", "-e", "rq_workers_count=3")
+    assert instances(host, "running") == [f"fridge-worker@{i}.service" for i in (1, 2, 3)]
+    converge("--limit", host.backend.get_hostname(), "--tags", "rq_workers", "-e", "rq_workers_count=1")
+    assert instances(host, "running") == ["fridge-worker@1.service"]
+    assert instances(host, "failed") == []
+    assert not host.service("fridge-worker@2.service").is_enabled
+    assert not host.service("fridge-worker@3.service").is_enabled
+    converge("--limit", host.backend.get_hostname(), "--tags", "rq_workers")
+    assert instances(host, "running") == ["fridge-worker@1.service", "fridge-worker@2.service"]
+
+
+def test_sigterm_lets_a_busy_worker_finish_its_5_second_job(host, http):
+    job_id = http.post("/jobs", body={"task": "sleep", "args": [5]}).json()["job_id"]
+    job = http.wait_for_job(job_id, {"started"}, timeout=10)
+    worker = http.get("/dashboard/api/overview", headers=_auth()).json()
+    busy = [w["name"] for w in worker["workers"] if w["current_job"] == job_id]
+    assert busy, worker
+    instance = busy[0].split(".")[0].rsplit("-", 1)[1]  # <host>-<instance>.<pid>
+    started = time.monotonic()
+    stop = host.run(f"systemctl stop fridge-worker@{instance}.service")  # SIGTERM to the main process
+    waited = time.monotonic() - started
+    assert stop.rc == 0
+    done = http.get(f"/jobs/{job_id}").json()
+    print(f"\nstop of fridge-worker@{instance} waited {waited:.1f}s for its job: {done['status']}")
+    assert done["status"] == "finished", done
+    assert job["status"] == "started"
+    host.run(f"systemctl start fridge-worker@{instance}.service")
+    wait_for(
+        lambda: host.service(f"fridge-worker@{instance}.service").is_running, 30, "the worker to start again"
+    )
+
+
+def test_exposure_meets_the_target(host):
+    ours, _ = exposure(host, "fridge-worker@1.service")
+    assert ours <= 2.0
+
+
+def test_each_instance_logs_to_the_journal_under_its_own_name(host):
+    for i in (1, 2):
+        out = host.run(f"journalctl -t fridge-worker-{i} --no-pager -n 50").stdout
+        assert "Listening on" in out or "started with PID" in out, out
+
+
+def test_the_process_title_says_what_each_worker_does(host):
+    titles = host.run("ps -eo args").stdout
+    assert titles.count("Listening on critical,default,low") >= 1, titles
+
+
+def _auth() -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(b"admin:dev-dashboard-3d7f1a9c").decode()}
