@@ -30,11 +30,12 @@ class Http:
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> Reply:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        url = self.base + path  # always http:// to the test host
+        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http:// to the test host, built above
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - see above
                 return Reply(response.status, dict(response.headers), response.read())
         except urllib.error.HTTPError as error:
             return Reply(error.code, dict(error.headers), error.read())

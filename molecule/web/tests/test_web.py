@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -61,9 +62,11 @@ def test_dashboard_needs_credentials(http):
     assert b"Workers" in reply.body
 
 
-def test_a_second_app_runs_beside_with_its_own_dependency_version(http):
+def test_a_second_app_runs_beside_with_its_own_dependency_version(http, host):
     fridge = http.get("/healthz").json()["versions"]
-    pantry = http.get("/", headers={"Host": "pantry.localhost"}).json()
+    pantry = json.loads(
+        host.run("curl -sk --resolve pantry.localhost:443:127.0.0.1 https://pantry.localhost/").stdout
+    )
     print(f"\nfridge sees itsdangerous {fridge['itsdangerous']}, pantry sees {pantry['itsdangerous']}")
     assert pantry["app"] == "pantry"
     assert fridge["itsdangerous"] == "2.2.0"
@@ -104,9 +107,8 @@ def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
             thread.join()
     after = {i: host.service(f"fridge-worker@{i}.service").systemd_properties for i in (1, 2)}
     failed = [status for status in results if status != 200]
-    print(
-        f"\n{len(results)} requests during the deploy, {len(failed)} failed; changes: {recap['web-app1']['changed']}"
-    )
+    changes = recap["web-app1"]["changed"]
+    print(f"\n{len(results)} requests during the deploy, {len(failed)} failed; changes: {changes}")
     assert recap["web-app1"]["changed"] > 0
     assert failed == []
     assert len(results) > 50
@@ -139,3 +141,19 @@ def test_a_broken_apache_config_never_takes_the_server_down(http):
 )
 def test_virtualhosts_are_enabled(host, path):
     assert host.file(path).is_symlink
+
+
+def test_the_second_app_serves_https_only_with_tls_1_2_or_newer(host, http):
+    redirect = http.get("/", headers={"Host": "pantry.localhost"})
+    assert redirect.status == 301
+    assert redirect.headers["Location"] == "https://pantry.localhost/"
+    sni = "-servername pantry.localhost -connect 127.0.0.1:443"
+    for version in ("-tls1_2", "-tls1_3"):
+        ok = host.run(f"echo | openssl s_client {version} {sni} 2>&1")
+        assert "Cipher is (NONE)" not in ok.stdout, ok.stdout[-500:]
+    # The client is allowed TLS 1.1 (security level 0); the server must refuse it.
+    old = host.run(f"echo | openssl s_client -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' {sni} 2>&1")
+    assert "alert protocol version" in old.stdout, old.stdout[-500:]
+    page = host.run("curl -sk --resolve pantry.localhost:443:127.0.0.1 -D - https://pantry.localhost/")
+    assert '"app": "pantry"' in page.stdout
+    assert "Strict-Transport-Security: max-age=63072000" in page.stdout
