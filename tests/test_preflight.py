@@ -133,3 +133,84 @@ def test_valkey_is_refused_where_debian_does_not_package_it(tmp_path):
     result = run("playbooks/redis.yml", "redis_preflight", tmp_path, redis_flavor="valkey")
     assert result.returncode != 0
     assert "redis_flavor=valkey is not packaged on Debian 12" in result.stdout
+
+
+# --- site.yml with the production inventory ---------------------------------------------------
+
+PROD_SECRETS = {
+    "vault_redis_admin_password": "prod-test-admin-8Jq2",
+    "vault_redis_replication_password": "prod-test-replica-3Kd9",
+    "vault_redis_sentinel_acl_password": "prod-test-sentinel-acl-5Lp1",
+    "vault_redis_sentinel_password": "prod-test-sentinel-7Wc4",
+    "vault_redis_app_password": "prod-test-app-2Nf6",
+    "vault_dashboard_password": "prod-test-dashboard-9Hx3",
+}
+
+
+def run_site(
+    tmp_path: Path, extra: dict | None = None, playbook: str = "site.yml", inventory: Path | None = None
+) -> subprocess.CompletedProcess:
+    """site.yml (or one playbook) against the production inventory; a passing preflight
+    would go on to the real hosts, so tests that expect a pass run playbooks/preflight.yml."""
+    cmd = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i",
+        str(inventory or ROOT / "inventories/prod"),
+        str(ROOT / playbook),
+    ]
+    if extra is not None:
+        extra_file = tmp_path / "extra.json"
+        extra_file.write_text(json.dumps(extra))
+        cmd += ["-e", f"@{extra_file}"]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def recap_hosts(output: str) -> set[str]:
+    recap = output.split("PLAY RECAP", 1)[-1]
+    return {line.split()[0] for line in recap.splitlines() if " : ok=" in line}
+
+
+def test_site_without_the_vault_stops_in_preflight_naming_the_secret(tmp_path):
+    result = run_site(tmp_path)
+    assert result.returncode != 0
+    assert "vault_redis_admin_password is missing, empty" in result.stdout + result.stderr
+    assert "ansible-vault create" in result.stdout + result.stderr
+    assert recap_hosts(result.stdout) == {"localhost"}, "a host was touched"
+
+
+def test_site_with_the_example_values_stops_in_preflight(tmp_path):
+    example = (ROOT / "inventories/prod/group_vars/all/vault.yml.example").read_text()
+    values = dict(line.split(": ", 1) for line in example.splitlines() if line.startswith("vault_"))
+    result = run_site(tmp_path, values)
+    assert result.returncode != 0
+    for name in PROD_SECRETS:
+        assert f"{name} is missing, empty" in result.stdout + result.stderr
+    assert recap_hosts(result.stdout) == {"localhost"}
+
+
+def test_site_starts_with_the_preflight_play():
+    imports = [line for line in (ROOT / "site.yml").read_text().splitlines() if "import_playbook" in line]
+    assert imports[0].split()[-1] == "playbooks/preflight.yml"
+
+
+def test_real_secrets_pass_preflight(tmp_path):
+    result = run_site(tmp_path, PROD_SECRETS, playbook="playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_an_inventory_with_two_sentinels_is_refused(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n"
+        "    redis: {hosts: {a: {kit_address: 10.0.0.1}, b: {kit_address: 10.0.0.2}}}\n"
+        "    redis_sentinel: {hosts: {a: {}, b: {}}}\n"
+        "    web: {hosts: {a: {}}}\n"
+        "    workers: {hosts: {b: {}}}\n"
+    )
+    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "Impossible topology" in said
+    assert "redis_sentinel=2" in said
+    assert recap_hosts(result.stdout) == {"localhost"}
