@@ -33,16 +33,10 @@ images: engine ## Build the Debian 13 and 12 base images if missing or if their 
 	@tools/base-image.sh trixie bookworm
 
 dev: venv images ## Deploy the development topology on local containers (localhost:8080)
-	@if [ -f site.yml ] && [ -d inventories/dev ]; then \
-	  tools/dev.sh up; \
-	else \
-	  echo "==> Toolchain, Docker engine and base images are ready."; \
-	  echo "    Next: the full-stack deployment (site.yml, inventories/dev) is not in this tree yet."; \
-	  echo "    Try the harness alone: make molecule SCENARIOS=harness"; \
-	fi
+	@tools/dev.sh up
 
-down: ## Remove the development containers, network and volumes
-	@if [ -x tools/dev.sh ]; then tools/dev.sh down; else echo "nothing to remove"; fi
+down: venv ## Remove the development containers, network and volumes
+	@tools/dev.sh down
 
 test: lint test-roles test-app molecule ## Every check: lint, role checks, app tests, every Molecule scenario
 	@echo "==> make test: all checks passed"

@@ -6,11 +6,15 @@ containers' addresses on the Docker network) and to the hosts through testinfra.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import TypeVar
 
@@ -108,3 +112,140 @@ def exposure(host: testinfra.host.Host, unit: str) -> tuple[float, float]:
     print(f"\n{unit}: exposure {score(ours)} as deployed, {score(vendor)} for Debian's unit alone")
     print("container relaxations: " + (" ".join(relaxed.split("[Service]")[-1].split()) or "none"))
     return score(ours), score(vendor)
+
+
+def resolve(variables: dict, value: object, depth: int = 5) -> object:
+    """Follow plain `{{ name }}` references of inventory variables (the inventories point
+    role variables at vault_* ones); anything more complex is returned unchanged."""
+    match = re.fullmatch(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", value) if isinstance(value, str) else None
+    if match and depth and match.group(1) in variables:
+        return resolve(variables, variables[match.group(1)], depth - 1)
+    return value
+
+
+@dataclass
+class Group:
+    """One Sentinel-managed group as the inventory describes it."""
+
+    name: str
+    flavor: str
+    master_name: str
+    nodes: dict[str, str]  # inventory host -> address
+    sentinels: dict[str, str]
+    admin: tuple[str, str]
+    sentinel_password: str
+    app: tuple[str, str]
+    down_after_ms: int
+
+    @property
+    def service(self) -> str:
+        return f"{self.flavor}-server"
+
+    def node(self, address: str, user: tuple[str, str] | None = None) -> Connection:
+        username, password = user or self.admin
+        return Connection(address, 6379, username, password, timeout=1.0)
+
+    def sentinel(self, address: str) -> Connection:
+        return Connection(address, 26379, None, self.sentinel_password, timeout=1.0)
+
+    def masters_named(self) -> dict[str, str | None]:
+        """What each reachable Sentinel says the master is ("ip:port")."""
+        named = {}
+        for address in self.sentinels.values():
+            try:
+                with self.sentinel(address) as conn:
+                    reply = conn.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+                named[address] = ":".join(reply) if reply else None
+            except OSError:
+                named[address] = None
+        return named
+
+    def role(self, address: str) -> dict[str, str]:
+        with self.node(address) as conn:
+            return parse_info(conn.command("INFO", "replication"))
+
+    def current_master(self) -> str:
+        answers = {a for a in self.masters_named().values() if a}
+        assert len(answers) == 1, f"Sentinels disagree on the master: {answers}"
+        return answers.pop().split(":")[0]
+
+    def host_of(self, address: str) -> str:
+        """The inventory name of the data node at `address`."""
+        return next(h for h, a in self.nodes.items() if a == address)
+
+
+def load_group(
+    members: list[str], data_group: str = "redis", sentinel_group: str = "redis_sentinel"
+) -> Group:
+    """A Sentinel-managed group from inventory hosts: its data nodes, Sentinels and secrets."""
+    data = [h for h in members if h in hosts_in(data_group)]
+    watchers = [h for h in members if h in hosts_in(sentinel_group)]
+    v = hostvars(members[0])
+    app = resolve(v, v["redis_acl_app_users"])[0]
+    return Group(
+        name=members[0],
+        flavor=resolve(v, v.get("redis_flavor", "redis")),
+        master_name=resolve(v, v.get("redis_ha_master_name", "kit")),
+        nodes={h: hostvars(h)["kit_address"] for h in data},
+        sentinels={h: hostvars(h)["kit_address"] for h in watchers},
+        admin=(
+            resolve(v, v.get("redis_acl_admin_user", "kit-admin")),
+            resolve(v, v["redis_acl_admin_password"]),
+        ),
+        sentinel_password=resolve(v, v["redis_sentinel_password"]),
+        app=(resolve(v, app["name"]), resolve(v, app["password"])),
+        down_after_ms=int(resolve(v, v["redis_sentinel_down_after_ms"])),
+    )
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class Http:
+    """A tiny HTTP client for the app's VirtualHost (no redirects, no retries)."""
+
+    def __init__(self, address: str) -> None:
+        self.base = f"http://{address}"
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> Reply:
+        data = json.dumps(body).encode() if body is not None else None
+        url = self.base + path  # always http:// to the test host
+        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with _OPENER.open(request, timeout=30) as response:
+                return Reply(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as error:
+            return Reply(error.code, dict(error.headers), error.read())
+
+    def get(self, path: str, **kwargs) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: dict | None = None, **kwargs) -> Reply:
+        return self.request("POST", path, body=body, **kwargs)
+
+    def wait_for_job(self, job_id: str, wanted: set[str], timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        while time.monotonic() < deadline:
+            job = self.get(f"/jobs/{job_id}").json()
+            if job.get("status") in wanted:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} not {wanted} within {timeout}s: {job}")
