@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHONS = ["3.11", "3.13"]
+# The Pythons of the supported targets, to the micro version: markers such as
+# python_full_version < "3.11.3" (redis-py needs async-timeout there) depend on it.
+PYTHONS = ["3.11.2", "3.13.5"]  # Debian 12, Debian 13
 INDEX = "https://pypi.org/simple"
 
 
@@ -78,13 +80,28 @@ def write_lock(target: Path, requirements: list[Path], exclude: dict[str, str]) 
             marker = (
                 ""
                 if len(versions) == len(PYTHONS) and len(set(versions.values())) == 1
-                else f' ; python_version == "{py}"'
+                else f' ; python_version == "{py.rsplit(".", 1)[0]}"'
             )
             if marker == "" and name in pins:
                 continue
             pins[name] = version
             lines.append(f"{name}=={version}{marker} \\")
             lines += [f"    --hash=sha256:{h} \\" for h in hashes(name, version)]
+            lines[-1] = lines[-1].rstrip(" \\")
+    # Requirements whose marker is false for the resolving Python (pip evaluates markers
+    # against the running interpreter): carried over with their marker and hashes.
+    for requirement in requirements:
+        for raw in requirement.read_text().splitlines():
+            line = raw.split("#", 1)[0].strip()
+            if ";" not in line or "==" not in line:
+                continue
+            spec, marker = (part.strip() for part in line.split(";", 1))
+            name, version = (part.strip() for part in spec.split("=="))
+            if name.lower() in pins or name.lower() in exclude:
+                continue
+            pins[name.lower()] = version
+            lines.append(f"{name.lower()}=={version} ; {marker} \\")
+            lines += [f"    --hash=sha256:{h} \\" for h in hashes(name.lower(), version)]
             lines[-1] = lines[-1].rstrip(" \\")
     target.write_text("\n".join(lines) + "\n")
     print(f"wrote {target.relative_to(ROOT)} ({len(names)} packages)")
