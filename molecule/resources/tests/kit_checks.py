@@ -19,6 +19,7 @@ from functools import cache
 from typing import TypeVar
 
 import testinfra
+import testinfra.utils.ansible_runner
 from kit_redis import Connection, ReplyError, pairs, parse_info
 
 T = TypeVar("T")
