@@ -11,7 +11,8 @@ case "${1:-up}" in
     ansible-playbook -i "$inventory" playbooks/dev_containers.yml
     echo "==> Deploying the platform: ansible-playbook site.yml -i $inventory"
     ansible-playbook -i "$inventory" site.yml | tee .cache/dev-deploy.log
-    changed=$(awk '/PLAY RECAP/{r=1} r && / : ok=/{split($4,a,"="); s+=a[2]} END{print s+0}' .cache/dev-deploy.log)
+    changed=$(sed 's/\x1b\[[0-9;]*m//g' .cache/dev-deploy.log \
+      | awk '/PLAY RECAP/ {r=1} r && match($0, /changed=[0-9]+/) {s += substr($0, RSTART + 8, RLENGTH - 8)} END {print s + 0}')
     cat <<MSG
 
 ==> The development platform is up ($(( $(date +%s) - started ))s; $changed change(s) in this run).
