@@ -121,12 +121,12 @@ def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
 
 
 def test_a_broken_apache_config_never_takes_the_server_down(http):
-    broken = run_playbook(
-        "--limit", "web-app1", "--tags", "wsgi_app", "-e", "wsgi_app_limit_request_body=not-a-number"
-    )
+    # A location with a space: Apache refuses "<Location /two words>" (it takes one argument).
+    locations = '{"wsgi_app_basic_auth_locations": [{"path": "/two words"}]}'
+    broken = run_playbook("--limit", "web-app1", "--tags", "wsgi_app", "-e", locations)
     assert broken.returncode != 0, "a broken VirtualHost was accepted"
     said = " ".join((broken.stdout + broken.stderr).split())
-    assert "configuration test failed, so Apache was NOT reloaded" in said, broken.stdout[-3000:]
+    assert "configuration test failed, so Apache was NOT reloaded" in said, said[-3000:]
     # Apache was not reloaded with it: the app still answers.
     assert http.get("/healthz").status == 200
     assert http.get("/comer/pera").status == 202
