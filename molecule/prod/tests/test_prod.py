@@ -15,10 +15,12 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
 
 
 def test_ansible_reaches_hosts_over_ssh_as_deploy(host):
-    # testinfra goes through the inventory, so this is Ansible's own SSH connection: a root
-    # login (as the docker connection would be) would answer "root".
-    assert host.run("id -un").stdout.strip() == "deploy"
-    assert host.run("sudo -n true").rc == 0
+    # testinfra goes through the inventory, so this is Ansible's own SSH connection with the
+    # inventory's become: commands run as root through sudo from the "deploy" login. A root login
+    # (as the docker connection would be) would have no SUDO_USER.
+    assert host.ansible.get_variables()["ansible_user"] == "deploy"
+    assert host.run("id -un").stdout.strip() == "root"
+    assert host.run("printenv SUDO_USER").stdout.strip() == "deploy"
 
 
 def test_fifty_jobs_through_apache_are_all_eaten():
