@@ -89,6 +89,12 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
     only replica is down or still resynchronising after a failover): then the job is
     acknowledged on the master's AOF alone and counted in fridge_jobs_unreplicated_total,
     because refusing every write until a replica returns would turn a failover into an outage.
+
+    The WAIT comes first even when no replica is online, on purpose: on an old master that
+    Sentinel is demoting, the blocked WAIT is answered UNBLOCKED when the node turns replica, and
+    the request is retried on the new master instead of being acknowledged on a node whose
+    writes are about to be discarded. (Skipping the WAIT when INFO shows no replica was tried: a
+    SENTINEL FAILOVER under load then lost some 200 acknowledged jobs.)
     """
     wanted = int(store.config["ACK_REPLICAS"])
     pipe = store.redis.pipeline(transaction=False)

@@ -96,7 +96,8 @@ class Store:
                 log.warning("Redis failover under way (%s); retrying in %.2fs", error, delay)
                 self.reset()
                 time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                # Short steps: the new master is used within 0.2 s of Sentinel naming it.
+                delay = min(delay * 2, 0.2)
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -233,8 +233,9 @@ class Cluster:
         for proc in self.processes.values():
             try:
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a master waits up to shutdown-timeout for replicas
                 proc.kill()
+                proc.wait()
 
 
 def env_for(cluster: Cluster, **extra) -> dict[str, str]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import wait_for_status
+from redis_cluster import wait_until
 
 
 def queue_depth(store, name: str = "default") -> int:
@@ -207,3 +208,29 @@ def test_available_policy_acknowledges_with_every_online_replica(settings, admin
     client = create_app({**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200}).test_client()
     assert client.get("/comer/mango").status_code == 202
     assert admin.get("fridge:stats:unreplicated") is None
+
+
+def test_with_no_replica_online_available_acknowledges_and_strict_refuses(cluster, settings, admin):
+    from fridge import create_app
+
+    master = cluster.master_port()
+    replica = next(p for p in cluster.data_ports if p != master)
+    cluster.kill(replica)
+    try:
+        wait_until(
+            lambda: admin.info("replication")["connected_slaves"] == 0, 10, "the master to lose its replica"
+        )
+        # "available": after ACK_TIMEOUT_MS (the WAIT that lets a demotion unblock it) the job is
+        # acknowledged on the master alone, and counted.
+        available = create_app({**settings, "ACK_TIMEOUT_MS": 200}).test_client()
+        response = available.get("/comer/lima")
+        assert response.status_code == 202, response.get_json()
+        assert admin.get("fridge:stats:unreplicated") == b"1"
+
+        strict = create_app({**settings, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict"}).test_client()
+        response = strict.get("/comer/pomelo")
+        assert response.status_code == 503
+        assert response.get_json()["replicas"] == 0
+        assert admin.get("fridge:stats:unreplicated") == b"1"
+    finally:
+        cluster.restart(replica)
