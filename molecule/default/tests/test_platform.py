@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 
-from kit_checks import converge, get_host, wait_for
+from kit_checks import converge, wait_for
 
 
 def test_fifty_jobs_enqueued_with_http_are_all_eaten(http):
@@ -35,7 +35,6 @@ def test_health_and_workers(http):
 def test_failover_under_load_loses_no_acknowledged_job(http, group):
     old = group.current_master()
     new = next(a for a in group.nodes.values() if a != old)
-    old_host = get_host(group.host_of(old))
     results: list[tuple[float, int, str | None]] = []
     stop = threading.Event()
 
@@ -53,10 +52,7 @@ def test_failover_under_load_loses_no_acknowledged_job(http, group):
     try:
         time.sleep(2)
         began = time.monotonic()
-        kill = old_host.run(
-            f"systemctl mask --runtime {group.service} && systemctl kill --signal=SIGKILL {group.service}"
-        )
-        assert kill.rc == 0, kill.stderr
+        group.kill_server(old)
         wait_for(lambda: group.role(new).get("role") == "master", 60, f"{new} to be promoted")
         promoted = time.monotonic() - began
         wait_for(lambda: any(t > began and s == 202 for t, s, _ in results), 60, "writes to resume")
@@ -97,11 +93,7 @@ def test_failover_under_load_loses_no_acknowledged_job(http, group):
     assert group.role(new)["role"] == "master"
 
     # The old master comes back and rejoins as a replica; a full run changes nothing either.
-    back = old_host.run(
-        f"systemctl unmask --runtime {group.service} && systemctl reset-failed {group.service} "
-        f"&& systemctl start {group.service}"
-    )
-    assert back.rc == 0, back.stderr
+    group.revive_server(old)
     wait_for(
         lambda: (
             group.role(old).get("master_host") == new and group.role(old).get("master_link_status") == "up"

@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from kit_checks import Connection, ReplyError, converge, get_host, wait_for
+from kit_checks import Connection, ReplyError, converge, wait_for
 
 
 def link_up(group, replica: str, master: str) -> bool:
@@ -84,7 +84,6 @@ def test_application_user_works_within_its_prefix(group):
 def test_failover_rerun_and_return_of_the_old_master(group):
     old = group.current_master()
     new = next(a for a in group.nodes.values() if a != old)
-    old_host = get_host(group.host_of(old))
     wait_for(lambda: link_up(group, new, old), 30, "the replica to be in sync")
     with group.node(old) as conn:
         conn.command("SET", "app:before-failover", old)
@@ -92,10 +91,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
 
     # 4. SIGKILL the master's server and keep systemd from restarting it (a dead node).
     started = time.monotonic()
-    kill = old_host.run(
-        f"systemctl mask --runtime {group.service} && systemctl kill --signal=SIGKILL {group.service}"
-    )
-    assert kill.rc == 0, kill.stderr
+    group.kill_server(old)
     wait_for(lambda: group.role(new).get("role") == "master", 60, f"{new} to be promoted")
     promoted = time.monotonic() - started
     wait_for(
@@ -120,11 +116,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
     assert set(group.masters_named().values()) == {f"{new}:6379"}
 
     # 6. The old master comes back and rejoins as a replica of the new one (masterauth works).
-    back = old_host.run(
-        f"systemctl unmask --runtime {group.service} && systemctl reset-failed {group.service} "
-        f"&& systemctl start {group.service}"
-    )
-    assert back.rc == 0, back.stderr
+    group.revive_server(old)
     started = time.monotonic()
     wait_for(lambda: link_up(group, old, new), 60, f"{old} to rejoin as a replica of {new}")
     rejoined = time.monotonic() - started
