@@ -1,5 +1,6 @@
-"""The group as clients and operators see it: replication, Sentinel agreement, auth, and a
-failover followed by a re-run of the playbook and the old master's return.
+"""The group as clients and operators see it: replication, Sentinel agreement, auth, restarts
+that keep every transaction, and a failover followed by a re-run of the playbook and the old
+master's return.
 
 Each test runs once per group (Redis 7 on Debian 12, Valkey 8 on Debian 13).
 """
@@ -10,7 +11,8 @@ import time
 import uuid
 
 import pytest
-from kit_checks import Connection, ReplyError, converge, wait_for
+from kit_checks import Connection, ReplyError, converge, get_host, wait_for
+from kit_faults import kill_server, loaded, restart_server, revive_server
 
 
 def link_up(group, replica: str, master: str) -> bool:
@@ -81,6 +83,73 @@ def test_application_user_works_within_its_prefix(group):
         assert conn.command("LPOP", "rq:queue:check") == "job"
 
 
+def _write_jobs(group, master: str, tag: str, count: int) -> str:
+    """Write `count` jobs the way RQ does, each in a MULTI/EXEC block, as the app user; return
+    the queue's key once a replica has them."""
+    queue = f"rq:queue:restart-{tag}-{uuid.uuid4().hex[:8]}"
+    with group.node(master, user=group.app) as conn:
+        for index in range(count):
+            job = f"rq:job:{tag}-{index}-{uuid.uuid4().hex[:8]}"
+            assert conn.command("MULTI") == "OK"
+            conn.command("HSET", job, "status", "queued", "origin", queue)
+            conn.command("RPUSH", queue, job)
+            assert conn.command("EXEC") == [2, index + 1]
+        assert conn.command("WAIT", 1, 2000) == 1
+    return queue
+
+
+def _queue_length_everywhere(group, queue: str) -> dict[str, int]:
+    lengths = {}
+    for address in group.nodes.values():
+        with group.node(address) as conn:
+            lengths[address] = conn.command("LLEN", queue)
+    return lengths
+
+
+def _in_sync(group, master: str) -> bool:
+    return all(link_up(group, a, master) for a in group.nodes.values() if a != master)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["planned-restart", "sigkill-restarted-by-systemd", "replica-restart"],
+)
+def test_restarts_keep_every_transaction(group, how):
+    """The AOF replays every MULTI/EXEC block at start-up (the default user must not be what
+    EXEC's ACL re-check refuses), so neither the restarted node nor the replica that then
+    resynchronises from it loses a job."""
+    master = group.current_master()
+    replica = next(a for a in group.nodes.values() if a != master)
+    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
+    queue = _write_jobs(group, master, how, 200)
+    target = replica if how == "replica-restart" else master
+    host = get_host(group.host_of(target))
+
+    def main_pid() -> str:
+        return host.run(f"systemctl show -p MainPID --value {group.service}").stdout.strip()
+
+    pid = main_pid()
+    if how == "sigkill-restarted-by-systemd":
+        kill_server(group, group.host_of(target), restart=True)
+    else:
+        restart_server(group, group.host_of(target))
+    wait_for(
+        lambda: main_pid() not in ("", "0", pid),
+        30,
+        f"{group.service} on {target} to run again under a new PID",
+    )
+    wait_for(lambda: loaded(group, target), 30, f"{target} to load its data")
+    # Fast enough that Sentinel never saw it down: the master stays the master.
+    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+    lengths = _queue_length_everywhere(group, queue)
+    journal = host.run(f"journalctl -u {group.service} --no-pager -n 500").stdout
+    noperm = journal.count("NOPERM")
+    print(f"\n{group.name} {how}: queue lengths after the restart {lengths}, NOPERM lines: {noperm}")
+    assert set(lengths.values()) == {200}, lengths
+    assert noperm == 0
+    assert group.current_master() == master
+
+
 def test_failover_rerun_and_return_of_the_old_master(group):
     old = group.current_master()
     new = next(a for a in group.nodes.values() if a != old)
@@ -91,7 +160,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
 
     # 4. SIGKILL the master's server and keep systemd from restarting it (a dead node).
     started = time.monotonic()
-    group.kill_server(old)
+    kill_server(group, group.host_of(old), restart=False)
     wait_for(lambda: group.role(new).get("role") == "master", 60, f"{new} to be promoted")
     promoted = time.monotonic() - started
     wait_for(
@@ -116,7 +185,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
     assert set(group.masters_named().values()) == {f"{new}:6379"}
 
     # 6. The old master comes back and rejoins as a replica of the new one (masterauth works).
-    group.revive_server(old)
+    revive_server(group, group.host_of(old))
     started = time.monotonic()
     wait_for(lambda: link_up(group, old, new), 60, f"{old} to rejoin as a replica of {new}")
     rejoined = time.monotonic() - started
