@@ -16,18 +16,25 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_USERNAME": None,
     "REDIS_PASSWORD": None,
     "SENTINEL_TIMEOUT": 0.5,  # seconds, per Sentinel question
-    "REDIS_CONNECT_TIMEOUT": 1.0,
-    "REDIS_SOCKET_TIMEOUT": 2.0,
-    # A request that meets a failover retries for this long, then answers 503.
+    # A lost host sends no TCP reset: these bound how long one attempt waits for it. The
+    # socket timeout must exceed ACK_TIMEOUT_MS (WAIT blocks that long).
+    "REDIS_CONNECT_TIMEOUT": 0.5,
+    "REDIS_SOCKET_TIMEOUT": 1.0,
+    # A request that meets a failover retries for this long, then answers 503; no attempt
+    # starts in its last REDIS_SOCKET_TIMEOUT seconds, so a request ends within about
+    # RETRY_BUDGET + 1 s (see Store.retrying).
     "RETRY_BUDGET": 5.0,
     "RETRY_AFTER": 2,
     # Queues in priority order: a worker takes from the first non-empty one.
     "QUEUES": ["critical", "default", "low"],
     # 202 only after the job reached this many replicas (WAIT); 0 turns the check off.
     "ACK_REPLICAS": 1,
-    "ACK_TIMEOUT_MS": 1000,
-    # "available": when no replica is online at all (the only one is down or resyncing after a
-    # failover), acknowledge on the master alone and count it; "strict": answer 503 instead.
+    "ACK_TIMEOUT_MS": 500,
+    # A replica whose last acknowledgement is older than this (seconds) is not waited for.
+    "REPLICA_MAX_LAG": 3,
+    # "available": when no replica confirms, acknowledge on the master alone only if a majority
+    # of the Sentinels name it and see no replica they could promote instead (the only replica
+    # is down), and count it; "strict": never, answer 503 instead.
     "ACK_POLICY": "available",
     # Jobs
     "JOB_TIMEOUT": 180,
@@ -50,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # this long (see fetch.py).
     "WORKER_INTERMEDIATE_GRACE": 30,
     "WORKER_TTL": 60,
+    # A worker's Redis commands reconnect and retry this often (backoff up to 0.5 s, plus a
+    # socket timeout each) before it gives up and systemd restarts it: a failover is ridden out.
+    "WORKER_CONNECTION_RETRIES": 30,
     # Requests
     "MAX_CONTENT_LENGTH": 64 * 1024,
     "MAX_COMIDA_LENGTH": 64,
@@ -65,7 +75,26 @@ def load(test_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     settings.update(_from_environment())
     if test_config:
         settings.update(test_config)
+    check(settings)
     return settings
+
+
+class BadSetting(ValueError):
+    """A setting the app cannot keep its promises with; the message names it."""
+
+
+def check(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that would break an acknowledgement's guarantee."""
+    if settings["ACK_POLICY"] not in ("available", "strict"):
+        raise BadSetting(f"ACK_POLICY must be 'available' or 'strict', not {settings['ACK_POLICY']!r}")
+    if float(settings["ACK_TIMEOUT_MS"]) / 1000 >= float(settings["REDIS_SOCKET_TIMEOUT"]):
+        raise BadSetting(
+            f"ACK_TIMEOUT_MS ({settings['ACK_TIMEOUT_MS']}) must be shorter than REDIS_SOCKET_TIMEOUT "
+            f"({settings['REDIS_SOCKET_TIMEOUT']} s): WAIT blocks for that long on the socket"
+        )
+    # An enqueue confirms the job by reading it back, possibly after a worker already ran it.
+    if int(settings["RESULT_TTL"]) < 60:
+        raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")
 
 
 def _from_environment() -> dict[str, Any]:

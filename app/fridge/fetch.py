@@ -23,7 +23,8 @@ from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
 from rq.utils import as_text, now
 
-POLL_SECONDS = 1.0
+# Shorter than the socket timeout (REDIS_SOCKET_TIMEOUT), which a blocking read must not reach.
+POLL_SECONDS = 0.5
 
 
 class GracefulIntermediateQueue(IntermediateQueue):

@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from .fetch import FridgeQueue
-from .store import Store, Unavailable
+from .store import Replication, StaleMaster, Store, Unavailable, Unconfirmed, pinned_connection
 from .tasks import ALLOWED_PATHS, Task
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,12 @@ class FridgeJob(Job):
         return super().func
 
 
-class NotDurable(Exception):
-    """The job was written but did not reach enough replicas in time."""
+class NotDurable(Unconfirmed):
+    """The job was written but neither reached a replica nor may be acknowledged without one.
+    Retried within the budget like a failover; then answered 503 with the job id."""
 
-    def __init__(self, job_id: str, acked: int, wanted: int) -> None:
-        super().__init__(f"job {job_id} reached {acked} of {wanted} replica(s)")
+    def __init__(self, job_id: str, acked: int, wanted: int, reason: str) -> None:
+        super().__init__(f"job {job_id} reached {acked} of {wanted} replica(s): {reason}")
         self.job_id, self.acked, self.wanted = job_id, acked, wanted
 
 
@@ -78,53 +79,76 @@ def fetch_job(store: Store, job_id: str) -> Job | None:
 
 
 def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
-    """Wait until the replicas hold everything this process wrote so far.
+    """Acknowledge only what will survive a failover: the job on this master and on
+    ACK_REPLICAS replicas (WAIT), or on this master alone when the Sentinels say no replica
+    could replace it (ACK_POLICY "available", see QuorumSentinel.sole_master_doubt).
 
-    WAIT covers the writes of the connection it runs on, so it follows a small write (the
-    enqueued counter) on the same connection; replication is ordered, so that write reaching
-    a replica means the job, written before it, did too.
+    Everything runs on one connection, in order: EXISTS proves the job is on the server the
+    connection reaches (a retry may have moved to a new master since `put`), the writes after
+    it are what WAIT waits for, and replication is ordered, so a replica that has them has the
+    job. WAIT waits only for the replicas INFO shows in sync: a lost replica host keeps its
+    link "online" until repl-timeout, but its lag grows, and waiting for it could only time out.
 
-    ACK_POLICY "strict": fewer than ACK_REPLICAS acknowledgements is a 503 (NotDurable).
-    ACK_POLICY "available" (default): the same, except when no replica is online at all (the
-    only replica is down or still resynchronising after a failover): then the job is
-    acknowledged on the master's AOF alone and counted in fridge_jobs_unreplicated_total,
-    because refusing every write until a replica returns would turn a failover into an outage.
-
-    The WAIT comes first even when no replica is online, on purpose: on an old master that
-    Sentinel is demoting, the blocked WAIT is answered UNBLOCKED when the node turns replica, and
-    the request is retried on the new master instead of being acknowledged on a node whose
-    writes are about to be discarded. (Skipping the WAIT when INFO shows no replica was tried: a
-    SENTINEL FAILOVER under load then lost some 200 acknowledged jobs.)
+    ACK_POLICY "strict" needs ACK_REPLICAS acknowledgements. "available" (the default) also
+    accepts fewer when every replica in sync acknowledged, and none at all when the Sentinel
+    majority confirms this master and sees no other node it could promote (the only replica is
+    down); that last case is counted in fridge_jobs_unreplicated_total.
     """
     wanted = int(store.config["ACK_REPLICAS"])
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.incr(store.key("stats", "replayed" if replayed else "enqueued"))
-    pipe.lpush(store.key("wake"), 1)  # wakes one idle worker at once (see fetch.py)
-    pipe.ltrim(store.key("wake"), 0, 99)
-    if wanted > 0:
-        pipe.execute_command("WAIT", wanted, int(store.config["ACK_TIMEOUT_MS"]))
-    replies = pipe.execute()
-    acked = int(replies[-1]) if wanted > 0 else 0
-    if wanted <= 0 or acked >= wanted:
-        return
-    if store.config["ACK_POLICY"] == "available":
-        online = online_replicas(store)
-        if online == 0 or acked >= online:
-            if online == 0:
-                store.redis.incr(store.key("stats", "unreplicated"))
-                log.warning("job %s acknowledged without a replica: none is online", job_id)
+    with pinned_connection(store) as conn:
+        exists, *_writes, info = conn.run(
+            ("EXISTS", f"{FridgeJob.redis_job_namespace_prefix}{job_id}"),
+            ("INCR", store.key("stats", "replayed" if replayed else "enqueued")),
+            ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
+            ("LTRIM", store.key("wake"), 0, 99),
+            ("INFO", "replication"),
+        )
+        replication = Replication.parse(info)
+        if not exists or replication.role != "master":
+            raise StaleMaster(f"job {job_id} is not on {conn.address_text} (role {replication.role})")
+        if wanted <= 0:
             return
-    raise NotDurable(job_id, acked, wanted)
+        in_sync = replication.in_sync(int(store.config["REPLICA_MAX_LAG"]))
+        acked = 0
+        if in_sync:
+            acked = int(conn.run(("WAIT", min(wanted, in_sync), int(store.config["ACK_TIMEOUT_MS"])))[0])
+        address = conn.address
+    if acked >= wanted:
+        return
+    if store.config["ACK_POLICY"] != "available":
+        raise NotDurable(job_id, acked, wanted, "ACK_POLICY is strict")
+    if acked and acked >= in_sync:
+        return  # every replica in sync has it; a failover promotes the most advanced one
+    doubt = store.sole_master_doubt(address, replication)
+    if doubt is not None:
+        raise NotDurable(job_id, acked, wanted, doubt)
+    store.redis.incr(store.key("stats", "unreplicated"))
+    _unreplicated_log.note(job_id)
 
 
-def online_replicas(store: Store) -> int:
-    """Replicas of the master that are in sync (state=online), from INFO replication."""
-    info = store.redis.info("replication")
-    return sum(
-        1
-        for key, value in info.items()
-        if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
-    )
+class _EveryFewSeconds:
+    """Log acknowledgements without a replica once per period, with a count, not once each:
+    while the only replica is down every enqueue takes that path."""
+
+    period = 10.0
+
+    def __init__(self) -> None:
+        self.count, self.since = 0, 0.0
+
+    def note(self, job_id: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.since >= self.period:
+            log.warning(
+                "%d job(s) acknowledged without a replica (the Sentinels see none to promote), "
+                "the last one %s",
+                self.count,
+                job_id,
+            )
+            self.count, self.since = 0, now
+
+
+_unreplicated_log = _EveryFewSeconds()
 
 
 def enqueue(
@@ -138,10 +162,8 @@ def enqueue(
     job_id: str | None = None,
 ) -> Enqueued:
     """Enqueue `task` once, even when retried through a failover; 503s raise Unavailable."""
-    job_id = job_id or uuid.uuid4().hex
-    replayed = False
-    if idempotency_key:
-        job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, job_id)
+    new_id = job_id or uuid.uuid4().hex
+    job_id, replayed = new_id, False
     queue = make_queue(store, queue_name)
     retries = int(store.config["JOB_RETRIES"])
     retry = Retry(max=retries, interval=list(store.config["JOB_RETRY_INTERVALS"])) if retries else None
@@ -169,8 +191,17 @@ def enqueue(
         except DuplicateJobError:
             pass  # an earlier attempt of this very request got through before the error
 
-    store.retrying(put)
-    store.retrying(lambda: _confirm_durable(store, job_id, replayed))
+    def put_durably() -> None:
+        nonlocal job_id, replayed
+        if idempotency_key:
+            job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
+        put()
+        _confirm_durable(store, job_id, replayed)
+
+    # One unit, under one retry budget: when the confirmation finds the job missing (it went to
+    # a master that has been replaced since), the retry claims the key and writes the job again
+    # on the new one.
+    store.retrying(put_durably)
     return Enqueued(job_id=job_id, queue=queue_name, replayed=replayed)
 
 
@@ -180,19 +211,16 @@ def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str
     value = f"{new_id} {fingerprint}"
     ttl = int(store.config["IDEMPOTENCY_TTL"])
 
-    def claim() -> str | None:
-        if store.redis.set(redis_key, value, nx=True, ex=ttl):
-            return None
-        existing = store.redis.get(redis_key)
-        return existing.decode() if existing else None
-
-    existing = store.retrying(claim)
-    if existing is None:
+    if store.redis.set(redis_key, value, nx=True, ex=ttl):
         return new_id, False
-    job_id, _, stored_fingerprint = existing.partition(" ")
+    existing = store.redis.get(redis_key)
+    if existing is None:  # expired in between: claim it again on the next attempt
+        raise StaleMaster(f"idempotency key {redis_key} vanished while being claimed")
+    job_id, _, stored_fingerprint = existing.decode().partition(" ")
     if stored_fingerprint != fingerprint:
         raise IdempotencyConflict("this Idempotency-Key was already used for a different request")
-    return job_id, True
+    # Our own claim, from an earlier attempt of this very request, is no replay.
+    return job_id, job_id != new_id
 
 
 __all__ = [

@@ -1,16 +1,29 @@
-"""The connection to Redis, only ever through Sentinel, and the failover retry policy."""
+"""The connection to Redis, only ever through Sentinel, and the failover retry policy.
+
+Two rules keep a failover or a partition from losing acknowledged jobs:
+- the master is the one a majority of the Sentinels name (`QuorumSentinel.discover_master`),
+  never the first Sentinel that answers, which may be the old master's own in a partition;
+- a write the replicas did not confirm is acknowledged only when a majority of the Sentinels
+  name this very master and none of them sees a replica it could promote instead
+  (`QuorumSentinel.sole_master_doubt`); otherwise the request is retried, then answered 503.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -18,6 +31,20 @@ T = TypeVar("T")
 # Replies a server gives while a failover is under way (redis-py raises most of them as a
 # plain ResponseError): retry them like connection errors.
 TRANSIENT_REPLIES = ("READONLY", "UNBLOCKED", "NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN")
+
+# A peer that vanished without a TCP reset (a lost host) is noticed on an idle connection
+# (the workers' pubsub) after 5 + 3 x 2 s instead of the kernel's two hours.
+KEEPALIVE = {
+    option: value
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 5),
+        (getattr(socket, "TCP_KEEPINTVL", None), 2),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+    )
+    if option is not None
+}
+
+Address = tuple[str, int]
 
 
 class Unavailable(Exception):
@@ -28,9 +55,20 @@ class Unavailable(Exception):
         self.reason = reason
 
 
+class Unconfirmed(Unavailable):
+    """A write that may not be acknowledged yet (no replica confirmed it and the Sentinels do
+    not vouch for this master alone): retried within the budget, then answered 503."""
+
+
+class StaleMaster(redis.ConnectionError):
+    """The server written to is not (or no longer) the master a majority of Sentinels name."""
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors that a failover explains and a retry may cure."""
-    if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+    if isinstance(error, Unconfirmed | redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+        return True
+    if isinstance(error, OSError):  # a socket error redis-py did not wrap
         return True
     if isinstance(error, redis.BusyLoadingError | redis.exceptions.TryAgainError):
         return True
@@ -40,20 +78,160 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class QuorumSentinel(Sentinel):
+    """redis-py's Sentinel client, asking for a majority instead of the first answer.
+
+    Sentinels are asked in turn and the answer stops as soon as a majority of all the
+    configured Sentinels agree; one that fails to answer moves to the back of the list, so a
+    lost host costs one timeout, not one per question.
+    """
+
+    def __init__(self, sentinels: list[Address], **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)
+        self.majority = len(self.sentinels) // 2 + 1
+        self._order_lock = threading.Lock()
+
+    def _unanswered(self, sentinel: redis.Redis) -> None:
+        with self._order_lock:
+            if sentinel in self.sentinels:
+                self.sentinels.remove(sentinel)
+                self.sentinels.append(sentinel)
+
+    def discover_master(self, service_name: str) -> Address:
+        votes: Counter[Address] = Counter()
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                state = sentinel.sentinel_master(service_name)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                errors.append(f"{_name(sentinel)}: {error}")
+                self._unanswered(sentinel)
+                continue
+            except redis.ResponseError as error:
+                errors.append(f"{_name(sentinel)}: {error}")
+                continue
+            if not self.check_master_state(state, service_name):
+                continue  # it sees that master down: no vote
+            address = (state["ip"], int(state["port"]))
+            votes[address] += 1
+            if votes[address] >= self.majority:
+                return address
+        seen = ", ".join(f"{h}:{p} x{n}" for (h, p), n in votes.items()) or "none"
+        raise MasterNotFoundError(
+            f"no master of {service_name!r} named by {self.majority} of {len(self.sentinels)} "
+            f"Sentinels (votes: {seen}{'; ' + '; '.join(errors) if errors else ''})"
+        )
+
+    def sole_master_doubt(
+        self, service_name: str, address: Address, deposed: Callable[[Address], bool]
+    ) -> str | None:
+        """Why a write that reached no replica may be lost on `address`, or None if it may not.
+
+        None when a majority of the Sentinels answer, every one that answers names `address`
+        as the master with no failover under way, and none lists a replica it could promote.
+        A replica cut off from the master only, as in a partition, is such a replica: the
+        Sentinels could promote it, and what `address` accepted alone would vanish when it is
+        demoted. So is a replica that reports itself master, unless `deposed` says it is the
+        master this one was promoted from: after a failover Sentinel lists the old master as a
+        replica at once but reconfigures it only some 8 s after it reports back as a master
+        (SENTINEL_PUBLISH_PERIOD * 4), and counting it would refuse every unreplicated write
+        for that long after each planned failover, a frozen master's return or a healed
+        partition. (Writes accepted alone in those seconds are lost only if this master fails
+        in turn before the old one has synced from it: a second fault.)
+        """
+        confirmed = 0
+        for sentinel in list(self.sentinels):
+            try:
+                master = sentinel.sentinel_master(service_name)
+                replicas = sentinel.sentinel_slaves(service_name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._unanswered(sentinel)
+                continue
+            except redis.ResponseError as error:
+                return f"{_name(sentinel)}: {error}"
+            named = (master["ip"], int(master["port"]))
+            if named != address:
+                return f"{_name(sentinel)} names {named[0]}:{named[1]} as the master"
+            if "failover_in_progress" in _flags(master):
+                return f"{_name(sentinel)} has a failover under way"
+            for replica in replicas:
+                where = (replica["ip"], int(replica["port"]))
+                if not _promotable(replica):
+                    continue
+                if replica.get("role-reported") == "master" and deposed(where):
+                    continue
+                return f"{_name(sentinel)} could promote {where[0]}:{where[1]}"
+            confirmed += 1
+        if confirmed >= self.majority:
+            return None
+        return f"only {confirmed} of {len(self.sentinels)} Sentinels confirmed the master"
+
+
+class FollowingConnection(SentinelManagedConnection):
+    """A master connection that reconnects to the master the Sentinels name now.
+
+    redis-py reconnects inside a command's retry loop through `send_packed_command`, which
+    reuses the address the connection had (redis/redis-py issue 3874): after a failover every
+    retry went back to the demoted master, and a worker gave up with "The previous master is
+    now a slave". Reconnecting through `connect()` asks the Sentinels first.
+    """
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+def _flags(state: dict[str, Any]) -> set[str]:
+    flags = state.get("flags", "")
+    return set(flags.split(",")) if isinstance(flags, str) else set(flags)
+
+
+def _promotable(replica: dict[str, Any]) -> bool:
+    """Whether Sentinel's own choice of a replica to promote (sentinelSelectSlave) could fall
+    on this one: not down, not disconnected, a non-zero priority, and an INFO reply since
+    Sentinel learnt of it. That last rule matters right after a failover: Sentinel lists the
+    old master as a replica at once, and while that host is lost or frozen it is neither down
+    (for another down-after period) nor "disconnected" (the flag clears when a connection is
+    attempted, not made), but it has never answered INFO, so Sentinel cannot choose it. Being
+    promoted now counts as promotable."""
+    if "promoted" in _flags(replica):
+        return True
+    if replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"]:
+        return False
+    if int(replica.get("slave-priority", 1)) == 0:
+        return False
+    # Never refreshed: Redis 7.2+ prints info-refresh 0, older ones the time since the epoch.
+    refreshed = int(replica.get("info-refresh", 1))
+    never = (refreshed == 0 or refreshed > 10**11) and int(replica.get("slave-repl-offset", 1)) == 0
+    return not never
+
+
+def _name(sentinel: redis.Redis) -> str:
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return f"Sentinel {kwargs.get('host')}:{kwargs.get('port')}"
+
+
 class Store:
     """One Sentinel client and one master connection pool per process."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], connection_retries: int = 0) -> None:
+        """`connection_retries`: how often redis-py itself reconnects and retries a command
+        that met a connection error or timeout. 0 for web requests, whose RETRY_BUDGET
+        `retrying` owns; workers, which have no caller waiting, ride out a failover with it."""
         self.config = config
         sentinels = [_host_port(s) for s in config["SENTINELS"]]
         timeout = float(config["SENTINEL_TIMEOUT"])
-        self.sentinel = Sentinel(
+        self.sentinel = QuorumSentinel(
             sentinels,
             # Set explicitly: with a dict here redis-py copies nothing from the master kwargs.
             sentinel_kwargs={
                 "password": config["SENTINEL_PASSWORD"],
                 "socket_timeout": timeout,
                 "socket_connect_timeout": timeout,
+                # redis-py 8 retries a client's commands 10 times with backoff by default: a
+                # lost Sentinel host would cost seconds per question instead of one timeout.
+                "retry": Retry(NoBackoff(), 0),
             },
         )
         self.master_name = config["MASTER_NAME"]
@@ -64,26 +242,64 @@ class Store:
             socket_timeout=float(config["REDIS_SOCKET_TIMEOUT"]),
             socket_connect_timeout=float(config["REDIS_CONNECT_TIMEOUT"]),
             socket_keepalive=True,
+            socket_keepalive_options=KEEPALIVE,
             health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), connection_retries)
+            if connection_retries
+            else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            connection_class=FollowingConnection,
         )
         self.key_prefix = config["KEY_PREFIX"]
 
     def key(self, *parts: str) -> str:
         return ":".join((self.key_prefix, *parts))
 
-    def master_address(self) -> tuple[str, int]:
+    def master_address(self) -> Address:
         return self.sentinel.discover_master(self.master_name)
 
+    def sole_master_doubt(self, address: Address, me: Replication) -> str | None:
+        """See QuorumSentinel.sole_master_doubt; `me` is the INFO replication of `address`."""
+
+        def deposed(other: Address) -> bool:
+            """`other`, which reports itself master, is the master `address` was promoted
+            from: its replication id is the one `address` inherited (PSYNC2's replid2), and
+            not the other way round."""
+            client = redis.Redis(
+                host=other[0],
+                port=other[1],
+                username=self.config["REDIS_USERNAME"],
+                password=self.config["REDIS_PASSWORD"],
+                socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+                socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+                retry=Retry(NoBackoff(), 0),
+            )
+            try:
+                them = Replication.from_info(client.info("replication"))
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            return them.role == "master" and me.replid2 == them.replid and them.replid2 != me.replid
+
+        return self.sentinel.sole_master_doubt(self.master_name, address, deposed)
+
     def reset(self) -> None:
-        """Drop pooled connections so the next command asks the Sentinels again."""
-        self.redis.connection_pool.disconnect()
+        """Drop idle pooled connections so the next command asks the Sentinels again. Those
+        other threads are using are left alone: closing them under a reader raises EBADF."""
+        self.redis.connection_pool.disconnect(inuse_connections=False)
 
     def retrying(self, action: Callable[[], T], budget: float | None = None) -> T:
-        """Run `action`, retrying transient failover errors for at most `budget` seconds."""
+        """Run `action`, retrying transient failover errors for at most `budget` seconds.
+
+        One attempt may itself wait for a lost or frozen host: a Sentinel question (0.5 s), a
+        connection, a read (REDIS_SOCKET_TIMEOUT). So no attempt starts in the budget's last
+        REDIS_SOCKET_TIMEOUT seconds (at most half the budget), and a request ends within about
+        the budget plus one second even when its last attempt meets a frozen Sentinel and then a
+        frozen master."""
         budget = float(self.config["RETRY_BUDGET"] if budget is None else budget)
-        deadline = time.monotonic() + budget
+        reserve = min(float(self.config["REDIS_SOCKET_TIMEOUT"]), budget / 2)
+        deadline = time.monotonic() + budget - reserve
         delay = 0.05
         while True:
             try:
@@ -92,12 +308,96 @@ class Store:
                 if not is_transient(error):
                     raise
                 if time.monotonic() + delay > deadline:
+                    if isinstance(error, Unavailable):
+                        raise
                     raise Unavailable(f"Redis unavailable ({type(error).__name__}: {error})") from error
                 log.warning("Redis failover under way (%s); retrying in %.2fs", error, delay)
                 self.reset()
                 time.sleep(delay)
                 # Short steps: the new master is used within 0.2 s of Sentinel naming it.
                 delay = min(delay * 2, 0.2)
+
+
+class PinnedConnection:
+    """One pooled connection held for a sequence of commands (WAIT covers only the writes of
+    the connection it runs on, and the server's address must be known)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    @property
+    def address(self) -> Address:
+        return (self.connection.host, int(self.connection.port))
+
+    @property
+    def address_text(self) -> str:
+        return f"{self.connection.host}:{self.connection.port}"
+
+    def run(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` in one round trip and return their raw replies, in order."""
+        conn = self.connection
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        failed: redis.ResponseError | None = None
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as error:  # read every reply before raising
+                failed = failed or error
+                replies.append(error)
+        if failed is not None:
+            raise failed
+        return replies
+
+
+@contextmanager
+def pinned_connection(store: Store) -> Iterator[PinnedConnection]:
+    pool = store.redis.connection_pool
+    connection = pool.get_connection()
+    try:
+        yield PinnedConnection(connection)
+    except BaseException:
+        connection.disconnect()  # a reply may still be unread
+        raise
+    finally:
+        pool.release(connection)
+
+
+@dataclass
+class Replication:
+    """INFO replication, as far as acknowledgements need it."""
+
+    role: str
+    replid: str = ""
+    replid2: str = ""
+    replicas: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Replication:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        found = cls(role="")
+        for line in text.splitlines():
+            key, _, value = line.strip().partition(":")
+            if key == "role":
+                found.role = value
+            elif key == "master_replid":
+                found.replid = value
+            elif key == "master_replid2":
+                found.replid2 = value
+            elif key.startswith("slave") and key[5:].isdigit():
+                found.replicas.append(dict(i.split("=", 1) for i in value.split(",") if "=" in i))
+        return found
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> Replication:
+        """From redis-py's parsed INFO replication."""
+        return cls(str(info.get("role")), str(info.get("master_replid")), str(info.get("master_replid2")))
+
+    def in_sync(self, max_lag: int) -> int:
+        """Replicas linked (state online) that acknowledged within `max_lag` seconds."""
+        return sum(
+            1 for r in self.replicas if r.get("state") == "online" and int(r.get("lag", "0")) <= max_lag
+        )
 
 
 def _host_port(address: str) -> tuple[str, int]:

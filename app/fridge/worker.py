@@ -21,7 +21,8 @@ import redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from . import create_app, get_store, tasks
+from . import tasks
+from .config import load as load_config
 from .fetch import FridgeQueue, GracefulIntermediateQueue
 from .queueing import FridgeJob, NotDurable, enqueue, make_queue
 from .store import Store, Unavailable, is_transient
@@ -52,7 +53,8 @@ class FridgeWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_connection_wait_time = 5.0  # RQ's default backoff grows to 60 s
+        # RQ's backoff after a connection error grows to 60 s; a failover is over in seconds.
+        self.max_connection_wait_time = 1.0
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         """Registered in Redis: from now on it takes jobs. systemd's start (and so a rolling
@@ -82,7 +84,7 @@ class FridgeWorker(Worker):
                 if not is_transient(error):
                     raise
                 log.warning("Worker %s: failover under way (%s); reconnecting", self.name, error)
-                self.connection.connection_pool.disconnect()
+                self.connection.connection_pool.disconnect(inuse_connections=False)
                 time.sleep(0.5)
 
     def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
@@ -189,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args(argv)
 
-    app = create_app()
-    store = get_store(app)
-    config = store.config
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config()
+    store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
     tasks.EAT_SECONDS = float(config["EAT_SECONDS"])
     queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])
     unknown = [q for q in queue_names if q not in config["QUEUES"]]

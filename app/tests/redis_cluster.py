@@ -34,6 +34,7 @@ def _role_rules() -> dict[str, str]:
         "app": defaults["redis_acl_app_rules"],
         "sentinel": " ".join(internals["__redis_acl_sentinel_rules"].split()),
         "replica": internals["__redis_acl_replication_rules"],
+        "default": internals["__redis_acl_default_rules"],
     }
 
 
@@ -49,7 +50,7 @@ def acl_file(
     channels = " ".join(f"&{c}" for c in app_channels)
     return "\n".join(
         [
-            "user default off resetkeys resetchannels -@all",
+            f"user default {rules['default']}",
             f"user kit-admin on {h('admin')} ~* &* +@all",
             f"user kit-replica on {h('replica')} resetkeys resetchannels -@all {rules['replica']}",
             f"user kit-sentinel on {h('sentinel')} resetkeys resetchannels -@all {rules['sentinel']}",
@@ -192,6 +193,14 @@ class Cluster:
         proc = self.processes.pop(port)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP: the process neither answers nor closes its connections (a frozen or lost
+        host: no TCP reset arrives; the kernel still completes new handshakes)."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
 
     def failover(self) -> tuple[int, int]:
         """SENTINEL FAILOVER; returns (old, new) master ports once every Sentinel agrees."""

@@ -118,7 +118,7 @@ def test_a_job_that_cannot_reach_enough_replicas_is_not_acknowledged(cluster, se
     from fridge import create_app
 
     client = create_app(
-        {**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict"}
+        {**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict", "RETRY_BUDGET": 1}
     ).test_client()
     response = client.get("/comer/kiwi", headers={"Idempotency-Key": "kiwi-1"})
     assert response.status_code == 503
@@ -227,7 +227,9 @@ def test_with_no_replica_online_available_acknowledges_and_strict_refuses(cluste
         assert response.status_code == 202, response.get_json()
         assert admin.get("fridge:stats:unreplicated") == b"1"
 
-        strict = create_app({**settings, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict"}).test_client()
+        strict = create_app(
+            {**settings, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict", "RETRY_BUDGET": 1}
+        ).test_client()
         response = strict.get("/comer/pomelo")
         assert response.status_code == 503
         assert response.get_json()["replicas"] == 0

@@ -1,0 +1,148 @@
+"""The rules that keep acknowledged jobs through a failover (fridge/store.py): the master is the
+one a majority of Sentinels name, and a write no replica confirmed is acknowledged only when
+the Sentinels see no replica they could promote instead."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fridge.config import BadSetting
+from fridge.config import load as load_config
+from fridge.store import Replication, Store, _promotable
+from redis.sentinel import MasterNotFoundError
+from redis_cluster import MASTER_NAME, wait_until
+
+INFO = (
+    "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n"
+    "slave0:ip=10.0.0.12,port=6379,state=online,offset=123,lag=0\r\n"
+    "slave1:ip=10.0.0.13,port=6379,state=wait_bgsave,offset=0,lag=9\r\n"
+    "master_replid:aaaa\r\nmaster_replid2:bbbb\r\n"
+)
+
+
+def test_replication_info_is_read_as_the_acknowledgement_needs_it():
+    info = Replication.parse(INFO.encode())
+    assert (info.role, info.replid, info.replid2) == ("master", "aaaa", "bbbb")
+    assert [r["ip"] for r in info.replicas] == ["10.0.0.12", "10.0.0.13"]
+    assert info.in_sync(max_lag=3) == 1  # the one still syncing does not count
+    lagging = Replication.parse(INFO.replace("lag=0", "lag=7"))
+    assert lagging.in_sync(max_lag=3) == 0  # a lost host keeps "online" while its lag grows
+
+
+def replica(**fields):
+    state = {
+        "flags": "slave",
+        "is_sdown": False,
+        "is_odown": False,
+        "is_disconnected": False,
+        "slave-priority": 100,
+        "info-refresh": 1200,
+        "slave-repl-offset": 5000,
+    }
+    state.update(fields)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("fields", "promotable"),
+    [
+        ({}, True),
+        ({"flags": "slave,s_down", "is_sdown": True}, False),
+        ({"flags": "slave,disconnected", "is_disconnected": True}, False),
+        ({"slave-priority": 0}, False),
+        # Just listed after a failover, never answered INFO (lost or frozen host).
+        ({"info-refresh": 0, "slave-repl-offset": 0}, False),
+        ({"info-refresh": 1795389733000, "slave-repl-offset": 0}, False),
+        # Being promoted right now is the clearest case of all.
+        ({"flags": "slave,promoted", "is_disconnected": True}, True),
+    ],
+    ids=["healthy", "down", "disconnected", "priority-0", "never-refreshed", "never-refreshed-7", "promoted"],
+)
+def test_a_replica_counts_as_promotable_as_sentinel_would_choose_it(fields, promotable):
+    assert _promotable(replica(**fields)) is promotable
+
+
+def test_settings_that_would_break_the_promise_are_refused(monkeypatch):
+    with pytest.raises(BadSetting, match="ACK_TIMEOUT_MS"):
+        load_config({"ACK_TIMEOUT_MS": 1500, "REDIS_SOCKET_TIMEOUT": 1.0})
+    with pytest.raises(BadSetting, match="ACK_POLICY"):
+        load_config({"ACK_POLICY": "sometimes"})
+    with pytest.raises(BadSetting, match="RESULT_TTL"):
+        load_config({"RESULT_TTL": 0})
+
+
+def test_the_master_needs_a_majority_and_a_lost_sentinel_costs_one_timeout(cluster, settings):
+    store = Store(load_config(settings))
+    master = ("127.0.0.1", cluster.master_port())
+    first, second = cluster.sentinel_ports[:2]
+    cluster.freeze(first)  # a lost host: no reset, every question to it times out
+    try:
+        started = time.monotonic()
+        assert store.master_address() == master
+        assert store.master_address() == master
+        took = time.monotonic() - started
+        # One timeout (0.5 s) for the first question; the second asks the others first.
+        assert took < float(settings.get("SENTINEL_TIMEOUT", 0.5)) + 0.4, took
+        cluster.freeze(second)
+        with pytest.raises(MasterNotFoundError, match="named by 2 of 3"):
+            store.master_address()
+    finally:
+        cluster.thaw(first)
+        cluster.thaw(second)
+
+
+def test_without_a_replica_a_write_is_acknowledged_only_once_the_sentinels_see_it_down(cluster, settings):
+    store = Store(load_config(settings))
+    master = ("127.0.0.1", cluster.master_port())
+    replica_port = next(p for p in cluster.data_ports if p != master[1])
+    me = Replication.from_info(cluster.admin(master[1]).info("replication"))
+    assert "could promote" in store.sole_master_doubt(master, me)
+    cluster.freeze(replica_port)  # lost without a reset: the master still lists it "online"
+    try:
+        wait_until(
+            lambda: all(
+                any(r["is_sdown"] for r in cluster.sentinel(p).sentinel_slaves(MASTER_NAME))
+                for p in cluster.sentinel_ports
+            ),
+            20,
+            "every Sentinel to see the replica down",
+        )
+        assert store.sole_master_doubt(master, me) is None
+        # A Sentinel that names another master is enough to refuse.
+        assert "names" in store.sole_master_doubt(("127.0.0.1", replica_port), me)
+    finally:
+        cluster.thaw(replica_port)
+    cluster.wait_healthy()
+
+
+def test_a_retried_command_follows_the_sentinels_to_the_new_master(cluster, settings):
+    """A worker's write is in flight on a master that freezes; by the time it wakes up the
+    Sentinels have promoted its replica. redis-py's retries reconnected to the address the
+    connection had (redis/redis-py issue 3874): the write landed on the deposed master, to be
+    wiped when it rejoins, or met READONLY until the worker gave up and exited ("The previous
+    master is now a slave"). Each retry must ask the Sentinels, and land on the new master."""
+    config = load_config(settings)
+    store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
+    key = store.key("follow")
+    store.redis.set(key, "before")
+    old = cluster.master_port()
+    outcome: list[object] = []
+    cluster.freeze(old)
+    writer = threading.Thread(target=lambda: outcome.append(_attempt(lambda: store.redis.set(key, "after"))))
+    writer.start()
+    try:
+        new = wait_until(lambda: (p := cluster.master_port()) != old and p, 30, "a new master")
+    finally:
+        cluster.thaw(old)
+    writer.join(60)
+    assert outcome == [True]
+    assert cluster.admin(new).get(key) == b"after"
+
+
+def _attempt(action):
+    try:
+        return action()
+    except Exception as error:  # the test reports what the worker would have met
+        return error
