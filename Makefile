@@ -18,7 +18,7 @@ export COLUMNS ?= 160
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
 PLAYBOOKS := $(wildcard site.yml playbooks/*.yml)
 
-.PHONY: help venv engine images dev down test lint syntax test-roles test-app molecule bench lock clean
+.PHONY: help venv engine images dev down test lint syntax test-roles test-app molecule bench chaos lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,7 @@ test-app: venv ## The queueing app's tests against real redis-server and redis-s
 	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh; else echo "no app/ yet: nothing to test"; fi
 
 molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" to choose)
+	@tools/need.sh iptables:iptables nsenter:util-linux
 	@for s in $(SCENARIOS); do \
 	  echo "==> molecule test -s $$s"; \
 	  start=$$(date +%s); \
@@ -71,6 +72,10 @@ molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" t
 
 bench: venv images ## Speed and memory benchmarks (numbers, not pass/fail)
 	@if [ -x tools/bench.sh ]; then tools/bench.sh; else echo "no benchmarks yet"; fi
+
+chaos: venv images ## Every fault drill CHAOS_DRILLS times (5) on the dev topology: table, JSON in bench/results/
+	@tools/need.sh iptables:iptables nsenter:util-linux
+	@python tools/chaos.py
 
 lock: venv ## Re-resolve requirements-dev.txt and the app's lock files (needs the package index)
 	@tools/lock.sh

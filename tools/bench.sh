@@ -11,13 +11,7 @@ if ! curl -fs -o /dev/null "$base/healthz"; then
   echo "==> Nothing healthy on $base: deploying the development platform first (make dev)"
   tools/dev.sh up >/dev/null
 fi
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" = 0 ] && [ -r /etc/debian_version ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-  else
-    echo "error: wrk is missing (apt-get install wrk)" >&2; exit 1
-  fi
-fi
+tools/need.sh wrk:wrk
 
 rate() {  # wrk's requests/s and 99th percentile latency for one URL
   wrk -t2 -c16 -d"${duration}s" --latency "$@" 2>&1 | awk '

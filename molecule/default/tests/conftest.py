@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kit_checks import Group, Http, hosts_in, hostvars, load_group
+from kit_faults import Platform
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +15,8 @@ def http() -> Http:
 @pytest.fixture(scope="module")
 def group() -> Group:
     return load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
+
+
+@pytest.fixture(scope="module")
+def platform() -> Platform:
+    return Platform.from_inventory()

@@ -174,21 +174,6 @@ class Group:
         """The inventory name of the data node at `address`."""
         return next(h for h, a in self.nodes.items() if a == address)
 
-    def kill_server(self, address: str) -> None:
-        """SIGKILL the server at `address` and keep systemd from restarting it: a dead node."""
-        result = get_host(self.host_of(address)).run(
-            f"systemctl mask --runtime {self.service} && systemctl kill --signal=SIGKILL {self.service}"
-        )
-        assert result.rc == 0, result.stderr
-
-    def revive_server(self, address: str) -> None:
-        """Undo `kill_server`: the node's own unit starts again with its (rewritten) config."""
-        result = get_host(self.host_of(address)).run(
-            f"systemctl unmask --runtime {self.service} && systemctl reset-failed {self.service} "
-            f"&& systemctl start {self.service}"
-        )
-        assert result.rc == 0, result.stderr
-
 
 def load_group(
     members: list[str], data_group: str = "redis", sentinel_group: str = "redis_sentinel"

@@ -1,0 +1,661 @@
+"""Faults the way the world makes them, the load that measures what they cost, and the drills
+that combine both. Shared by the Molecule scenarios' tests and by `make chaos`
+(tools/chaos.py), which runs every drill on the development topology.
+
+Every host is a systemd container named after its inventory host, driven from the controller:
+
+- a server process killed (SIGKILL) with systemd free to restart it (`Restart=always`), or
+  kept from restarting (the unit masked);
+- a planned restart (`systemctl restart`, as an upgrade or a config change does);
+- a whole host lost (`docker kill`: its processes vanish and no TCP reset ever reaches its
+  peers), and brought back with its disk (`docker start`);
+- a host frozen (`docker pause`) and thawed;
+- a network partition: iptables DROP rules in a container's network namespace, entered from
+  the controller with nsenter, in both directions or only for one user's outgoing traffic
+  (an asymmetric partition), then healed.
+
+`Load` enqueues through Apache without pause and records every answer; `executed` checks that
+every job that got a 202 exists on the current master and ran. A drill (see `DRILLS`) starts
+from a healthy platform, makes one fault under load, undoes it, and returns a `Result`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from kit_checks import Group, hosts_in, hostvars, load_group, wait_for
+from kit_redis import ReplyError, parse_info
+
+# --- The platform ---------------------------------------------------------------------------
+
+
+@dataclass
+class Platform:
+    """The deployed hosts as the faults see them: inventory host = container name."""
+
+    group: Group
+    web: str  # inventory host of the VirtualHost
+    workers: list[str]
+    addresses: dict[str, str]
+    worker_target: str = "fridge-workers.target"
+    worker_units: str = "fridge-worker@*.service"
+
+    @classmethod
+    def from_inventory(cls) -> Platform:
+        """The platform kit_checks' inventory describes (a scenario's, or inventories/dev)."""
+        group = load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
+        every = sorted(set(hosts_in("all")) - {"localhost"})
+        app = resolve_app_name(hostvars(hosts_in("web")[0]))
+        return cls(
+            group=group,
+            web=hosts_in("web")[0],
+            workers=hosts_in("workers"),
+            addresses={h: hostvars(h)["kit_address"] for h in every},
+            worker_target=f"{app}-workers.target",
+            worker_units=f"{app}-worker@*.service",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addresses[self.web]}"
+
+    def master_host(self) -> str:
+        return self.group.host_of(self.group.current_master())
+
+    def replica_hosts(self) -> list[str]:
+        master = self.master_host()
+        return [h for h in self.group.nodes if h != master]
+
+    def sentinel_user(self, host: str) -> str:
+        """The system user the Sentinel on `host` runs as (the asymmetric partition's target)."""
+        return sh(host, f"systemctl show -p User --value {self.group.flavor}-sentinel").strip()
+
+    def workers_state(self) -> dict[str, str]:
+        """Each worker unit's main PID and restart count, to prove workers were not restarted."""
+        state = {}
+        for host in self.workers:
+            out = sh(host, f"systemctl show -p Id,MainPID,NRestarts '{self.worker_units}'")
+            for block in out.strip().split("\n\n"):
+                fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                state[f"{host}/{fields.get('Id')}"] = (
+                    f"pid {fields.get('MainPID')} restarts {fields.get('NRestarts')}"
+                )
+        return state
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        """Every Sentinel names one master and is out of TILT, every other data node
+        replicates it in sync, each Sentinel knows all its peers and sees nothing down, and the
+        web host answers /healthz."""
+        group = self.group
+
+        def healthy() -> bool:
+            named = group.masters_named()
+            answers = set(named.values())
+            if None in answers or len(answers) != 1:
+                return False
+            master = answers.pop().split(":")[0]
+            for address in group.nodes.values():
+                if address == master:
+                    continue
+                info = group.role(address)
+                if info.get("master_host") != master or info.get("master_link_status") != "up":
+                    return False
+            peers = len(group.sentinels) - 1
+            for address in group.sentinels.values():
+                with group.sentinel(address) as conn:
+                    if parse_info(conn.command("INFO", "sentinel")).get("sentinel_tilt") != "0":
+                        return False  # TILT (after a freeze or a clock jump): it acts on nothing
+                with group.sentinel(address) as conn:
+                    state = dict(
+                        zip(*[iter(conn.command("SENTINEL", "MASTER", group.master_name))] * 2, strict=True)
+                    )
+                if int(state["num-other-sentinels"]) < peers or "s_down" in state["flags"]:
+                    return False
+                with group.sentinel(address) as conn:
+                    replicas = conn.command("SENTINEL", "REPLICAS", group.master_name)
+                if any("s_down" in dict(zip(*[iter(r)] * 2, strict=True))["flags"] for r in replicas):
+                    return False
+            return http_status(f"{self.url}/healthz") == 200
+
+        wait_for(healthy, timeout, "a healthy platform (one master, replicas in sync, /healthz 200)", 0.5)
+
+
+def resolve_app_name(variables: dict) -> str:
+    from kit_checks import resolve
+
+    return str(resolve(variables, variables.get("kit_app_name", "fridge")))
+
+
+# --- Faults -----------------------------------------------------------------------------------
+
+
+def docker(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def sh(host: str, command: str, check: bool = True) -> str:
+    """Run a shell command in a host (container) as root."""
+    return docker("exec", host, "sh", "-c", command, check=check)
+
+
+def kill_server(group: Group, host: str, restart: bool = True) -> None:
+    """SIGKILL the data node's server. With `restart`, systemd restarts it as it would after
+    an OOM kill or a crash (Debian's unit: Restart=always, 100 ms); without, the unit is
+    masked first and the node stays dead until `revive_server`."""
+    service = group.service
+    if restart:
+        sh(host, f"systemctl kill --signal=SIGKILL {service}")
+    else:
+        sh(host, f"systemctl mask --runtime {service} && systemctl kill --signal=SIGKILL {service}")
+
+
+def revive_server(group: Group, host: str) -> None:
+    """Undo `kill_server(restart=False)`: the node's unit starts again with its config."""
+    service = group.service
+    sh(
+        host,
+        f"systemctl unmask --runtime {service}; systemctl reset-failed {service}; systemctl start {service}",
+    )
+
+
+def server_pid(group: Group, host: str) -> str:
+    return sh(host, f"systemctl show -p MainPID --value {group.service}").strip()
+
+
+def loaded(group: Group, address: str) -> bool:
+    """The server answers and has finished loading its data set."""
+    with group.node(address) as conn:
+        return parse_info(conn.command("INFO", "persistence")).get("loading") == "0"
+
+
+def restart_server(group: Group, host: str) -> None:
+    """A planned restart (an upgrade, a setting that needs one): SIGTERM, then start."""
+    sh(host, f"systemctl restart {group.service}")
+
+
+def lose_host(host: str) -> None:
+    """The whole host vanishes: every process at once, no FIN and no RST to its peers."""
+    docker("kill", host)
+
+
+def return_host(host: str) -> None:
+    """Power the host back on with its disk; wait for its systemd to finish booting."""
+    docker("start", host)
+    wait_for(
+        lambda: sh(host, "systemctl is-system-running", check=False).strip() in ("running", "degraded"),
+        120,
+        f"{host} to boot",
+        0.5,
+    )
+
+
+def freeze_host(host: str) -> None:
+    docker("pause", host)
+
+
+def thaw_host(host: str) -> None:
+    docker("unpause", host)
+
+
+def _netns(host: str, *iptables: str) -> None:
+    pid = docker("inspect", "-f", "{{.State.Pid}}", host).strip()
+    proc = subprocess.run(
+        ["nsenter", "-t", pid, "-n", "iptables", "-w", *iptables],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"iptables {' '.join(iptables)} in {host}: {proc.stderr.strip()}")
+
+
+def cut(platform: Platform, host: str, peer: str, port: int | None = None, user: str | None = None) -> None:
+    """Drop traffic between `host` and `peer` (inventory hosts), from `host`'s network
+    namespace. With `port`, only connections to that port (either side's). With `user`, only
+    what that system user on `host` sends to `peer` (an asymmetric cut: `peer` still reaches
+    `host`'s other processes and they reach it)."""
+    address = platform.addresses[peer]
+    if user is not None:
+        uid = sh(host, f"id -u {user}").strip()
+        _netns(host, "-A", "OUTPUT", "-d", address, "-m", "owner", "--uid-owner", uid, "-j", "DROP")
+        return
+    if port is None:
+        _netns(host, "-A", "INPUT", "-s", address, "-j", "DROP")
+        _netns(host, "-A", "OUTPUT", "-d", address, "-j", "DROP")
+        return
+    for chain, way, port_side in (
+        ("INPUT", "-s", "--dport"),
+        ("INPUT", "-s", "--sport"),
+        ("OUTPUT", "-d", "--dport"),
+        ("OUTPUT", "-d", "--sport"),
+    ):
+        _netns(host, "-A", chain, way, address, "-p", "tcp", port_side, str(port), "-j", "DROP")
+
+
+def heal(*hosts: str) -> None:
+    for host in hosts:
+        _netns(host, "-F", "INPUT")
+        _netns(host, "-F", "OUTPUT")
+
+
+# --- Load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    asked: float
+    answered: float
+    status: int
+    job_id: str | None
+    retry_after: str | None
+    replayed: bool = False
+
+
+def http_status(url: str, timeout: float = 5) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (http to a test host)
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+class Load:
+    """Clients enqueueing jobs through Apache without pause (`POST /jobs`, the `add` task, so
+    that the workers drain them as fast as they come), each request with an Idempotency-Key,
+    recording every answer (status 0: no answer within the client's timeout)."""
+
+    def __init__(
+        self, url: str, name: str, clients: int = 2, pause: float = 0.02, timeout: float = 15
+    ) -> None:
+        # Every run its own keys: a key seen before would be answered as a replay of an old job.
+        self.name = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.url, self.clients, self.pause, self.timeout = url, clients, pause, timeout
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self.stopped = float("inf")
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+
+    def _run(self) -> None:
+        import json
+
+        while not self._stop.is_set():
+            index = next(self._counter)
+            request = urllib.request.Request(  # noqa: S310 (http to a test host)
+                f"{self.url}/jobs",
+                data=json.dumps({"task": "add", "args": {"a": index, "b": 1}}).encode(),
+                method="POST",
+                headers={"Idempotency-Key": f"{self.name}-{index}", "Content-Type": "application/json"},
+            )
+            asked = time.monotonic()
+            status, job_id, retry_after, replayed = 0, None, None, False
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as reply:  # noqa: S310
+                    status, body = reply.status, reply.read()
+                    answer = json.loads(body)
+                    job_id, replayed = answer.get("job_id"), bool(answer.get("replayed"))
+            except urllib.error.HTTPError as error:
+                status, retry_after = error.code, error.headers.get("Retry-After")
+            except OSError:
+                status = 0
+            with self._lock:
+                self.answers.append(Answer(asked, time.monotonic(), status, job_id, retry_after, replayed))
+            time.sleep(self.pause)
+
+    def start(self) -> Load:
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout + 5)
+        self.stopped = max((a.answered for a in self.answers), default=time.monotonic())
+
+    def acked_since(self, moment: float) -> bool:
+        """Some request asked after `moment` was acknowledged."""
+        with self._lock:
+            return any(a.status == 202 and a.asked > moment for a in self.answers)
+
+    def acknowledged(self) -> list[str]:
+        return [a.job_id for a in self.answers if a.status == 202 and a.job_id]
+
+    def write_gap(self, since: float) -> float:
+        """The longest time without an acknowledgement once the fault began (until the load
+        stopped)."""
+        acks = sorted(a.answered for a in self.answers if a.status == 202 and a.answered > since)
+        points = [since, *acks, self.stopped]
+        return max(b - a for a, b in itertools.pairwise(points))
+
+    def longest(self) -> float:
+        return max((a.answered - a.asked for a in self.answers), default=0.0)
+
+
+def executed(group: Group, job_ids: list[str], timeout: float) -> tuple[list[str], list[str]]:
+    """Wait until every job has run; return (missing: no trace on the master, not finished)."""
+    pending = list(job_ids)
+    missing: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            master = group.current_master()
+            with group.node(master) as conn:
+                statuses = [conn.command("HGET", f"rq:job:{j}", "status") for j in pending]
+        except (OSError, ReplyError, AssertionError):
+            statuses = None
+        if statuses is not None:
+            missing = [j for j, s in zip(pending, statuses, strict=True) if s is None]
+            pending = [j for j, s in zip(pending, statuses, strict=True) if s != "finished"]
+            if not pending or time.monotonic() > deadline:
+                return missing, [j for j in pending if j not in missing]
+        elif time.monotonic() > deadline:
+            return missing, pending
+        time.sleep(1)
+
+
+# --- Drills -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    fault: str
+    requests: int
+    acknowledged: int
+    lost: int
+    unfinished: int
+    statuses: dict[int, int]
+    write_gap: float
+    longest: float
+    detail: str = ""
+    workers_restarted: list[str] = field(default_factory=list)
+    replays: int = 0  # 202s for a key the load never sent before: the drill proved nothing
+
+    @property
+    def errors_5xx(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s >= 500 and s != 503)
+
+    @property
+    def unavailable_503(self) -> int:
+        return self.statuses.get(503, 0)
+
+    @property
+    def unanswered(self) -> int:
+        return self.statuses.get(0, 0)
+
+    def line(self) -> str:
+        return (
+            f"{self.fault}: {self.requests} requests, {self.acknowledged} acknowledged, {self.lost} lost, "
+            f"{self.unfinished} not run, {self.errors_5xx} 5xx, {self.unavailable_503} x 503, "
+            f"{self.unanswered} unanswered; write gap {self.write_gap:.2f}s, longest request "
+            f"{self.longest:.2f}s{'; ' + self.detail if self.detail else ''}"
+        )
+
+
+@contextlib.contextmanager
+def under_load(platform: Platform, name: str) -> Iterator[Load]:
+    load = Load(platform.url, name).start()
+    try:
+        wait_for(lambda: load.acked_since(0), 30, "the load to be acknowledged")
+        yield load
+    finally:
+        load.stop()
+
+
+def _settle(load: Load, seconds: float = 2.0) -> None:
+    """Keep the load running until a request asked from now on is acknowledged (the fault is
+    over), then a bit more."""
+    now = time.monotonic()
+    wait_for(lambda: load.acked_since(now), 60, "acknowledgements to resume")
+    time.sleep(seconds)
+
+
+def _finish(
+    platform: Platform, fault: str, load: Load, began: float, before: dict, detail: str = ""
+) -> Result:
+    after = platform.workers_state()
+    restarted = [unit for unit, state in before.items() if after.get(unit) != state]
+    acked = load.acknowledged()
+    missing, unfinished = executed(platform.group, acked, timeout=180)
+    return Result(
+        fault=fault,
+        requests=len(load.answers),
+        acknowledged=len(acked),
+        lost=len(missing),
+        unfinished=len(unfinished),
+        statuses=dict(Counter(a.status for a in load.answers)),
+        write_gap=load.write_gap(began),
+        longest=load.longest(),
+        detail=detail,
+        workers_restarted=restarted,
+        replays=sum(a.replayed for a in load.answers),
+    )
+
+
+def _queued_across(platform: Platform, name: str, fault: Callable[[str], None]) -> Result:
+    """`fault(master host)` under load with the workers stopped, so that every job acknowledged
+    before it must still be queued after it; the workers start again before the check."""
+    master = platform.master_host()
+    for host in platform.workers:
+        sh(host, f"systemctl stop {platform.worker_target}")
+    try:
+        with under_load(platform, name) as load:
+            time.sleep(1)
+            began = time.monotonic()
+            fault(master)
+            _settle(load)
+    finally:
+        for host in platform.workers:
+            sh(host, f"systemctl start {platform.worker_target}")
+    before = platform.workers_state()
+    stayed = platform.master_host() == master
+    return _finish(platform, name, load, began, before, f"master {'kept' if stayed else 'changed'}")
+
+
+def drill_restart(platform: Platform, name: str = "restart") -> Result:
+    """`systemctl restart` of the master's server (the AOF replays at start-up)."""
+    return _queued_across(platform, name, lambda master: restart_server(platform.group, master))
+
+
+def drill_crash(platform: Platform, name: str = "crash") -> Result:
+    """SIGKILL of the master's server, restarted by systemd within 100 ms (below Sentinel's
+    down-after)."""
+
+    def crash(master: str) -> None:
+        pid = server_pid(platform.group, master)
+        kill_server(platform.group, master, restart=True)
+        wait_for(
+            lambda: (
+                server_pid(platform.group, master) not in ("", "0", pid)
+                and loaded(platform.group, platform.addresses[master])
+            ),
+            30,
+            "systemd to restart the server",
+        )
+
+    return _queued_across(platform, name, crash)
+
+
+def drill_power_cut(platform: Platform, name: str = "power-cut") -> Result:
+    """Every data host lost at once (docker kill: Redis and Sentinel with them) and powered
+    back on with its disk. The page cache survives on this machine, so this proves the
+    start-up path, not fsync (see the README on appendfsync)."""
+    data = list(platform.group.nodes)
+    with under_load(platform, name) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        for host in data:
+            lose_host(host)
+        time.sleep(2)
+        for host in data:
+            return_host(host)
+        _settle(load)
+    return _finish(platform, name, load, began, before)
+
+
+def drill_lose_master_host(
+    platform: Platform, name: str = "host-loss", restart_replica_first: bool = False
+) -> Result:
+    """The master's whole host lost (no TCP reset reaches anyone), brought back later. With
+    `restart_replica_first`, the replica was restarted just before: once promoted it must
+    still hold every job (it resynchronised from the master after its own restart)."""
+    master = platform.master_host()
+    detail = ""
+    with under_load(platform, name) as load:
+        if restart_replica_first:
+            for host in platform.replica_hosts():
+                restart_server(platform.group, host)
+            platform.wait_healthy()
+            detail = "replica restarted first"
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        lose_host(master)
+        old = platform.addresses[master]
+        wait_for(
+            lambda: {a for a in platform.group.masters_named().values() if a} - {f"{old}:6379"},
+            60,
+            "a new master",
+        )
+        promoted = time.monotonic() - began
+        _settle(load, 3.0)
+    return_host(master)
+    return _finish(
+        platform,
+        name,
+        load,
+        began,
+        before,
+        f"{detail + '; ' if detail else ''}promoted after {promoted:.2f}s",
+    )
+
+
+def drill_freeze_master(platform: Platform, name: str = "freeze") -> Result:
+    """The master's host frozen (docker pause) past a failover, then thawed: it wakes up
+    believing it is the master until Sentinel demotes it; nothing it accepts then may be
+    acknowledged."""
+    master = platform.master_host()
+    old = platform.addresses[master]
+    with under_load(platform, name) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        freeze_host(master)
+        try:
+            wait_for(
+                lambda: {a for a in platform.group.masters_named().values() if a} - {f"{old}:6379"},
+                60,
+                "a new master",
+            )
+            time.sleep(1)
+        finally:
+            thaw_host(master)
+        woke = time.monotonic()
+        # Keep writing while it is awake and not yet demoted (Sentinel converts it ~8-10 s later).
+        wait_for(lambda: platform.group.role(old).get("role") == "slave", 60, "the old master to be demoted")
+        demoted = time.monotonic() - woke
+        _settle(load)
+    return _finish(platform, name, load, began, before, f"old master demoted {demoted:.1f}s after it woke")
+
+
+def drill_partition(platform: Platform, name: str = "partition", hold: float | None = None) -> Result:
+    """Jepsen's case: the master cut from its replica, the workers and two of the three
+    Sentinels (its own stays with it), while the web tier still reaches it; held longer than
+    repl-timeout, then healed. On the web host the Sentinel's traffic to the master is cut
+    but not the app's (an asymmetric partition, by system user)."""
+    master = platform.master_host()
+    hold = hold if hold is not None else repl_timeout(platform) + 5
+    others = [h for h in platform.group.nodes if h != master] + [h for h in platform.workers if h != master]
+    sentinel_hosts = [h for h in platform.group.sentinels if h != master]
+    cut_hosts = [master, *[h for h in sentinel_hosts if h not in others]]
+    with under_load(platform, name) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        try:
+            for peer in others:
+                cut(platform, master, peer)
+            for host in sentinel_hosts:
+                if host in others:
+                    continue  # already cut whole
+                cut(platform, master, host, port=26379)
+                cut(platform, host, master, user=platform.sentinel_user(host))
+            time.sleep(hold)
+        finally:
+            heal(*cut_hosts)
+        healed = time.monotonic()
+        old = platform.addresses[master]
+        wait_for(lambda: platform.group.role(old).get("role") == "slave", 90, "the old master to be demoted")
+        demoted = time.monotonic() - healed
+        _settle(load)
+    return _finish(
+        platform,
+        name,
+        load,
+        began,
+        before,
+        f"held {hold:.0f}s; old master demoted {demoted:.1f}s after the heal",
+    )
+
+
+def repl_timeout(platform: Platform) -> int:
+    with platform.group.node(platform.group.current_master()) as conn:
+        return int(conn.command("CONFIG", "GET", "repl-timeout")[1])
+
+
+DRILLS: dict[str, Callable[[Platform], Result]] = {
+    "restart": drill_restart,
+    "crash": drill_crash,
+    "power-cut": drill_power_cut,
+    "host-loss": drill_lose_master_host,
+    "replica-restart+host-loss": lambda p: drill_lose_master_host(
+        p, "replica-restart+host-loss", restart_replica_first=True
+    ),
+    "freeze": drill_freeze_master,
+    "partition": drill_partition,
+}
+
+
+def summary(results: list[Result]) -> list[dict]:
+    """One row per fault: drills, acknowledged, lost, 5xx, 503, write gap median and max."""
+    rows = []
+    for fault, group in itertools.groupby(sorted(results, key=lambda r: r.fault), key=lambda r: r.fault):
+        runs = list(group)
+        gaps = [r.write_gap for r in runs]
+        rows.append(
+            {
+                "fault": fault,
+                "drills": len(runs),
+                "acknowledged": sum(r.acknowledged for r in runs),
+                "lost": sum(r.lost for r in runs),
+                "not_run": sum(r.unfinished for r in runs),
+                "5xx": sum(r.errors_5xx for r in runs),
+                "503": sum(r.unavailable_503 for r in runs),
+                "unanswered": sum(r.unanswered for r in runs),
+                "write_gap_median": round(statistics.median(gaps), 2),
+                "write_gap_max": round(max(gaps), 2),
+                "longest_request": round(max(r.longest for r in runs), 2),
+                "workers_restarted": sum(len(r.workers_restarted) for r in runs),
+            }
+        )
+    return rows
