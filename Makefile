@@ -62,7 +62,7 @@ test-app: venv ## The queueing app's tests against real redis-server and redis-s
 	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh; else echo "no app/ yet: nothing to test"; fi
 
 molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" to choose)
-	@tools/need.sh iptables:iptables nsenter:util-linux
+	@tools/need.sh iptables:iptables nsenter:util-linux chromium:chromium chromedriver:chromium-driver
 	@for s in $(SCENARIOS); do \
 	  echo "==> molecule test -s $$s"; \
 	  start=$$(date +%s); \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Plain output whatever the caller asked for (make forces colour outside CI).
+PLAIN = {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 GOOD = {
     "kit_address": "127.0.0.1",
@@ -30,6 +33,7 @@ GOOD = {
     "redis_acl_sentinel_password": "preflight-sentinel-1Lp5",
     "redis_ha_sentinel_password": "preflight-sentinel-pw-6Tq3",
     "redis_sentinel_password": "preflight-sentinel-pw-6Tq3",
+    "redis_sentinel_client_password": "preflight-sentinel-client-2Vx8",
     "redis_sentinel_auth_password": "preflight-sentinel-1Lp5",
 }
 
@@ -43,7 +47,7 @@ def run(playbook: str, tags: str, tmp_path: Path, **overrides) -> subprocess.Com
         "[redis]\ncontroller ansible_connection=local ansible_become=false "
         f"ansible_python_interpreter={sys.executable}\n[redis_sentinel]\ncontroller\n"
     )
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env = {**os.environ, **PLAIN}
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
@@ -142,13 +146,18 @@ PROD_SECRETS = {
     "vault_redis_replication_password": "prod-test-replica-3Kd9",
     "vault_redis_sentinel_acl_password": "prod-test-sentinel-acl-5Lp1",
     "vault_redis_sentinel_password": "prod-test-sentinel-7Wc4",
+    "vault_redis_sentinel_client_password": "prod-test-sentinel-client-4Ry1",
     "vault_redis_app_password": "prod-test-app-2Nf6",
     "vault_dashboard_password": "prod-test-dashboard-9Hx3",
 }
 
 
 def run_site(
-    tmp_path: Path, extra: dict | None = None, playbook: str = "site.yml", inventory: Path | None = None
+    tmp_path: Path,
+    extra: dict | None = None,
+    playbook: str = "site.yml",
+    inventory: Path | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """site.yml (or one playbook) against the production inventory; a passing preflight
     would go on to the real hosts, so tests that expect a pass run playbooks/preflight.yml."""
@@ -162,7 +171,8 @@ def run_site(
         extra_file = tmp_path / "extra.json"
         extra_file.write_text(json.dumps(extra))
         cmd += ["-e", f"@{extra_file}"]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    cmd += args
+    env = {**os.environ, **PLAIN}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -214,3 +224,28 @@ def test_an_inventory_with_two_sentinels_is_refused(tmp_path):
     assert "Impossible topology" in said
     assert "redis_sentinel=2" in said
     assert recap_hosts(result.stdout) == {"localhost"}
+
+
+def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
+    inventory = tmp_path / "prod"
+    shutil.copytree(ROOT / "inventories/prod", inventory)
+    vault = inventory / "group_vars/all/vault.yml"
+    vault.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
+    result = run_site(tmp_path, inventory=inventory / "hosts.yml")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{vault} is not encrypted" in said
+    assert recap_hosts(result.stdout) == {"localhost"}
+
+    password = tmp_path / "vault-password"
+    password.write_text("preflight-vault-password-5Tg8\n")
+    vault_tool = str(Path(sys.executable).parent / "ansible-vault")
+    encrypt = [vault_tool, "encrypt", "--vault-password-file", str(password), str(vault)]
+    subprocess.run(encrypt, check=True, capture_output=True, env={**os.environ, **PLAIN})
+    result = run_site(
+        tmp_path,
+        playbook="playbooks/preflight.yml",
+        inventory=inventory / "hosts.yml",
+        args=("--vault-password-file", str(password)),
+    )
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from . import get_store, monitoring
 from .openapi import document
 from .queueing import enqueue, fetch_job
-from .tasks import TASKS, BadArguments, validate_comida
+from .tasks import TASKS, BadArguments, offered, validate_comida
 
 bp = Blueprint("api", __name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JOB_FIELDS = {"task", "args", "queue", "delay"}
+
+
+class Unauthorized(Exception):
+    """Enqueueing needs a bearer token (API_TOKENS) and the request has none that matches."""
+
+
+@bp.before_app_request
+def _utf8_path() -> None:
+    """Werkzeug decodes a path's bytes with replacement characters; refuse them instead. WSGI
+    hands PATH_INFO over as bytes decoded as Latin-1; REQUEST_URI is the path as sent."""
+    raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI") or ""
+    try:
+        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        unquote_to_bytes(raw.partition("?")[0]).decode("utf-8")
+    except UnicodeError:
+        raise BadArguments("the path is not valid UTF-8") from None
+
+
+def _authorize() -> None:
+    tokens = current_app.config["API_TOKENS"]
+    if not tokens:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Compare with every token, so the time taken does not tell which one nearly matched.
+    matches = [hmac.compare_digest(given.encode(), t.encode()) for t in tokens]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise Unauthorized
 
 
 def _accepted(result, task_name: str):
@@ -55,15 +84,16 @@ def _fingerprint(*parts: str) -> str:
 def _queue(name: Any, default: str) -> str:
     if name is None:
         return default
-    queues = current_app.config["QUEUES"]
-    if not isinstance(name, str) or name not in queues:
-        raise BadArguments(f"unknown queue {name!r} (queues: {', '.join(queues)})")
+    public = current_app.config["PUBLIC_QUEUES"]
+    if not isinstance(name, str) or name not in public:
+        raise BadArguments(f"queue {name!r} is not open to requests (queues: {', '.join(public)})")
     return name
 
 
 @bp.route("/comer/<comida>", methods=["GET", "POST"])
 def comer(comida: str):
     """The original notes' example: put one food in the fridge for a worker to eat."""
+    _authorize()
     task = TASKS["eat"]
     kwargs = {"comida": validate_comida(comida, int(current_app.config["MAX_COMIDA_LENGTH"]))}
     queue = _queue(request.args.get("queue"), task.queue)
@@ -81,8 +111,12 @@ def comer(comida: str):
 @bp.post("/jobs")
 def create_job():
     """Enqueue a registered task: {"task": ..., "args": [...] or {...}, "queue": ..., "delay": s}."""
+    _authorize()
+    # A cross-site HTML form can send text/plain or form bodies, not application/json.
+    if not request.is_json:
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     try:
-        body = request.get_json(force=True, silent=False)
+        body = request.get_json(silent=False)
     except BadRequest:
         raise BadArguments("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -91,9 +125,10 @@ def create_job():
     if unknown:
         raise BadArguments(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     name = body.get("task")
-    if not isinstance(name, str) or name not in TASKS:
-        raise BadArguments(f"unknown task {name!r} (tasks: {', '.join(TASKS)})")
-    task = TASKS[name]
+    tasks = offered(current_app.config)
+    if not isinstance(name, str) or name not in tasks:
+        raise BadArguments(f"unknown task {name!r} (tasks: {', '.join(tasks)})")
+    task = tasks[name]
     kwargs = task.arguments(body.get("args"))
     queue = _queue(body.get("queue"), task.queue)
     delay = body.get("delay", 0)

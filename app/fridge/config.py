@@ -11,6 +11,8 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     # Redis is reached only through Sentinel.
     "SENTINELS": ["127.0.0.1:26379"],
+    # The Sentinel ACL user that may only ask where the master is (not the peers' password).
+    "SENTINEL_USERNAME": None,
     "SENTINEL_PASSWORD": None,
     "MASTER_NAME": "kit",
     "REDIS_USERNAME": None,
@@ -27,6 +29,14 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER": 2,
     # Queues in priority order: a worker takes from the first non-empty one.
     "QUEUES": ["critical", "default", "low"],
+    # The queues a request may name ("queue" in POST /jobs, ?queue= on /comer); the others
+    # only take the jobs the app itself puts there.
+    "PUBLIC_QUEUES": ["default", "low"],
+    # The demonstration and test tasks (sleep, fail, flaky) tie up workers on request: off
+    # unless turned on (development, tests).
+    "DEMO_TASKS": False,
+    # When not empty, enqueueing needs "Authorization: Bearer <one of these>" (a secret).
+    "API_TOKENS": [],
     # 202 only after the job reached this many replicas (WAIT); 0 turns the check off.
     "ACK_REPLICAS": 1,
     "ACK_TIMEOUT_MS": 500,
@@ -92,6 +102,12 @@ def check(settings: Mapping[str, Any]) -> None:
             f"ACK_TIMEOUT_MS ({settings['ACK_TIMEOUT_MS']}) must be shorter than REDIS_SOCKET_TIMEOUT "
             f"({settings['REDIS_SOCKET_TIMEOUT']} s): WAIT blocks for that long on the socket"
         )
+    unknown = [q for q in settings["PUBLIC_QUEUES"] if q not in settings["QUEUES"]]
+    if unknown:
+        raise BadSetting(f"PUBLIC_QUEUES names queue(s) not in QUEUES: {', '.join(map(str, unknown))}")
+    tokens = settings["API_TOKENS"]
+    if not isinstance(tokens, list) or any(not isinstance(t, str) or len(t) < 16 for t in tokens):
+        raise BadSetting("API_TOKENS must be a list of tokens of at least 16 characters")
     # An enqueue confirms the job by reading it back, possibly after a worker already ran it.
     if int(settings["RESULT_TTL"]) < 60:
         raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")

@@ -7,6 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .api import Unauthorized
 from .queueing import IdempotencyConflict, NotDurable
 from .store import Unavailable
 from .tasks import BadArguments
@@ -43,9 +44,17 @@ def register(app: Flask) -> None:
     def conflict(exc: IdempotencyConflict):
         return error(422, str(exc))
 
+    @app.errorhandler(Unauthorized)
+    def unauthorized(exc: Unauthorized):
+        response = error(401, "enqueueing needs a valid token: Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fridge"'
+        return response
+
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):
-        response = error(503, "the queue is unavailable, retry later", reason=exc.reason)
+        # The reason names servers and addresses: it goes to the log, not to the client.
+        log.warning("answering 503: %s", exc.reason)
+        response = error(503, "the queue is unavailable (Redis failover or outage), retry later")
         response.headers["Retry-After"] = retry_after
         return response
 

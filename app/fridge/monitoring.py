@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,8 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from .queueing import make_queue
 from .store import Store, Unavailable
+
+log = logging.getLogger(__name__)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -61,11 +64,12 @@ def live_workers(store: Store) -> list[Worker]:
 def health(store: Store) -> tuple[bool, dict[str, Any]]:
     try:
         store.retrying(store.redis.ping, budget=2.0)
-        host, port = store.master_address()
         workers = store.retrying(lambda: len(live_workers(store)), budget=2.0)
     except (Unavailable, Exception) as error:
-        return False, {"reason": f"the Redis master is not reachable through Sentinel: {error}"}
-    details = {"master": f"{host}:{port}", "workers": workers, "versions": versions()}
+        # Public answer: no server names or addresses (they go to the log).
+        log.warning("unhealthy: the Redis master is not reachable through Sentinel: %s", error)
+        return False, {"reason": "the Redis master is not reachable through Sentinel"}
+    details = {"workers": workers, "versions": versions()}
     if workers == 0:
         return False, {**details, "reason": "no worker is alive"}
     return True, details

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tasks import TASKS
+from .tasks import offered
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -14,7 +14,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def document(config: dict[str, Any]) -> dict[str, Any]:
-    queues = list(config["QUEUES"])
+    queues = list(config["PUBLIC_QUEUES"])
+    secured = bool(config["API_TOKENS"])
     idempotency = {
         "name": "Idempotency-Key",
         "in": "header",
@@ -27,6 +28,10 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
     unavailable = _json(ERROR, "Redis unreachable within the retry budget (failover); see Retry-After.")
     unavailable["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     bad = _json(ERROR, "Bad input: the error names the problem; nothing was enqueued.")
+    enqueue_errors: dict[str, Any] = {"400": bad, "503": unavailable}
+    guard = {"security": [{"bearer": []}]} if secured else {}
+    if secured:
+        enqueue_errors["401"] = _json(ERROR, "No valid bearer token.")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -58,18 +63,21 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
                 "get": {
                     "summary": "Put one food in the fridge (enqueue an eat job)",
                     "operationId": "comerGet",
-                    "responses": {"202": accepted, "400": bad, "503": unavailable},
+                    **guard,
+                    "responses": {"202": accepted, **enqueue_errors},
                 },
                 "post": {
                     "summary": "Put one food in the fridge (enqueue an eat job)",
                     "operationId": "comerPost",
-                    "responses": {"202": accepted, "400": bad, "503": unavailable},
+                    **guard,
+                    "responses": {"202": accepted, **enqueue_errors},
                 },
             },
             "/jobs": {
                 "post": {
                     "summary": "Enqueue a registered task",
                     "operationId": "createJob",
+                    **guard,
                     "parameters": [idempotency],
                     "requestBody": {
                         "required": True,
@@ -77,10 +85,10 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
                     },
                     "responses": {
                         "202": accepted,
-                        "400": bad,
+                        **enqueue_errors,
                         "413": _json(ERROR, "Body larger than 64 KiB."),
+                        "415": _json(ERROR, "The body is not sent as application/json."),
                         "422": _json(ERROR, "Idempotency-Key reused for a different request."),
-                        "503": unavailable,
                     },
                 }
             },
@@ -123,6 +131,7 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
             },
         },
         "components": {
+            **({"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}} if secured else {}),
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -134,7 +143,7 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
                     "required": ["task"],
                     "additionalProperties": False,
                     "properties": {
-                        "task": {"type": "string", "enum": list(TASKS)},
+                        "task": {"type": "string", "enum": list(offered(config))},
                         "args": {"oneOf": [{"type": "array"}, {"type": "object"}]},
                         "queue": {"type": "string", "enum": queues},
                         "delay": {"type": "number", "minimum": 0, "maximum": 2592000},
@@ -179,6 +188,6 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
                         "retries_left": {"type": ["integer", "null"]},
                     },
                 },
-            }
+            },
         },
     }

@@ -226,6 +226,7 @@ class Store:
             sentinels,
             # Set explicitly: with a dict here redis-py copies nothing from the master kwargs.
             sentinel_kwargs={
+                "username": config["SENTINEL_USERNAME"],
                 "password": config["SENTINEL_PASSWORD"],
                 "socket_timeout": timeout,
                 "socket_connect_timeout": timeout,

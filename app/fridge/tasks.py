@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,8 @@ class Task:
     params: tuple[str, ...]
     check: Callable[[dict[str, Any]], dict[str, Any]]
     description: str
+    # A demonstration or test task: the API offers it only with DEMO_TASKS on.
+    demo: bool = False
 
     @property
     def path(self) -> str:
@@ -137,6 +139,7 @@ TASKS: dict[str, Task] = {
             ("seconds",),
             lambda a: {"seconds": _number(a["seconds"], "seconds", 0, 3600)},
             "Sleep for a number of seconds.",
+            demo=True,
         ),
         Task(
             "fail",
@@ -145,6 +148,7 @@ TASKS: dict[str, Task] = {
             ("message",),
             lambda a: {"message": _text(a["message"], "message")},
             "Always fail with the given message.",
+            demo=True,
         ),
         Task(
             "flaky",
@@ -153,6 +157,7 @@ TASKS: dict[str, Task] = {
             ("failures",),
             lambda a: {"failures": int(_number(a["failures"], "failures", 0, 10))},
             "Fail a number of times, then succeed.",
+            demo=True,
         ),
         Task(
             "add",
@@ -164,6 +169,12 @@ TASKS: dict[str, Task] = {
         ),
     )
 }
+
+
+def offered(config: Mapping[str, Any]) -> dict[str, Task]:
+    """The tasks the API accepts with these settings (demo tasks only with DEMO_TASKS on)."""
+    return {name: task for name, task in TASKS.items() if config["DEMO_TASKS"] or not task.demo}
+
 
 ALLOWED_PATHS = frozenset(task.path for task in TASKS.values())
 TASK_BY_PATH = {task.path: task for task in TASKS.values()}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from fridge import create_app
-from redis_cluster import MASTER_NAME, PASSWORDS, Cluster, env_for
+from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, Cluster, env_for
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
 # Short timings so that retries, abandonment and scheduling happen within seconds.
 FAST = {
+    "DEMO_TASKS": True,
     "EAT_SECONDS": 0.05,
     "JOB_RETRIES": 2,
     "JOB_RETRY_INTERVALS": [0],
@@ -54,7 +55,8 @@ def settings(cluster: Cluster) -> dict:
     return {
         "TESTING": True,
         "SENTINELS": cluster.sentinels,
-        "SENTINEL_PASSWORD": PASSWORDS["sentinel_own"],
+        "SENTINEL_USERNAME": SENTINEL_CLIENT_USER,
+        "SENTINEL_PASSWORD": PASSWORDS["sentinel_client"],
         "MASTER_NAME": MASTER_NAME,
         "REDIS_USERNAME": "app",
         "REDIS_PASSWORD": PASSWORDS["app"],

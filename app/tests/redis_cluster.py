@@ -24,7 +24,16 @@ PASSWORDS = {
     "sentinel": "test-sentinel-acl-5Ws1",
     "app": "test-app-pw-9Qe4",
     "sentinel_own": "test-sentinel-pw-4Lm6",
+    "sentinel_client": "test-sentinel-client-pw-7Yu2",
 }
+SENTINEL_CLIENT_USER = "kit-client"
+SENTINEL_ROLE = ROLE.parent / "redis_sentinel"
+
+
+def sentinel_client_rules() -> str:
+    """The client user's rules, as roles/redis_sentinel writes them."""
+    internals = yaml.safe_load((SENTINEL_ROLE / "vars" / "main.yml").read_text())
+    return " ".join(internals["__redis_sentinel_client_rules"].split())
 
 
 def _role_rules() -> dict[str, str]:
@@ -138,6 +147,7 @@ class Cluster:
             10,
             "the replica to sync",
         )
+        client_rules = sentinel_client_rules()
         for port in self.sentinel_ports:
             data = self.workdir / f"sentinel-{port}"
             data.mkdir()
@@ -152,6 +162,7 @@ class Cluster:
                         "logfile sentinel.log",
                         f"requirepass {PASSWORDS['sentinel_own']}",
                         f"sentinel sentinel-pass {PASSWORDS['sentinel_own']}",
+                        f"user {SENTINEL_CLIENT_USER} on >{PASSWORDS['sentinel_client']} {client_rules}",
                         f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2",
                         f"sentinel auth-user {MASTER_NAME} kit-sentinel",
                         f"sentinel auth-pass {MASTER_NAME} {PASSWORDS['sentinel']}",
@@ -253,7 +264,8 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
 
     settings = {
         "SENTINELS": cluster.sentinels,
-        "SENTINEL_PASSWORD": PASSWORDS["sentinel_own"],
+        "SENTINEL_USERNAME": SENTINEL_CLIENT_USER,
+        "SENTINEL_PASSWORD": PASSWORDS["sentinel_client"],
         "MASTER_NAME": MASTER_NAME,
         "REDIS_USERNAME": "app",
         "REDIS_PASSWORD": PASSWORDS["app"],

@@ -10,7 +10,11 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 
-def test_a_worker_takes_critical_before_default_before_low(client, workers):
+def test_a_worker_takes_critical_before_default_before_low(settings, workers):
+    from fridge import create_app
+
+    # critical is not open to requests by default (PUBLIC_QUEUES); the operator opens it here.
+    client = create_app({**settings, "PUBLIC_QUEUES": ["critical", "default", "low"]}).test_client()
     ids = {}
     for queue in ("low", "default", "critical"):
         ids[queue] = [
@@ -59,10 +63,19 @@ def test_dashboard_requeues_and_deletes_failed_jobs(client, workers, admin):
     for text in (first, second, "critical", "RuntimeError: one"):
         assert text in html
 
-    # Actions must come from the dashboard page itself.
-    refused = client.post(f"/dashboard/failed/{first}/delete")
-    assert refused.status_code == 403
-    same_site = {"Origin": "http://localhost"}
+    # Actions must come from the dashboard page itself (a real browser's requests are
+    # checked in molecule/web: test_dashboard_in_a_browser.py).
+    for forged in (
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "https://other.localhost"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ):
+        refused = client.post(f"/dashboard/failed/{first}/delete", headers=forged)
+        assert refused.status_code == 403, forged
+        assert "dashboard page" in refused.get_json()["error"]
+    assert client.get(f"/jobs/{first}").get_json()["status"] == "failed"
+    same_site = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
     assert client.post(f"/dashboard/failed/{first}/delete", headers=same_site).status_code == 303
     assert client.get(f"/jobs/{first}").status_code == 404
     assert client.post(f"/dashboard/failed/{second}/requeue", headers=same_site).status_code == 303

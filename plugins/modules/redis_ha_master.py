@@ -12,6 +12,9 @@ description:
   - When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the
     data nodes; a node that replicas point to is the master.
   - When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
+  - Fails, naming the address, when the master found is not one of O(nodes), for instance a
+    Sentinel reconfigured by hand or by an attacker. The roles would otherwise make every node
+    replicate from it and send it the replication password.
   - Read-only; never reports a change.
 options:
   master_name:
@@ -31,7 +34,7 @@ options:
     description: "Sentinel password (requirepass)."
     type: str
   nodes:
-    description: "Data node addresses."
+    description: "Data node addresses (the inventory's); the master must be one of them."
     type: list
     elements: str
     default: []
@@ -147,6 +150,27 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
     return None
 
 
+def foreign_master(params: dict, result: dict) -> str | None:
+    """A master that is not one of the inventory's data nodes is refused: someone who could
+    reconfigure a Sentinel (SENTINEL MONITOR) must not get every node to replicate from, and
+    send the replication password to, an address of their choosing. Without a node list
+    there is nothing to check against."""
+    if not params["nodes"]:
+        return None
+    address = (result["master_host"], int(result["master_port"]))
+    known = [(node, params["node_port"]) for node in params["nodes"]] + [
+        (params["bootstrap_master"], params["node_port"])
+    ]
+    if address in known:
+        return None
+    return (
+        f"the {result['source']} names {address[0]}:{address[1]} as master of {params['master_name']}, "
+        f"which is not one of the inventory's data nodes ({', '.join(f'{h}:{p}' for h, p in known[:-1])}); "
+        "refusing to follow it. If a Sentinel was reconfigured by hand or by an attacker, fix it "
+        f"(SENTINEL REMOVE {params['master_name']}, then re-run the playbook)."
+    )
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -181,6 +205,9 @@ def main() -> None:
                 source="bootstrap",
             )
     result["not_answering"] = unreachable
+    stranger = foreign_master(params, result)
+    if stranger:
+        module.fail_json(msg=stranger, **result)
     module.exit_json(**result)
 
 

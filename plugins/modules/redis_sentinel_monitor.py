@@ -14,6 +14,9 @@ description:
     differs, with C(SENTINEL SET). Sentinel persists them in its own config file.
   - The credentials Sentinel uses for the data nodes cannot be read back through the protocol,
     so they are compared with the lines Sentinel wrote in O(config_file).
+  - Makes the ACL user O(client_user) (what clients log in as) have exactly O(client_rules) and
+    O(client_password), with C(ACL SETUSER) and C(SENTINEL FLUSHCONFIG), when they differ. The
+    rules are compared as Sentinel normalises them, through a throw-away probe user.
 options:
   login_host:
     description: "Sentinel address."
@@ -52,6 +55,16 @@ options:
   auth_pass:
     description: "Password of O(auth_user)."
     type: str
+  client_user:
+    description: "ACL user for clients; none when unset."
+    type: str
+  client_password:
+    description: "Password of O(client_user)."
+    type: str
+  client_rules:
+    description: "ACL rules of O(client_user), without its password."
+    type: str
+    default: ""
   config_file:
     description: "The Sentinel config file (read only)."
     type: path
@@ -70,8 +83,12 @@ master:
   returned: always
 """
 
+import hashlib
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kit_redis import Connection, ReplyError, pairs
+
+PROBE = "kit-acl-probe"
 
 
 def file_settings(path: str, name: str) -> dict[str, str]:
@@ -88,6 +105,28 @@ def file_settings(path: str, name: str) -> dict[str, str]:
     return found
 
 
+def acl_user(conn: Connection, name: str) -> dict | None:
+    reply = conn.command("ACL", "GETUSER", name)
+    return pairs(reply) if reply else None
+
+
+def client_user_differs(conn: Connection, name: str, password: str, rules: str) -> bool:
+    """True when the user is missing, lacks the password or has other permissions."""
+    current = acl_user(conn, name)
+    if current is None:
+        return True
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    if "on" not in current["flags"] or digest not in current["passwords"]:
+        return True
+    conn.command("ACL", "SETUSER", PROBE, "reset", "off", *rules.split())
+    try:
+        probe = acl_user(conn, PROBE) or {}
+    finally:
+        conn.command("ACL", "DELUSER", PROBE)
+    fields = ("commands", "keys", "channels")
+    return any(current.get(f) != probe.get(f) for f in fields) or len(current["passwords"]) != 1
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -101,8 +140,12 @@ def main() -> None:
             "settings": {"type": "dict", "default": {}},
             "auth_user": {"type": "str"},
             "auth_pass": {"type": "str", "no_log": True},
+            "client_user": {"type": "str"},
+            "client_password": {"type": "str", "no_log": True},
+            "client_rules": {"type": "str", "default": ""},
             "config_file": {"type": "path", "required": True},
         },
+        required_by={"client_user": ("client_password",)},
         supports_check_mode=True,
     )
     p = module.params
@@ -143,6 +186,14 @@ def main() -> None:
                     updates += [key, value]
             if updates and not module.check_mode:
                 conn.command("SENTINEL", "SET", name, *updates)
+            user = p["client_user"]
+            if user and client_user_differs(conn, user, p["client_password"], p["client_rules"]):
+                result["changes"].append({"acl user": user})
+                if not module.check_mode:
+                    digest = hashlib.sha256(p["client_password"].encode()).hexdigest()
+                    rules = p["client_rules"].split()
+                    conn.command("ACL", "SETUSER", user, "reset", "on", f"#{digest}", *rules)
+                    conn.command("SENTINEL", "FLUSHCONFIG")
     except (OSError, ReplyError) as error:
         module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
     result["changed"] = bool(result["changes"])

@@ -201,3 +201,34 @@ def test_failover_rerun_and_return_of_the_old_master(group):
     assert {h: r["changed"] for h, r in recap.items() if r["changed"]} == {}
     assert group.role(new)["role"] == "master"
     assert group.role(old)["role"] == "slave"
+
+
+# What the app's Sentinel login must not do: each would let an app host take over the group.
+FORBIDDEN_ON_SENTINEL = [
+    ("SENTINEL", "SET", "kit", "auth-pass", "stolen-password"),
+    ("SENTINEL", "REMOVE", "kit"),
+    ("SENTINEL", "MONITOR", "evil", "192.0.2.1", "6379", "2"),
+    ("SENTINEL", "FAILOVER", "kit"),
+    ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
+    ("SENTINEL", "FLUSHCONFIG"),
+    ("ACL", "SETUSER", "intruder", "on", ">intruder-password", "+@all"),
+    ("ACL", "LIST"),
+    ("SHUTDOWN", "NOSAVE"),
+    ("INFO",),
+    ("CLIENT", "LIST"),
+]
+
+
+def test_the_apps_sentinel_login_only_finds_the_master(group):
+    master = group.current_master()
+    for address in group.sentinels.values():
+        with group.sentinel(address, group.sentinel_client) as conn:
+            assert conn.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", group.master_name)[0] == master
+            assert conn.command("SENTINEL", "REPLICAS", group.master_name)
+            for command in FORBIDDEN_ON_SENTINEL:
+                with pytest.raises(ReplyError, match="NOPERM"):
+                    conn.command(*command)
+        anonymous = Connection(address, 26379, None, None, timeout=1.0)
+        with pytest.raises(ReplyError, match="NOAUTH"), anonymous as conn:
+            conn.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", group.master_name)
+    assert set(group.masters_named().values()) == {f"{master}:6379"}

@@ -4,7 +4,7 @@ import hashlib
 import os
 
 import testinfra.utils.ansible_runner
-from kit_checks import assert_running, exposure
+from kit_checks import assert_running, converge, exposure, hosts_in, load_group, run_playbook, wait_for
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -32,3 +32,38 @@ def test_sentinel_id_is_derived_from_the_inventory_name(host):
 def test_unit_is_at_least_as_hardened_as_debians(host):
     ours, debian = exposure(host, f"{host.ansible.get_variables()['redis_sentinel_flavor']}-sentinel.service")
     assert ours <= debian
+
+
+def test_a_master_outside_the_inventory_is_refused_naming_it():
+    """Someone with Sentinel's admin password points every Sentinel at an address of theirs.
+    The next run must stop before any node replicates from it (and sends it the replication
+    password), naming the address; after the operator removes the planted group, a run
+    restores the monitoring of the real master."""
+    groups = [load_group(hosts_in(name)) for name in ("group_a", "group_b")]
+    masters = {g.name: g.current_master() for g in groups}
+    rogue = "192.0.2.66"  # TEST-NET-1: nobody's
+    for g in groups:
+        for address in g.sentinels.values():
+            with g.sentinel(address) as conn:
+                conn.command("SENTINEL", "REMOVE", g.master_name)
+                conn.command("SENTINEL", "MONITOR", g.master_name, rogue, 6379, 2)
+    try:
+        refused = run_playbook()
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode != 0
+        assert f"names {rogue}:6379 as master of kit, which is not one of the inventory's data nodes" in said
+        for g in groups:
+            for address in g.nodes.values():
+                assert g.role(address).get("master_host") != rogue
+    finally:
+        for g in groups:
+            for address in g.sentinels.values():
+                with g.sentinel(address) as conn:
+                    conn.command("SENTINEL", "REMOVE", g.master_name)
+    converge()
+    for g in groups:
+        wait_for(
+            lambda g=g: set(g.masters_named().values()) == {f"{masters[g.name]}:6379"},
+            30,
+            f"{g.name}'s Sentinels to monitor the real master again",
+        )

@@ -84,13 +84,18 @@ def run_playbook(*extra_args: str, playbook: str = "converge.yml") -> subprocess
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
+def play_recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of an ansible-playbook run, per host."""
+    return {
+        m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+        for m in _RECAP.findall(output)
+    }
+
+
 def converge(*extra_args: str) -> dict[str, dict[str, int]]:
     """Run the scenario's converge playbook again; return the PLAY RECAP per host."""
     proc = run_playbook(*extra_args)
-    recap = {
-        m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
-        for m in _RECAP.findall(proc.stdout)
-    }
+    recap = play_recap(proc.stdout)
     if proc.returncode != 0 or not recap:
         print(proc.stdout[-20000:], proc.stderr[-5000:])
         raise AssertionError(f"converge failed (exit {proc.returncode})")
@@ -135,6 +140,7 @@ class Group:
     sentinels: dict[str, str]
     admin: tuple[str, str]
     sentinel_password: str
+    sentinel_client: tuple[str, str]  # what the app logs in to Sentinel as
     app: tuple[str, str]
     down_after_ms: int
 
@@ -146,8 +152,9 @@ class Group:
         username, password = user or self.admin
         return Connection(address, 6379, username, password, timeout=1.0)
 
-    def sentinel(self, address: str) -> Connection:
-        return Connection(address, 26379, None, self.sentinel_password, timeout=1.0)
+    def sentinel(self, address: str, user: tuple[str, str] | None = None) -> Connection:
+        username, password = user or (None, self.sentinel_password)
+        return Connection(address, 26379, username, password, timeout=1.0)
 
     def masters_named(self) -> dict[str, str | None]:
         """What each reachable Sentinel says the master is ("ip:port")."""
@@ -194,6 +201,10 @@ def load_group(
             resolve(v, v["redis_acl_admin_password"]),
         ),
         sentinel_password=resolve(v, v["redis_sentinel_password"]),
+        sentinel_client=(
+            resolve(v, v.get("redis_sentinel_client_user", "kit-client")),
+            resolve(v, v["redis_sentinel_client_password"]),
+        ),
         app=(resolve(v, app["name"]), resolve(v, app["password"])),
         down_after_ms=int(resolve(v, v["redis_sentinel_down_after_ms"])),
     )

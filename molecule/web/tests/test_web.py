@@ -157,3 +157,47 @@ def test_the_second_app_serves_https_only_with_tls_1_2_or_newer(host, http):
     page = host.run("curl -sk --resolve pantry.localhost:443:127.0.0.1 -D - https://pantry.localhost/")
     assert '"app": "pantry"' in page.stdout
     assert "Strict-Transport-Security: max-age=63072000" in page.stdout
+
+
+def test_metrics_answer_only_the_configured_networks(http, host):
+    assert http.get("/metrics").status == 403  # the controller is not in kit_app_metrics_networks
+    local = host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/metrics")
+    assert local.stdout == "200"
+
+
+def test_public_answers_hold_no_internal_address(http):
+    for path in ("/healthz", "/comer/%ff%fe", "/openapi.json", "/jobs/nope"):
+        text = http.get(path).body.decode()
+        assert "172.28.20." not in text, (path, text)  # every host of the scenario is in there
+
+
+def test_bad_encodings_and_form_bodies_are_4xx_through_apache(http):
+    reply = http.get("/comer/%ff%fe")
+    assert reply.status == 400
+    assert reply.json()["error"] == "the path is not valid UTF-8"
+    form = http.request("POST", "/jobs", headers={"Content-Type": "text/plain"})
+    assert form.status == 415
+
+
+def test_demo_tasks_and_critical_follow_the_inventory(http):
+    # The development inventory turns the demo tasks on; critical stays private.
+    assert http.post("/jobs", body={"task": "add", "args": [1, 2]}).status == 202
+    reply = http.post("/jobs", body={"task": "add", "args": [1, 2], "queue": "critical"})
+    assert reply.status == 400
+    assert "not open to requests" in reply.json()["error"]
+
+
+def test_the_app_host_holds_only_the_client_credentials(host, app_host_vars):
+    """The app's config has its Redis user and the Sentinel client login, never the Sentinel
+    peers' password nor any other Redis user's."""
+    config = host.file("/etc/fridge/config.toml").content_string
+    v = app_host_vars
+    assert v["vault_redis_sentinel_client_password"] in config
+    assert v["vault_redis_app_password"] in config
+    for other in (
+        "vault_redis_sentinel_password",
+        "vault_redis_admin_password",
+        "vault_redis_replication_password",
+        "vault_redis_sentinel_acl_password",
+    ):
+        assert v[other] not in config, other

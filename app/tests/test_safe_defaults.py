@@ -1,0 +1,130 @@
+"""The public API's safe defaults: demo tasks off, private queues, optional bearer tokens,
+no internal addresses in public answers, no text/plain or non-UTF-8 input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fridge import create_app
+from fridge.config import BadSetting
+
+TOKEN = "t0ken-for-the-tests-7d1c"  # noqa: S105 (a test value)
+
+
+@pytest.fixture
+def production(settings):
+    """The app as a production inventory runs it: no demo tasks, default public queues."""
+    defaults = {k: v for k, v in settings.items() if k not in ("DEMO_TASKS",)}
+    return create_app({**defaults, "DEMO_TASKS": False}).test_client()
+
+
+def enqueued(admin) -> int:
+    return int(admin.get("fridge:stats:enqueued") or 0)
+
+
+@pytest.mark.parametrize("task", ["sleep", "fail", "flaky"])
+def test_demo_tasks_are_refused_unless_turned_on(production, admin, task):
+    response = production.post("/jobs", json={"task": task, "args": [1]})
+    assert response.status_code == 400
+    assert f"unknown task '{task}' (tasks: eat, add)" in response.get_json()["error"]
+    assert enqueued(admin) == 0
+    assert production.get("/openapi.json").get_json()["components"]["schemas"]["NewJob"]["properties"][
+        "task"
+    ]["enum"] == ["eat", "add"]
+
+
+def test_the_critical_queue_is_not_public_by_default(production, admin):
+    for response in (
+        production.post("/jobs", json={"task": "eat", "args": ["x"], "queue": "critical"}),
+        production.get("/comer/pan?queue=critical"),
+    ):
+        assert response.status_code == 400
+        assert (
+            "queue 'critical' is not open to requests (queues: default, low)" in response.get_json()["error"]
+        )
+    assert enqueued(admin) == 0
+    assert production.post("/jobs", json={"task": "eat", "args": ["x"], "queue": "low"}).status_code == 202
+
+
+def test_public_queues_are_configurable_and_checked(settings):
+    client = create_app({**settings, "PUBLIC_QUEUES": ["critical"]}).test_client()
+    assert client.post("/jobs", json={"task": "add", "args": [1, 2], "queue": "critical"}).status_code == 202
+    with pytest.raises(BadSetting, match=r"PUBLIC_QUEUES names queue\(s\) not in QUEUES: urgent"):
+        create_app({**settings, "PUBLIC_QUEUES": ["urgent"]})
+
+
+def test_tokens_guard_enqueueing_when_configured(settings, admin):
+    client = create_app({**settings, "API_TOKENS": [TOKEN]}).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0000000"}, {"Authorization": f"Basic {TOKEN}"}):
+        response = client.post("/jobs", json={"task": "eat", "args": ["x"]}, headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert client.get("/comer/pan", headers=headers).status_code == 401
+    assert enqueued(admin) == 0
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/jobs", json={"task": "eat", "args": ["x"]}, headers=ok).status_code == 202
+    assert client.get("/comer/pan", headers=ok).status_code == 202
+    doc = client.get("/openapi.json").get_json()
+    assert doc["paths"]["/jobs"]["post"]["security"] == [{"bearer": []}]
+    with pytest.raises(BadSetting, match="API_TOKENS"):
+        create_app({**settings, "API_TOKENS": ["short"]})
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_bodies_a_cross_site_form_can_send_are_refused(client, admin, content_type):
+    body = json.dumps({"task": "eat", "args": ["x"]})
+    response = client.post("/jobs", data=body, content_type=content_type)
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]
+    assert enqueued(admin) == 0
+
+
+@pytest.mark.parametrize("path", ["/comer/%ff%fe", "/comer/pl%e1tano", "/jobs/%c3"])
+def test_paths_that_are_not_utf8_are_400(client, admin, path):
+    response = client.get(path)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "the path is not valid UTF-8"
+    assert enqueued(admin) == 0
+    assert client.get("/comer/pl%C3%A1tano").status_code == 202  # UTF-8 is fine
+
+
+def test_unavailable_answers_name_no_server(settings):
+    client = create_app({**settings, "SENTINELS": ["127.0.0.1:1"], "RETRY_BUDGET": 0.5}).test_client()
+    for response in (client.get("/comer/platano"), client.get("/healthz")):
+        assert response.status_code == 503
+        text = response.get_data(as_text=True)
+        assert "127.0.0.1" not in text
+        assert "Error" not in text  # no exception text from redis-py
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SENTINEL", "SET", "kit", "auth-pass", "stolen"),
+        ("SENTINEL", "REMOVE", "kit"),
+        ("SENTINEL", "MONITOR", "evil", "192.0.2.1", "6379", "2"),
+        ("SENTINEL", "FAILOVER", "kit"),
+        ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
+        ("SENTINEL", "RESET", "*"),
+        ("ACL", "SETUSER", "intruder", "on", ">pw", "+@all"),
+        ("ACL", "LIST"),
+        ("SHUTDOWN",),
+        ("INFO",),
+        ("CLIENT", "LIST"),
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_the_apps_sentinel_login_cannot_reconfigure_sentinel(cluster, settings, command):
+    import redis
+
+    port = int(cluster.sentinels[0].rsplit(":", 1)[1])
+    client = redis.Redis(
+        port=port, username=settings["SENTINEL_USERNAME"], password=settings["SENTINEL_PASSWORD"]
+    )
+    assert client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kit")  # what it is for
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.execute_command(*command)
+    assert client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kit")  # still monitored

@@ -1,0 +1,114 @@
+"""The dashboard in a real browser (headless Chromium through Apache): Requeue and Delete work
+from the page, and a form on another site that makes the browser POST to the dashboard (with
+the Basic credentials the browser holds) is refused."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import testinfra.utils.ansible_runner
+from kit_checks import Http, wait_for
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("web")
+
+DASHBOARD_USER = b"admin:dev-dashboard-3d7f1a9c"  # development inventory's value
+# flaky fails this many attempts: more than JOB_RETRIES (3) + 1, so it ends failed; the next
+# attempt (a requeue) succeeds.
+FAILURES = 4
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1024"):
+        options.add_argument(argument)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver.set_page_load_timeout(30)
+    # The credentials a user typed into the Basic auth prompt: the browser sends them with every
+    # request to the site, including those another site's page makes it send.
+    driver.execute_cdp_cmd("Network.enable", {})
+    authorization = "Basic " + base64.b64encode(DASHBOARD_USER).decode()
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": authorization}})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def failed_jobs(http: Http) -> list[str]:
+    """Two jobs that ran out of retries and sit in the failed-job registry."""
+    ids = [http.post("/jobs", body={"task": "flaky", "args": [FAILURES]}).json()["job_id"] for _ in range(2)]
+    for job_id in ids:
+        http.wait_for_job(job_id, {"failed"}, timeout=60)
+    return ids
+
+
+@pytest.fixture
+def other_site() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A page on another origin (this machine, not the app host) that posts to the dashboard."""
+    pages: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", pages
+    finally:
+        server.shutdown()
+
+
+def _click(browser: webdriver.Chrome, base: str, job_id: str, label: str) -> None:
+    browser.get(f"{base}/dashboard/")
+    row = browser.find_element(By.XPATH, f"//tr[td/a[text()='{job_id}']]")
+    row.find_element(By.XPATH, f".//button[text()='{label}']").click()
+    back = f"{base}/dashboard/"
+    wait_for(lambda: browser.current_url == back and "fridge" in browser.title, 15, "the dashboard again")
+
+
+def test_requeue_and_delete_work_from_the_page(browser, http, failed_jobs):
+    requeued, deleted = failed_jobs
+    started = time.monotonic()
+    _click(browser, http.base, requeued, "Requeue")
+    assert "403" not in browser.page_source
+    done = http.wait_for_job(requeued, {"finished"}, timeout=30)
+    assert done["result"] == FAILURES + 1  # the attempt after the requeue succeeded
+    print(f"\nrequeued from the browser: finished {time.monotonic() - started:.1f}s after the click")
+
+    _click(browser, http.base, deleted, "Delete")
+    assert http.get(f"/jobs/{deleted}").status == 404
+    assert deleted not in browser.page_source
+
+
+def test_a_forged_cross_site_post_is_refused(browser, http, failed_jobs, other_site):
+    origin, pages = other_site
+    victim = failed_jobs[0]
+    pages["/attack.html"] = f"""<!doctype html><title>cats</title>
+<form id=f method=post action="{http.base}/dashboard/failed/{victim}/delete"></form>
+<script>document.getElementById('f').submit()</script>""".encode()
+    browser.get(f"{origin}/attack.html")
+    wait_for(lambda: browser.current_url.startswith(http.base), 15, "the forged form to be posted")
+    assert "dashboard actions must come from the dashboard page" in browser.page_source
+    assert http.get(f"/jobs/{victim}").json()["status"] == "failed"  # still there
