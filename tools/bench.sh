@@ -36,10 +36,10 @@ script=$(mktemp)
 trap 'rm -f "$script"' EXIT
 cat >"$script" <<'LUA'
 wrk.method = "POST"
-wrk.body = '{"task": "add", "args": [1, 2], "queue": "critical"}'
+wrk.body = '{"task": "add", "args": [1, 2], "queue": "low"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-depth() { "${admin[@]}" -h "$master" LLEN rq:queue:critical | tr -d '\r'; }
+depth() { "${admin[@]}" -h "$master" LLEN rq:queue:low | tr -d '\r'; }
 printf '  %-48s' "POST /jobs add (enqueue, 3s)"
 wrk -t2 -c8 -d3s -s "$script" "$base/jobs" 2>&1 | awk '/Requests\/sec/ {printf "%10.0f req/s\n", $2}'
 start=$(date +%s.%N); backlog=$(depth)

@@ -17,6 +17,8 @@ from kit_checks import Http, wait_for
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -81,9 +83,12 @@ def other_site() -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def _click(browser: webdriver.Chrome, base: str, job_id: str, label: str) -> None:
+    """Click the job's button on the dashboard and wait for the page the POST leads back to."""
     browser.get(f"{base}/dashboard/")
     row = browser.find_element(By.XPATH, f"//tr[td/a[text()='{job_id}']]")
-    row.find_element(By.XPATH, f".//button[text()='{label}']").click()
+    button = row.find_element(By.XPATH, f".//button[text()='{label}']")
+    button.click()
+    WebDriverWait(browser, 15).until(staleness_of(button))  # the form was posted, a new page loaded
     back = f"{base}/dashboard/"
     wait_for(lambda: browser.current_url == back and "fridge" in browser.title, 15, "the dashboard again")
 
