@@ -204,8 +204,28 @@ def test_site_starts_with_the_preflight_play():
     assert imports[0].split()[-1] == "playbooks/preflight.yml"
 
 
-def test_real_secrets_pass_preflight(tmp_path):
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """Where the operator's certificate and key are (production serves HTTPS: kit_app_tls)."""
+    for name in ("server.crt", "server.key"):
+        (tmp_path / name).write_text("PEM\n")
+    return {
+        "kit_app_tls_certificate_file": str(tmp_path / "server.crt"),
+        "kit_app_tls_key_file": str(tmp_path / "server.key"),
+    }
+
+
+def test_https_without_the_operators_certificate_is_refused_naming_it(tmp_path):
     result = run_site(tmp_path, PROD_SECRETS, playbook="playbooks/preflight.yml")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "kit_app_tls is on but the certificate (" in said
+    assert "inventories/prod/files/tls/server.crt" in said
+    plain = run_site(tmp_path, {**PROD_SECRETS, "kit_app_tls": False}, playbook="playbooks/preflight.yml")
+    assert plain.returncode == 0, plain.stdout[-3000:]
+
+
+def test_real_secrets_pass_preflight(tmp_path):
+    result = run_site(tmp_path, {**PROD_SECRETS, **tls_files(tmp_path)}, playbook="playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
@@ -244,6 +264,7 @@ def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
     subprocess.run(encrypt, check=True, capture_output=True, env={**os.environ, **PLAIN})
     result = run_site(
         tmp_path,
+        tls_files(tmp_path),
         playbook="playbooks/preflight.yml",
         inventory=inventory / "hosts.yml",
         args=("--vault-password-file", str(password)),

@@ -28,8 +28,27 @@ def test_ansible_reaches_hosts_over_ssh_as_deploy(host):
     assert host.run("printenv SUDO_USER").stdout.strip() == "deploy"
 
 
+def _tls(name: str) -> str:
+    """The operator's certificate or key, as prepare.yml made it (production: kit_app_tls)."""
+    return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls" / name)
+
+
+def _https() -> Http:
+    return Http(hostvars(hosts_in("web")[0])["kit_address"], cafile=_tls("server.crt"))
+
+
+def test_https_serves_the_app_and_plain_http_only_redirects():
+    address = hostvars(hosts_in("web")[0])["kit_address"]
+    plain = Http(address).get("/comer/pan")
+    assert plain.status == 301
+    assert plain.headers["Location"].startswith("https://")
+    https = _https().get("/healthz")
+    assert https.status == 200, https.body
+    assert https.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
 def test_fifty_jobs_through_apache_are_all_eaten():
-    http = Http(hostvars(hosts_in("web")[0])["kit_address"])
+    http = _https()
     job_ids = []
     for index in range(50):
         reply = http.get(f"/comer/prod-{index}")
@@ -48,7 +67,12 @@ def test_production_timings_are_applied():
 
 
 def _secrets() -> dict[str, str]:
-    return yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
+    """The vault's values for this scenario, and the body of the TLS private key."""
+    values = yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
+    found = {name: value for name, value in values.items() if name.startswith("vault_")}
+    key = [line for line in Path(_tls("server.key")).read_text().splitlines() if "-----" not in line]
+    found["tls key"] = max(key, key=len)
+    return found
 
 
 def test_a_verbose_rerun_prints_no_secret_and_changes_nothing():
@@ -86,9 +110,11 @@ def test_every_file_holding_a_secret_is_closed_to_other_users(host):
         assert f.user in ("root", "redis", "valkey", "fridge"), (path, f.user)
     if host.backend.get_hostname() in hosts_in("redis_sentinel"):
         assert any(p.endswith("sentinel.conf") for p in found), found
+    if host.backend.get_hostname() in hosts_in("web"):
+        assert any(p.endswith("server.key") for p in found), found
 
 
-def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_document():
+def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_document(tmp_path):
     """Schemathesis generates requests (valid and not) for every operation of /openapi.json;
     Apache's access log counts what reached the VirtualHost and shows no 5xx."""
     web = hosts_in("web")[0]
@@ -99,7 +125,9 @@ def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_documen
         [
             str(Path(sys.executable).parent / "schemathesis"),
             "run",
-            f"http://{hostvars(web)['kit_address']}/openapi.json",
+            f"https://{hostvars(web)['kit_address']}/openapi.json",
+            "--tls-verify",
+            _tls("server.crt"),
             "--checks",
             "not_a_server_error",
             "--max-examples",
@@ -108,7 +136,10 @@ def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_documen
             "20261123",
             "--request-timeout",
             "10",
+            "--generation-database",
+            "none",
         ],
+        cwd=tmp_path,  # its reports and caches stay out of the tree
         capture_output=True,
         text=True,
         timeout=900,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -225,23 +226,25 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
 class Http:
-    """A tiny HTTP client for the app's VirtualHost (no redirects, no retries)."""
+    """A tiny HTTP client for the app's VirtualHost (no redirects, no retries). With `cafile`,
+    HTTPS that trusts only that certificate (checked against the address)."""
 
-    def __init__(self, address: str) -> None:
-        self.base = f"http://{address}"
+    def __init__(self, address: str, cafile: str | None = None) -> None:
+        self.base = f"https://{address}" if cafile else f"http://{address}"
+        handlers: list = [_NoRedirect]
+        if cafile:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> Reply:
         data = json.dumps(body).encode() if body is not None else None
-        url = self.base + path  # always http:// to the test host
+        url = self.base + path  # always the test host
         request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with _OPENER.open(request, timeout=30) as response:
+            with self._opener.open(request, timeout=30) as response:
                 return Reply(response.status, dict(response.headers), response.read())
         except urllib.error.HTTPError as error:
             return Reply(error.code, dict(error.headers), error.read())
