@@ -204,14 +204,39 @@ def test_site_starts_with_the_preflight_play():
     assert imports[0].split()[-1] == "playbooks/preflight.yml"
 
 
-def tls_files(tmp_path: Path) -> dict[str, str]:
-    """Where the operator's certificate and key are (production serves HTTPS: kit_app_tls)."""
+VAULT_PASSWORD = "preflight-vault-password-5Tg8"  # noqa: S105 (a test value)
+
+
+def vault(tmp_path: Path, *args: str) -> tuple[str, ...]:
+    """Run ansible-vault with the tests' password; return the arguments a playbook run needs."""
+    password = tmp_path / "vault-password"
+    password.write_text(VAULT_PASSWORD + "\n")
+    if args:
+        tool = str(Path(sys.executable).parent / "ansible-vault")
+        run = [tool, *args[:1], "--vault-password-file", str(password), *args[1:]]
+        subprocess.run(run, check=True, capture_output=True, env={**os.environ, **PLAIN})
+    return ("--vault-password-file", str(password))
+
+
+def tls_files(tmp_path: Path, encrypt: bool = True) -> dict[str, str]:
+    """Where the operator's certificate and key are (production serves HTTPS: kit_app_tls);
+    the key encrypted with ansible-vault, as the README says."""
     for name in ("server.crt", "server.key"):
         (tmp_path / name).write_text("PEM\n")
+    if encrypt:
+        vault(tmp_path, "encrypt", str(tmp_path / "server.key"))
     return {
         "kit_app_tls_certificate_file": str(tmp_path / "server.crt"),
         "kit_app_tls_key_file": str(tmp_path / "server.key"),
     }
+
+
+def test_a_tls_key_in_clear_text_is_refused(tmp_path):
+    files = tls_files(tmp_path, encrypt=False)
+    result = run_site(tmp_path, {**PROD_SECRETS, **files}, playbook="playbooks/preflight.yml")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{files['kit_app_tls_key_file']} is a private key in clear text" in said
 
 
 def test_https_without_the_operators_certificate_is_refused_naming_it(tmp_path):
@@ -225,7 +250,8 @@ def test_https_without_the_operators_certificate_is_refused_naming_it(tmp_path):
 
 
 def test_real_secrets_pass_preflight(tmp_path):
-    result = run_site(tmp_path, {**PROD_SECRETS, **tls_files(tmp_path)}, playbook="playbooks/preflight.yml")
+    variables = {**PROD_SECRETS, **tls_files(tmp_path)}
+    result = run_site(tmp_path, variables, playbook="playbooks/preflight.yml", args=vault(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
@@ -246,27 +272,49 @@ def test_an_inventory_with_two_sentinels_is_refused(tmp_path):
     assert recap_hosts(result.stdout) == {"localhost"}
 
 
+def encrypt_string(tmp_path: Path, name: str, value: str) -> str:
+    tool = str(Path(sys.executable).parent / "ansible-vault")
+    return subprocess.run(
+        [tool, "encrypt_string", *vault(tmp_path), "--stdin-name", name],
+        input=value,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **PLAIN},
+    ).stdout
+
+
 def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
     inventory = tmp_path / "prod"
     shutil.copytree(ROOT / "inventories/prod", inventory)
-    vault = inventory / "group_vars/all/vault.yml"
-    vault.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
+    secrets = inventory / "group_vars/all/vault.yml"
+
+    def preflight() -> subprocess.CompletedProcess:
+        return run_site(
+            tmp_path,
+            tls_files(tmp_path),
+            playbook="playbooks/preflight.yml",
+            inventory=inventory / "hosts.yml",
+            args=vault(tmp_path),
+        )
+
+    secrets.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
     result = run_site(tmp_path, inventory=inventory / "hosts.yml")
-    said = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0
-    assert f"{vault} is not encrypted" in said
+    assert f"{secrets} is not encrypted" in " ".join((result.stdout + result.stderr).split())
     assert recap_hosts(result.stdout) == {"localhost"}
 
-    password = tmp_path / "vault-password"
-    password.write_text("preflight-vault-password-5Tg8\n")
-    vault_tool = str(Path(sys.executable).parent / "ansible-vault")
-    encrypt = [vault_tool, "encrypt", "--vault-password-file", str(password), str(vault)]
-    subprocess.run(encrypt, check=True, capture_output=True, env={**os.environ, **PLAIN})
-    result = run_site(
-        tmp_path,
-        tls_files(tmp_path),
-        playbook="playbooks/preflight.yml",
-        inventory=inventory / "hosts.yml",
-        args=("--vault-password-file", str(password)),
-    )
+    # One value encrypted inline, the others still in clear text: refused.
+    first, *others = PROD_SECRETS.items()
+    secrets.write_text(encrypt_string(tmp_path, *first) + "".join(f"{k}: {v}\n" for k, v in others))
+    result = preflight()
+    assert result.returncode != 0
+    assert f"{secrets} is not encrypted" in " ".join(result.stdout.split())
+
+    # Every value encrypted inline (ansible-vault encrypt_string), or the whole file: accepted.
+    secrets.write_text("".join(encrypt_string(tmp_path, k, v) for k, v in PROD_SECRETS.items()))
+    assert preflight().returncode == 0
+    secrets.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
+    vault(tmp_path, "encrypt", str(secrets))
+    result = preflight()
     assert result.returncode == 0, result.stdout[-3000:]

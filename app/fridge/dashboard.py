@@ -20,18 +20,24 @@ FAILED_SHOWN = 50
 
 def _same_origin() -> None:
     """Refuse a POST that a browser sends for another site, as browsers let a server tell:
-    Sec-Fetch-Site (every current browser), else Origin (browsers that predate it send one
-    with every cross-origin POST; "null" when the page's referrer policy hides it). A request
-    with neither does not come from a browser (curl, a script): no ambient credentials to
-    abuse, and Apache's Basic auth still applies."""
-    site = request.headers.get("Sec-Fetch-Site")
+    Sec-Fetch-Site (current browsers, over HTTPS and to localhost), else Origin (sent with
+    every cross-origin POST by browsers of the last years; "null" when a referrer policy hides
+    it), else Referer. A request with none of them must carry X-Requested-With, a header no
+    HTML form can send and no other site's script may add without a CORS grant (there is none):
+    scripts and curl add it, an old browser tricked into posting a form cannot."""
+    headers = request.headers
+    site = headers.get("Sec-Fetch-Site")
     if site is not None:
         if site not in ("same-origin", "none"):
             abort(403, f"dashboard actions must come from the dashboard page (Sec-Fetch-Site: {site})")
         return
-    origin = request.headers.get("Origin")
-    if origin is not None and urlparse(origin).netloc != request.host:
-        abort(403, "dashboard actions must come from the dashboard page (Origin does not match)")
+    source = headers.get("Origin") or headers.get("Referer")
+    if source is not None:
+        if urlparse(source).netloc != request.host:
+            abort(403, "dashboard actions must come from the dashboard page (Origin does not match)")
+        return
+    if "X-Requested-With" not in headers:
+        abort(403, "dashboard actions must come from the dashboard page (or send X-Requested-With)")
 
 
 def _failed_jobs(store) -> list[dict]:

@@ -64,17 +64,27 @@ def test_dashboard_requeues_and_deletes_failed_jobs(client, workers, admin):
         assert text in html
 
     # Actions must come from the dashboard page itself (a real browser's requests are
-    # checked in molecule/web: test_dashboard_in_a_browser.py).
+    # checked in molecule/web: test_dashboard_browser.py).
     for forged in (
         {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
         {"Sec-Fetch-Site": "same-site", "Origin": "https://other.localhost"},
         {"Origin": "https://evil.example"},
         {"Origin": "null"},
+        {"Referer": "https://evil.example/cats.html"},
+        {},  # an old browser posting a form whose page hid the referrer
     ):
         refused = client.post(f"/dashboard/failed/{first}/delete", headers=forged)
         assert refused.status_code == 403, forged
         assert "dashboard page" in refused.get_json()["error"]
-    assert client.get(f"/jobs/{first}").get_json()["status"] == "failed"
+    ended = client.get(f"/jobs/{first}").get_json()
+    assert ended["status"] == "failed"
+    scripted = client.post(f"/dashboard/failed/{first}/requeue", headers={"X-Requested-With": "curl"})
+    assert scripted.status_code == 303  # a script says so with a header no form can send
+    deadline = time.monotonic() + 20
+    while (again := client.get(f"/jobs/{first}").get_json())["ended_at"] == ended["ended_at"]:
+        assert time.monotonic() < deadline, again  # it ran (and failed) once more
+        time.sleep(0.05)
+    wait_for_status(client, first, {"failed"}, timeout=20)
     same_site = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
     assert client.post(f"/dashboard/failed/{first}/delete", headers=same_site).status_code == 303
     assert client.get(f"/jobs/{first}").status_code == 404

@@ -12,9 +12,10 @@ description:
   - When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the
     data nodes; a node that replicas point to is the master.
   - When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
-  - Fails, naming the address, when the master found is not one of O(nodes), for instance a
-    Sentinel reconfigured by hand or by an attacker. The roles would otherwise make every node
-    replicate from it and send it the replication password.
+  - Fails, naming the Sentinel and the address, when any Sentinel names a master that is not
+    one of O(nodes) (for instance one reconfigured by hand or by an attacker), or when the
+    master found otherwise is not. The roles would otherwise make every node replicate from
+    it and send it the replication password.
   - Read-only; never reports a change.
 options:
   master_name:
@@ -82,6 +83,8 @@ not_answering:
   returned: always
 """
 
+import ipaddress
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kit_redis import (
     Connection,
@@ -117,6 +120,7 @@ def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
                 "host": state["ip"],
                 "port": int(state["port"]),
                 "epoch": int(state.get("config-epoch", 0)),
+                "sentinel": f"{address}:{params['sentinel_port']}",
             }
         )
     return answers
@@ -150,24 +154,35 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
     return None
 
 
-def foreign_master(params: dict, result: dict) -> str | None:
-    """A master that is not one of the inventory's data nodes is refused: someone who could
+def _same_host(a: str, b: str) -> bool:
+    """Equal addresses, whatever their spelling (fd00::1 is fd00:0::1)."""
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+def foreign_master(params: dict, named: list[tuple[str, int, str]]) -> str | None:
+    """A master that is not one of the inventory's data nodes is refused, whoever names it
+    (each Sentinel is checked, not only the answer the run follows): someone who could
     reconfigure a Sentinel (SENTINEL MONITOR) must not get every node to replicate from, and
     send the replication password to, an address of their choosing. Without a node list
     there is nothing to check against."""
     if not params["nodes"]:
         return None
-    address = (result["master_host"], int(result["master_port"]))
-    known = [(node, params["node_port"]) for node in params["nodes"]] + [
-        (params["bootstrap_master"], params["node_port"])
+    port = params["node_port"]
+    strangers = [
+        f"{who} names {host}:{at}"
+        for host, at, who in named
+        if not (at == port and any(_same_host(host, node) for node in params["nodes"]))
     ]
-    if address in known:
+    if not strangers:
         return None
     return (
-        f"the {result['source']} names {address[0]}:{address[1]} as master of {params['master_name']}, "
-        f"which is not one of the inventory's data nodes ({', '.join(f'{h}:{p}' for h, p in known[:-1])}); "
-        "refusing to follow it. If a Sentinel was reconfigured by hand or by an attacker, fix it "
-        f"(SENTINEL REMOVE {params['master_name']}, then re-run the playbook)."
+        f"{'; '.join(strangers)} as master of {params['master_name']}, which is not one of the "
+        f"inventory's data nodes ({', '.join(f'{n}:{port}' for n in params['nodes'])}); refusing to "
+        "follow it. If a Sentinel was reconfigured by hand or by an attacker, fix it "
+        f"(SENTINEL REMOVE {params['master_name']} on it, then re-run the playbook)."
     )
 
 
@@ -192,7 +207,8 @@ def main() -> None:
     answers = ask_sentinels(params, unreachable)
     result: dict = {"changed": False, "sentinels_answered": len(answers)}
     if answers:
-        best = max(answers, key=lambda a: (a["epoch"], answers.count(a)))
+        said = [(a["host"], a["port"], a["epoch"]) for a in answers]
+        best = max(answers, key=lambda a: (a["epoch"], said.count((a["host"], a["port"], a["epoch"]))))
         result.update(master_host=best["host"], master_port=best["port"], source="sentinel")
     else:
         found = ask_nodes(params, unreachable)
@@ -205,7 +221,10 @@ def main() -> None:
                 source="bootstrap",
             )
     result["not_answering"] = unreachable
-    stranger = foreign_master(params, result)
+    named = [(a["host"], a["port"], f"the Sentinel at {a['sentinel']}") for a in answers]
+    if not answers:
+        named.append((result["master_host"], result["master_port"], f"the {result['source']}"))
+    stranger = foreign_master(params, named)
     if stranger:
         module.fail_json(msg=stranger, **result)
     module.exit_json(**result)

@@ -110,14 +110,17 @@ def acl_user(conn: Connection, name: str) -> dict | None:
     return pairs(reply) if reply else None
 
 
-def client_user_differs(conn: Connection, name: str, password: str, rules: str) -> bool:
-    """True when the user is missing, lacks the password or has other permissions."""
+def client_user_differs(conn: Connection, name: str, password: str, rules: str, check_mode: bool) -> bool:
+    """True when the user is missing, lacks the password or has other permissions. The rules
+    are compared through a probe user, which check mode does not create."""
     current = acl_user(conn, name)
     if current is None:
         return True
     digest = hashlib.sha256(password.encode()).hexdigest()
     if "on" not in current["flags"] or digest not in current["passwords"]:
         return True
+    if check_mode:
+        return False
     conn.command("ACL", "SETUSER", PROBE, "reset", "off", *rules.split())
     try:
         probe = acl_user(conn, PROBE) or {}
@@ -187,7 +190,10 @@ def main() -> None:
             if updates and not module.check_mode:
                 conn.command("SENTINEL", "SET", name, *updates)
             user = p["client_user"]
-            if user and client_user_differs(conn, user, p["client_password"], p["client_rules"]):
+            differs = user and client_user_differs(
+                conn, user, p["client_password"], p["client_rules"], module.check_mode
+            )
+            if differs:
                 result["changes"].append({"acl user": user})
                 if not module.check_mode:
                     digest = hashlib.sha256(p["client_password"].encode()).hexdigest()

@@ -66,11 +66,21 @@ def test_production_timings_are_applied():
     assert v["redis_sentinel_down_after_ms"] == 5000
 
 
+VAULT_PASSWORD_FILE = str(Path(SCENARIO_DIR) / "vars" / "test-vault-password")
+
+
 def _secrets() -> dict[str, str]:
     """The vault's values for this scenario, and the body of the TLS private key."""
     values = yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
     found = {name: value for name, value in values.items() if name.startswith("vault_")}
-    key = [line for line in Path(_tls("server.key")).read_text().splitlines() if "-----" not in line]
+    clear = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-vault"), "view", _tls("server.key")],
+        env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": VAULT_PASSWORD_FILE},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    key = [line for line in clear.splitlines() if "-----" not in line]
     found["tls key"] = max(key, key=len)
     return found
 
@@ -79,6 +89,7 @@ def test_a_verbose_rerun_prints_no_secret_and_changes_nothing():
     """ansible-playbook -vvv shows every module's arguments and results: none of the vault's
     values may appear, and the run changes nothing."""
     os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")  # as the scenario's converge
+    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
     run = run_playbook("-vvv", "-e", f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}")
     said = run.stdout + run.stderr
     assert run.returncode == 0, said[-5000:]

@@ -35,31 +35,34 @@ def test_unit_is_at_least_as_hardened_as_debians(host):
 
 
 def test_a_master_outside_the_inventory_is_refused_naming_it():
-    """Someone with Sentinel's admin password points every Sentinel at an address of theirs.
-    The next run must stop before any node replicates from it (and sends it the replication
-    password), naming the address; after the operator removes the planted group, a run
+    """Someone with Sentinel's admin password points one Sentinel of each group at an address
+    of theirs (the others still name the real master, and would win a vote). The next run must
+    stop before any node replicates from it (and sends it the replication password), naming
+    the Sentinel and the address; after the operator removes the planted group there, a run
     restores the monitoring of the real master."""
     groups = [load_group(hosts_in(name)) for name in ("group_a", "group_b")]
     masters = {g.name: g.current_master() for g in groups}
+    planted = {g.name: list(g.sentinels.values())[-1] for g in groups}
     rogue = "192.0.2.66"  # TEST-NET-1: nobody's
     for g in groups:
-        for address in g.sentinels.values():
-            with g.sentinel(address) as conn:
-                conn.command("SENTINEL", "REMOVE", g.master_name)
-                conn.command("SENTINEL", "MONITOR", g.master_name, rogue, 6379, 2)
+        with g.sentinel(planted[g.name]) as conn:
+            conn.command("SENTINEL", "REMOVE", g.master_name)
+            conn.command("SENTINEL", "MONITOR", g.master_name, rogue, 6379, 2)
     try:
         refused = run_playbook()
         said = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode != 0
-        assert f"names {rogue}:6379 as master of kit, which is not one of the inventory's data nodes" in said
         for g in groups:
+            assert (
+                f"the Sentinel at {planted[g.name]}:26379 names {rogue}:6379 as master of kit, "
+                "which is not one of the inventory's data nodes"
+            ) in said
             for address in g.nodes.values():
                 assert g.role(address).get("master_host") != rogue
     finally:
         for g in groups:
-            for address in g.sentinels.values():
-                with g.sentinel(address) as conn:
-                    conn.command("SENTINEL", "REMOVE", g.master_name)
+            with g.sentinel(planted[g.name]) as conn:
+                conn.command("SENTINEL", "REMOVE", g.master_name)
     converge()
     for g in groups:
         wait_for(

@@ -182,6 +182,7 @@ def test_bad_encodings_and_form_bodies_are_4xx_through_apache(http):
 def test_demo_tasks_and_critical_follow_the_inventory(http):
     # The development inventory turns the demo tasks on; critical stays private.
     assert http.post("/jobs", body={"task": "add", "args": [1, 2]}).status == 202
+    assert http.post("/jobs", body={"task": "sleep", "args": [0]}).status == 202
     reply = http.post("/jobs", body={"task": "add", "args": [1, 2], "queue": "critical"})
     assert reply.status == 400
     assert "not open to requests" in reply.json()["error"]
