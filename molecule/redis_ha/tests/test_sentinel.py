@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 
 import testinfra.utils.ansible_runner
 from kit_checks import assert_running, converge, exposure, hosts_in, load_group, run_playbook, wait_for
@@ -35,34 +36,44 @@ def test_unit_is_at_least_as_hardened_as_debians(host):
 
 
 def test_a_master_outside_the_inventory_is_refused_naming_it():
-    """Someone with Sentinel's admin password points one Sentinel of each group at an address
-    of theirs (the others still name the real master, and would win a vote). The next run must
-    stop before any node replicates from it (and sends it the replication password), naming
-    the Sentinel and the address; after the operator removes the planted group there, a run
-    restores the monitoring of the real master."""
+    """Someone with Sentinel's admin password points every Sentinel at an address of theirs
+    (one planted Sentinel alone does not last: its peers' hello messages carry a higher
+    configuration epoch and Sentinel itself moves it back to the real master within seconds).
+    The next run must stop before any node replicates from it (and sends it the replication
+    password), naming each Sentinel and the address; after the operator removes the planted
+    group, a run restores the monitoring of the real master."""
     groups = [load_group(hosts_in(name)) for name in ("group_a", "group_b")]
     masters = {g.name: g.current_master() for g in groups}
-    planted = {g.name: list(g.sentinels.values())[-1] for g in groups}
     rogue = "192.0.2.66"  # TEST-NET-1: nobody's
+
+    def planted(g) -> bool:
+        """Plant the rogue where it is not (yet, or any more: a Sentinel planted first may
+        have been moved back by a peer planted after it); true once every Sentinel names it."""
+        for address, named in g.masters_named().items():
+            if named != f"{rogue}:6379":
+                with g.sentinel(address) as conn:
+                    conn.command("SENTINEL", "REMOVE", g.master_name)
+                    conn.command("SENTINEL", "MONITOR", g.master_name, rogue, 6379, 2)
+        time.sleep(2.5)  # longer than Sentinel's hello period: would a peer move it back?
+        return set(g.masters_named().values()) == {f"{rogue}:6379"}
+
     for g in groups:
-        with g.sentinel(planted[g.name]) as conn:
-            conn.command("SENTINEL", "REMOVE", g.master_name)
-            conn.command("SENTINEL", "MONITOR", g.master_name, rogue, 6379, 2)
+        wait_for(lambda g=g: planted(g), 30, f"every Sentinel of {g.name} to name {rogue}")
     try:
         refused = run_playbook()
         said = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode != 0
         for g in groups:
-            assert (
-                f"the Sentinel at {planted[g.name]}:26379 names {rogue}:6379 as master of kit, "
-                "which is not one of the inventory's data nodes"
-            ) in said
+            for address in g.sentinels.values():
+                assert f"the Sentinel at {address}:26379 names {rogue}:6379" in said
+            assert f"names {rogue}:6379 as master of kit, which is not one of the inventory's data" in said
             for address in g.nodes.values():
                 assert g.role(address).get("master_host") != rogue
     finally:
         for g in groups:
-            with g.sentinel(planted[g.name]) as conn:
-                conn.command("SENTINEL", "REMOVE", g.master_name)
+            for address in g.sentinels.values():
+                with g.sentinel(address) as conn:
+                    conn.command("SENTINEL", "REMOVE", g.master_name)
     converge()
     for g in groups:
         wait_for(
