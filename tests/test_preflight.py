@@ -147,7 +147,8 @@ PROD_SECRETS = {
     "vault_redis_sentinel_acl_password": "prod-test-sentinel-acl-5Lp1",
     "vault_redis_sentinel_password": "prod-test-sentinel-7Wc4",
     "vault_redis_sentinel_client_password": "prod-test-sentinel-client-4Ry1",
-    "vault_redis_app_password": "prod-test-app-2Nf6",
+    "vault_redis_web_password": "prod-test-web-2Nf6",
+    "vault_redis_worker_password": "prod-test-worker-6Gv1",
     "vault_dashboard_password": "prod-test-dashboard-9Hx3",
 }
 

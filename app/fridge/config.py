@@ -17,6 +17,10 @@ DEFAULTS: dict[str, Any] = {
     "MASTER_NAME": "kit",
     "REDIS_USERNAME": None,
     "REDIS_PASSWORD": None,
+    # The workers' own Redis user, when a host runs both tiers from one configuration file
+    # (the web tier's user may not take jobs, the workers' may not enqueue from outside).
+    "WORKER_REDIS_USERNAME": None,
+    "WORKER_REDIS_PASSWORD": None,
     "SENTINEL_TIMEOUT": 0.5,  # seconds, per Sentinel question
     # A lost host sends no TCP reset: these bound how long one attempt waits for it. The
     # socket timeout must exceed ACK_TIMEOUT_MS (WAIT blocks that long).
@@ -87,6 +91,15 @@ def load(test_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         settings.update(test_config)
     check(settings)
     return settings
+
+
+def for_worker(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a worker runs with: the workers' Redis user when one is configured."""
+    worker = dict(settings)
+    if settings["WORKER_REDIS_USERNAME"]:
+        worker["REDIS_USERNAME"] = settings["WORKER_REDIS_USERNAME"]
+        worker["REDIS_PASSWORD"] = settings["WORKER_REDIS_PASSWORD"]
+    return worker
 
 
 class BadSetting(ValueError):

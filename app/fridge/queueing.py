@@ -98,7 +98,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
     with pinned_connection(store) as conn:
         exists, *_writes, info = conn.run(
             ("EXISTS", f"{FridgeJob.redis_job_namespace_prefix}{job_id}"),
-            ("INCR", store.key("stats", "replayed" if replayed else "enqueued")),
+            ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), 1),  # as incr()
             ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
             ("LTRIM", store.key("wake"), 0, 99),
             ("INFO", "replication"),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
@@ -42,6 +43,14 @@ KEEPALIVE = {
         (getattr(socket, "TCP_KEEPCNT", None), 3),
     )
     if option is not None
+}
+
+# The handshake asks only for what the app's Redis users may run (roles/redis,
+# redis_acl_rq_*_commands): no CLIENT SETINFO (Redis 7.2+ only, so not in the lists) and no
+# CLIENT MAINT_NOTIFICATIONS (Redis Enterprise); either would be refused and fill ACL LOG.
+QUIET_HANDSHAKE: dict[str, Any] = {
+    "driver_info": None,
+    "maint_notifications_config": MaintNotificationsConfig(enabled=False),
 }
 
 Address = tuple[str, int]
@@ -250,6 +259,7 @@ class Store:
             else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             connection_class=FollowingConnection,
+            **QUIET_HANDSHAKE,
         )
         self.key_prefix = config["KEY_PREFIX"]
 
@@ -274,6 +284,7 @@ class Store:
                 socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
                 socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
                 retry=Retry(NoBackoff(), 0),
+                **QUIET_HANDSHAKE,
             )
             try:
                 them = Replication.from_info(client.info("replication"))

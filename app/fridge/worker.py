@@ -22,6 +22,7 @@ from rq import Worker
 from rq.serializers import JSONSerializer
 
 from . import tasks
+from .config import for_worker
 from .config import load as load_config
 from .fetch import FridgeQueue, GracefulIntermediateQueue
 from .queueing import FridgeJob, NotDurable, enqueue, make_queue
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = load_config()
+    config = for_worker(load_config())
     store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
     tasks.EAT_SECONDS = float(config["EAT_SECONDS"])
     queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])

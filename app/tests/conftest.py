@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fridge import create_app
-from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, Cluster, env_for
+from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, Cluster, env_for
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -45,9 +45,16 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(autouse=True)
-def _clean(request, cluster: Cluster) -> None:
-    """Every test starts from an empty, healthy, replicated database."""
+def _clean(request, cluster: Cluster) -> Iterator[None]:
+    """Every test starts from an empty, healthy, replicated database, and ends with no command
+    of the app's refused by Redis ACL: the whole suite runs RQ with the role's command lists."""
     cluster.flush()
+    cluster.reset_acl_log()
+    yield
+    if request.node.get_closest_marker("acl_denials"):
+        return
+    refused = cluster.acl_denials()
+    assert not refused, f"Redis refused the app's users: {refused}"
 
 
 @pytest.fixture
@@ -58,8 +65,8 @@ def settings(cluster: Cluster) -> dict:
         "SENTINEL_USERNAME": SENTINEL_CLIENT_USER,
         "SENTINEL_PASSWORD": PASSWORDS["sentinel_client"],
         "MASTER_NAME": MASTER_NAME,
-        "REDIS_USERNAME": "app",
-        "REDIS_PASSWORD": PASSWORDS["app"],
+        "REDIS_USERNAME": WEB_USER,
+        "REDIS_PASSWORD": PASSWORDS["web"],
         **FAST,
     }
 

@@ -22,7 +22,8 @@ PASSWORDS = {
     "admin": "test-admin-pw-8Hn3",
     "replica": "test-replica-pw-2Kd7",
     "sentinel": "test-sentinel-acl-5Ws1",
-    "app": "test-app-pw-9Qe4",
+    "web": "test-web-pw-9Qe4",
+    "worker": "test-worker-pw-3Jc8",
     "sentinel_own": "test-sentinel-pw-4Lm6",
     "sentinel_client": "test-sentinel-client-pw-7Yu2",
 }
@@ -36,34 +37,52 @@ def sentinel_client_rules() -> str:
     return " ".join(internals["__redis_sentinel_client_rules"].split())
 
 
-def _role_rules() -> dict[str, str]:
+# The app's two Redis users, one per tier, with the role's command lists.
+WEB_USER, WORKER_USER = "fridge-web", "fridge-worker"
+APP_KEYS = ("rq:*", "fridge:*")
+WORKER_CHANNELS = ("rq:pubsub:*",)
+
+
+def app_commands() -> dict[str, list[str]]:
+    """The command lists roles/redis gives the web tier's and the workers' users."""
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    return {
+        WEB_USER: defaults["redis_acl_rq_web_commands"],
+        WORKER_USER: defaults["redis_acl_rq_worker_commands"],
+    }
+
+
+def app_user_rules(user: str) -> str:
+    """The ACL rules of an app user, as roles/redis/templates/users.acl.j2 writes them."""
+    keys = " ".join(f"~{k}" for k in APP_KEYS)
+    channels = " ".join(f"&{c}" for c in (WORKER_CHANNELS if user == WORKER_USER else ()))
+    commands = " ".join(f"+{c.lower()}" for c in app_commands()[user])
+    return f"resetkeys resetchannels {keys} {channels} -@all {commands}"
+
+
+def _role_rules() -> dict[str, str]:
     internals = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
     return {
-        "app": defaults["redis_acl_app_rules"],
         "sentinel": " ".join(internals["__redis_acl_sentinel_rules"].split()),
         "replica": internals["__redis_acl_replication_rules"],
         "default": internals["__redis_acl_default_rules"],
     }
 
 
-def acl_file(
-    app_keys: tuple[str, ...] = ("rq:*", "fridge:*"), app_channels: tuple[str, ...] = ("rq:*",)
-) -> str:
+def acl_file() -> str:
     rules = _role_rules()
 
     def h(name: str) -> str:
         return "#" + hashlib.sha256(PASSWORDS[name].encode()).hexdigest()
 
-    keys = " ".join(f"~{k}" for k in app_keys)
-    channels = " ".join(f"&{c}" for c in app_channels)
     return "\n".join(
         [
             f"user default {rules['default']}",
             f"user kit-admin on {h('admin')} ~* &* +@all",
             f"user kit-replica on {h('replica')} resetkeys resetchannels -@all {rules['replica']}",
             f"user kit-sentinel on {h('sentinel')} resetkeys resetchannels -@all {rules['sentinel']}",
-            f"user app on {h('app')} resetkeys resetchannels {keys} {channels} -@all {rules['app']}",
+            f"user {WEB_USER} on {h('web')} {app_user_rules(WEB_USER)}",
+            f"user {WORKER_USER} on {h('worker')} {app_user_rules(WORKER_USER)}",
             "",
         ]
     )
@@ -247,6 +266,29 @@ class Cluster:
         master.flushall()
         master.execute_command("WAIT", 1, 2000)
 
+    def reset_acl_log(self) -> None:
+        for port in self.data_ports:
+            if port in self.processes:
+                self.admin(port).acl_log_reset()
+
+    def acl_denials(self) -> list[str]:
+        """What Redis ACL refused the app's users since reset_acl_log, on every running node
+        ("user: command or key (context)")."""
+        found = []
+        for port in self.data_ports:
+            if port not in self.processes:
+                continue
+            try:
+                entries = self.admin(port).acl_log()
+            except redis.RedisError:  # frozen or restarting: nothing to read
+                continue
+            found += [
+                f"{e['username']}: {e['reason']} {e['object']} ({e['context']})"
+                for e in entries
+                if e["username"] in (WEB_USER, WORKER_USER)
+            ]
+        return found
+
     def stop(self) -> None:
         for proc in self.processes.values():
             proc.terminate()
@@ -259,7 +301,7 @@ class Cluster:
 
 
 def env_for(cluster: Cluster, **extra) -> dict[str, str]:
-    """The environment a worker process needs to reach this cluster."""
+    """The environment a worker process needs to reach this cluster (as the workers' user)."""
     import json
 
     settings = {
@@ -267,8 +309,8 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
         "SENTINEL_USERNAME": SENTINEL_CLIENT_USER,
         "SENTINEL_PASSWORD": PASSWORDS["sentinel_client"],
         "MASTER_NAME": MASTER_NAME,
-        "REDIS_USERNAME": "app",
-        "REDIS_PASSWORD": PASSWORDS["app"],
+        "REDIS_USERNAME": WORKER_USER,
+        "REDIS_PASSWORD": PASSWORDS["worker"],
         **extra,
     }
     env = dict(os.environ)

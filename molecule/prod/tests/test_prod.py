@@ -108,19 +108,25 @@ def test_a_verbose_rerun_prints_no_secret_and_changes_nothing():
     assert not any(changed.values()), changed
 
 
+def _grep_secrets(host, values: list[str], options: str) -> list[str]:
+    """grep -r `options` for any of `values` under /etc, /srv and /var/lib on `host` (the
+    patterns go through a root-only file, never a command line)."""
+    pattern = "/tmp/kit-secret-patterns"  # noqa: S108 (on the test host, removed below)
+    host.run(f"install -m 0600 /dev/null {pattern}")
+    try:
+        host.run(f"cat > {pattern} <<'EOF'\n" + "\n".join(values) + "\nEOF")
+        return host.run(f"grep -r {options} -F -f {pattern} /etc /srv /var/lib 2>/dev/null").stdout.split()
+    finally:
+        host.run(f"rm -f {pattern}")
+
+
 def test_every_file_holding_a_secret_is_closed_to_other_users(host):
     """Every file under /etc, /srv and the data directories that holds a vault value (or its
     SHA-256, as ACL files do) belongs to root or the service that reads it and is not readable
     by other users."""
     values = list(_secrets().values())
     values += [hashlib.sha256(v.encode()).hexdigest() for v in values]
-    pattern = "/tmp/kit-secret-patterns"  # noqa: S108 (on the test host, removed below)
-    host.run(f"install -m 0600 /dev/null {pattern}")
-    try:
-        host.run(f"cat > {pattern} <<'EOF'\n" + "\n".join(values) + "\nEOF")
-        found = host.run(f"grep -rlF -f {pattern} /etc /srv /var/lib 2>/dev/null").stdout.split()
-    finally:
-        host.run(f"rm -f {pattern}")
+    found = _grep_secrets(host, values, "-l")
     for path in found:
         f = host.file(path)
         print(f"{host.backend.get_hostname()}: {path} {f.user}:{f.group} {f.mode:04o}")
@@ -130,6 +136,33 @@ def test_every_file_holding_a_secret_is_closed_to_other_users(host):
         assert any(p.endswith("sentinel.conf") for p in found), found
     if host.backend.get_hostname() in hosts_in("web"):
         assert any(p.endswith("server.key") for p in found), found
+
+
+# The clear-text secrets each tier's hosts may hold (ACL files hold only SHA-256 hashes).
+TIER_SECRETS = {
+    "redis": {"vault_redis_admin_password", "vault_redis_replication_password"},
+    "redis_sentinel": {
+        "vault_redis_sentinel_password",
+        "vault_redis_sentinel_acl_password",
+        "vault_redis_sentinel_client_password",
+    },
+    "web": {"vault_redis_sentinel_client_password", "vault_redis_web_password", "tls key"},
+    "workers": {"vault_redis_sentinel_client_password", "vault_redis_worker_password"},
+}
+
+
+def test_each_host_holds_only_the_secrets_of_its_tiers(host):
+    """A worker host cannot enqueue as the web tier or log in to Sentinel as a peer; a web host
+    cannot take jobs as a worker; neither holds a Redis admin or replication password."""
+    name = host.backend.get_hostname()
+    secrets = _secrets()
+    allowed = set().union(*(names for group, names in TIER_SECRETS.items() if name in hosts_in(group)))
+    held = {n for n, v in secrets.items() if v in set(_grep_secrets(host, list(secrets.values()), "-hoI"))}
+    print(f"{name} ({', '.join(g for g in TIER_SECRETS if name in hosts_in(g))}): {sorted(held)}")
+    assert held <= allowed, f"{name} holds {sorted(held - allowed)}"
+    for group, own in (("web", "vault_redis_web_password"), ("workers", "vault_redis_worker_password")):
+        if name in hosts_in(group):
+            assert own in held, f"{name} lacks its own {own}"
 
 
 def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_document(tmp_path):

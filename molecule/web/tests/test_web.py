@@ -189,12 +189,16 @@ def test_demo_tasks_and_critical_follow_the_inventory(http):
 
 
 def test_the_app_host_holds_only_the_client_credentials(host, app_host_vars):
-    """The app's config has its Redis user and the Sentinel client login, never the Sentinel
-    peers' password nor any other Redis user's."""
+    """The app's config has its tiers' Redis users (this host serves the app and runs its
+    workers: both) and the Sentinel client login, never the Sentinel peers' password nor any
+    other Redis user's."""
     config = host.file("/etc/fridge/config.toml").content_string
     v = app_host_vars
     assert v["vault_redis_sentinel_client_password"] in config
-    assert v["vault_redis_app_password"] in config
+    assert v["vault_redis_web_password"] in config
+    assert v["vault_redis_worker_password"] in config
+    assert 'REDIS_USERNAME = "fridge-web"' in config
+    assert 'WORKER_REDIS_USERNAME = "fridge-worker"' in config
     for other in (
         "vault_redis_sentinel_password",
         "vault_redis_admin_password",
