@@ -61,6 +61,13 @@ options:
   client_password:
     description: "Password of O(client_user)."
     type: str
+  client_previous_passwords:
+    description:
+      - Passwords O(client_user) also accepts while clients switch to O(client_password)
+        (rotation); an empty list leaves only O(client_password).
+    type: list
+    elements: str
+    default: []
   client_rules:
     description: "ACL rules of O(client_user), without its password."
     type: str
@@ -110,14 +117,20 @@ def acl_user(conn: Connection, name: str) -> dict | None:
     return pairs(reply) if reply else None
 
 
-def client_user_differs(conn: Connection, name: str, password: str, rules: str, check_mode: bool) -> bool:
-    """True when the user is missing, lacks the password or has other permissions. The rules
-    are compared through a probe user, which check mode does not create."""
+def digests(passwords: list[str]) -> list[str]:
+    """SHA-256 of each password, as ACL GETUSER lists them (the new one first, no repeats)."""
+    return list(dict.fromkeys(hashlib.sha256(p.encode()).hexdigest() for p in passwords))
+
+
+def client_user_differs(
+    conn: Connection, name: str, passwords: list[str], rules: str, check_mode: bool
+) -> bool:
+    """True when the user is missing, does not accept exactly these passwords or has other
+    permissions. The rules are compared through a probe user, which check mode does not create."""
     current = acl_user(conn, name)
     if current is None:
         return True
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    if "on" not in current["flags"] or digest not in current["passwords"]:
+    if "on" not in current["flags"] or set(current["passwords"]) != set(digests(passwords)):
         return True
     if check_mode:
         return False
@@ -127,7 +140,7 @@ def client_user_differs(conn: Connection, name: str, password: str, rules: str, 
     finally:
         conn.command("ACL", "DELUSER", PROBE)
     fields = ("commands", "keys", "channels")
-    return any(current.get(f) != probe.get(f) for f in fields) or len(current["passwords"]) != 1
+    return any(current.get(f) != probe.get(f) for f in fields)
 
 
 def main() -> None:
@@ -145,6 +158,7 @@ def main() -> None:
             "auth_pass": {"type": "str", "no_log": True},
             "client_user": {"type": "str"},
             "client_password": {"type": "str", "no_log": True},
+            "client_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "client_rules": {"type": "str", "default": ""},
             "config_file": {"type": "path", "required": True},
         },
@@ -190,15 +204,16 @@ def main() -> None:
             if updates and not module.check_mode:
                 conn.command("SENTINEL", "SET", name, *updates)
             user = p["client_user"]
+            passwords = [p["client_password"], *p["client_previous_passwords"]] if user else []
             differs = user and client_user_differs(
-                conn, user, p["client_password"], p["client_rules"], module.check_mode
+                conn, user, passwords, p["client_rules"], module.check_mode
             )
             if differs:
                 result["changes"].append({"acl user": user})
                 if not module.check_mode:
-                    digest = hashlib.sha256(p["client_password"].encode()).hexdigest()
+                    hashes = [f"#{d}" for d in digests(passwords)]
                     rules = p["client_rules"].split()
-                    conn.command("ACL", "SETUSER", user, "reset", "on", f"#{digest}", *rules)
+                    conn.command("ACL", "SETUSER", user, "reset", "on", *hashes, *rules)
                     conn.command("SENTINEL", "FLUSHCONFIG")
     except (OSError, ReplyError) as error:
         module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
