@@ -76,6 +76,11 @@ def test_the_filter_is_loaded_at_boot_and_leaves_other_tables_alone(name):
     host = get_host(name)
     assert host.service("kit-firewall").is_enabled
     assert "policy drop" in host.run("nft list table inet kit").stdout
+    # The kit's own unit is confined too: root with CAP_NET_ADMIN only, read-only system.
+    report = host.run("systemd-analyze security kit-firewall.service --no-pager").stdout
+    score = float(report.strip().splitlines()[-1].split(":")[1].split()[0])
+    print(f"{name}: kit-firewall.service exposure {score}")
+    assert score <= 2.0
     # Docker's own rules (its DNS at 127.0.0.11) live in another table and still work.
     other = next(h for h in hosts_in("redis") if h != name)
     assert host.run(f"getent hosts {other}").rc == 0
