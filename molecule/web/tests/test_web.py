@@ -48,8 +48,7 @@ def test_healthz_is_200_and_apache_hides_its_version(http):
 def test_apache_runs_confined(host, http):
     """Debian's apache2.service scores 9.2 "UNSAFE"; the kit's drop-in brings it under 2.5
     (read-only system, no devices, five capabilities), and the site still serves and reloads."""
-    ours, debian = exposure(host, "apache2.service")
-    assert debian > 9
+    ours, _ = exposure(host, "apache2.service")  # (the offline score reads the drop-in too)
     assert ours <= 2.5
     assert host.run("systemctl reload apache2").rc == 0
     assert wait_for(lambda: http.get("/healthz").status == 200, 15, "Apache to answer after a reload")
