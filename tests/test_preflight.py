@@ -219,17 +219,46 @@ def vault(tmp_path: Path, *args: str) -> tuple[str, ...]:
     return ("--vault-password-file", str(password))
 
 
+PROD_TLS_HOSTS = ("data1.example.net", "data2.example.net", "app1.example.net")
+
+
 def tls_files(tmp_path: Path, encrypt: bool = True) -> dict[str, str]:
-    """Where the operator's certificate and key are (production serves HTTPS: kit_app_tls);
-    the key encrypted with ansible-vault, as the README says."""
-    for name in ("server.crt", "server.key"):
-        (tmp_path / name).write_text("PEM\n")
+    """Where the operator's certificates and keys are (production serves HTTPS, kit_app_tls,
+    and Redis and Sentinel over TLS, kit_redis_tls); the keys encrypted with ansible-vault, as
+    the README says."""
+    redis = tmp_path / "redis"
+    redis.mkdir(exist_ok=True)
+    files = [tmp_path / "server.crt", tmp_path / "server.key", redis / "ca.crt"]
+    files += [redis / f"{host}.{kind}" for host in PROD_TLS_HOSTS for kind in ("crt", "key")]
+    for path in files:
+        path.write_text("PEM\n")
     if encrypt:
-        vault(tmp_path, "encrypt", str(tmp_path / "server.key"))
+        vault(tmp_path, "encrypt", *(str(p) for p in files if p.suffix == ".key"))
     return {
         "kit_app_tls_certificate_file": str(tmp_path / "server.crt"),
         "kit_app_tls_key_file": str(tmp_path / "server.key"),
+        "kit_redis_tls_dir": str(redis),
     }
+
+
+def test_redis_tls_without_the_operators_certificates_is_refused_naming_them(tmp_path):
+    files = tls_files(tmp_path)
+    (tmp_path / "redis" / "data2.example.net.key").unlink()
+    (tmp_path / "redis" / "ca.crt").unlink()
+    result = run_site(tmp_path, {**PROD_SECRETS, **files}, "playbooks/preflight.yml", args=vault(tmp_path))
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "kit_redis_tls is on with the operator's certificates" in said
+    assert f"{tmp_path}/redis/ca.crt, {tmp_path}/redis/data2.example.net.key are missing" in said
+
+
+def test_a_redis_tls_key_in_clear_text_is_refused(tmp_path):
+    files = tls_files(tmp_path)
+    (tmp_path / "redis" / "app1.example.net.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    result = run_site(tmp_path, {**PROD_SECRETS, **files}, "playbooks/preflight.yml", args=vault(tmp_path))
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{tmp_path}/redis/app1.example.net.key: private key(s) in clear text" in said
 
 
 def test_a_tls_key_in_clear_text_is_refused(tmp_path):
@@ -246,7 +275,9 @@ def test_https_without_the_operators_certificate_is_refused_naming_it(tmp_path):
     assert result.returncode != 0
     assert "kit_app_tls is on but the certificate (" in said
     assert "inventories/prod/files/tls/server.crt" in said
-    plain = run_site(tmp_path, {**PROD_SECRETS, "kit_app_tls": False}, playbook="playbooks/preflight.yml")
+    plain = run_site(
+        tmp_path, {**PROD_SECRETS, "kit_app_tls": False, "kit_redis_tls": False}, "playbooks/preflight.yml"
+    )
     assert plain.returncode == 0, plain.stdout[-3000:]
 
 

@@ -22,6 +22,15 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_REDIS_USERNAME": None,
     "WORKER_REDIS_PASSWORD": None,
     "SENTINEL_TIMEOUT": 0.5,  # seconds, per Sentinel question
+    # TLS for every connection: to the Sentinels, to the master, to a replica asked directly
+    # (Redis and Sentinel with `port 0` and a `tls-port`). The server's certificate is verified,
+    # host name included: it must name the addresses in SENTINELS and the one the Sentinels
+    # report for each Redis server (an IP address unless they announce host names).
+    "REDIS_TLS": False,
+    # The CA certificate(s) that sign the servers' certificates, as PEM text (not a path: Ansible
+    # writes it into config.toml); None trusts the system's store. Only with REDIS_TLS. (redis-py
+    # trusts the system's store too when it is set: it adds these to ssl.create_default_context.)
+    "REDIS_TLS_CA": None,
     # A lost host sends no TCP reset: these bound how long one attempt waits for it. The
     # socket timeout must exceed ACK_TIMEOUT_MS (WAIT blocks that long).
     "REDIS_CONNECT_TIMEOUT": 0.5,
@@ -107,7 +116,7 @@ class BadSetting(ValueError):
 
 
 def check(settings: Mapping[str, Any]) -> None:
-    """Refuse settings that would break an acknowledgement's guarantee."""
+    """Refuse settings that would break an acknowledgement's guarantee, or cannot work."""
     if settings["ACK_POLICY"] not in ("available", "strict"):
         raise BadSetting(f"ACK_POLICY must be 'available' or 'strict', not {settings['ACK_POLICY']!r}")
     if float(settings["ACK_TIMEOUT_MS"]) / 1000 >= float(settings["REDIS_SOCKET_TIMEOUT"]):
@@ -124,6 +133,32 @@ def check(settings: Mapping[str, Any]) -> None:
     # An enqueue confirms the job by reading it back, possibly after a worker already ran it.
     if int(settings["RESULT_TTL"]) < 60:
         raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")
+    if not isinstance(settings["REDIS_TLS"], bool):
+        raise BadSetting(f"REDIS_TLS must be true or false, not {settings['REDIS_TLS']!r}")
+    ca = settings["REDIS_TLS_CA"]
+    if ca is not None:
+        if not settings["REDIS_TLS"]:
+            raise BadSetting("REDIS_TLS_CA is set but REDIS_TLS is off: no connection would use it")
+        if not _pem_certificates(ca):
+            raise BadSetting(
+                "REDIS_TLS_CA must be the text of PEM certificate(s) (-----BEGIN CERTIFICATE-----...), "
+                "not a path or a key"
+            )
+
+
+def _pem_certificates(text: Any) -> int:
+    """How many certificates redis-py will load from `text` (its ssl_ca_data): 0 for what is not
+    PEM certificates (a path, a key, a truncated or corrupted certificate)."""
+    import ssl
+
+    if not isinstance(text, str) or "-----BEGIN CERTIFICATE-----" not in text:
+        return 0
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError):
+        return 0
+    return context.cert_store_stats()["x509"]
 
 
 def _from_environment() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import SSLConnection
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
@@ -54,6 +55,23 @@ QUIET_HANDSHAKE: dict[str, Any] = {
 }
 
 Address = tuple[str, int]
+
+
+def tls_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The ssl_* arguments of every connection when REDIS_TLS is on (none when it is off):
+    the server's certificate must chain to REDIS_TLS_CA (None: the system's trust store) and
+    name the host or IP address connected to, the one in SENTINELS or the one the Sentinels
+    report for the master. A `redis.Redis` also needs ssl=True (see `_client_tls`); the master
+    pool gets them with FollowingSSLConnection."""
+    if not config["REDIS_TLS"]:
+        return {}
+    return {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_data": config["REDIS_TLS_CA"]}
+
+
+def _client_tls(config: dict[str, Any]) -> dict[str, Any]:
+    """`tls_kwargs` for a `redis.Redis(...)`, which uses the ssl_* arguments only with ssl=True."""
+    tls = tls_kwargs(config)
+    return {"ssl": True, **tls} if tls else {}
 
 
 class Unavailable(Exception):
@@ -191,6 +209,14 @@ class FollowingConnection(SentinelManagedConnection):
         super().send_packed_command(command, check_health)
 
 
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    """FollowingConnection over TLS, built as redis-py builds SentinelManagedSSLConnection:
+    SentinelManagedConnection's `connect` (ask the Sentinels), SSLConnection's `_connect` (wrap
+    the socket and verify the certificate). SentinelConnectionPool picks its SSL class from an
+    `ssl` argument only when no connection_class is given, and drops `ssl` either way: the
+    Store chooses the class itself."""
+
+
 def _flags(state: dict[str, Any]) -> set[str]:
     flags = state.get("flags", "")
     return set(flags.split(",")) if isinstance(flags, str) else set(flags)
@@ -242,6 +268,7 @@ class Store:
                 # redis-py 8 retries a client's commands 10 times with backoff by default: a
                 # lost Sentinel host would cost seconds per question instead of one timeout.
                 "retry": Retry(NoBackoff(), 0),
+                **_client_tls(config),
             },
         )
         self.master_name = config["MASTER_NAME"]
@@ -258,7 +285,8 @@ class Store:
             if connection_retries
             else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            connection_class=FollowingConnection,
+            connection_class=FollowingSSLConnection if config["REDIS_TLS"] else FollowingConnection,
+            **tls_kwargs(config),
             **QUIET_HANDSHAKE,
         )
         self.key_prefix = config["KEY_PREFIX"]
@@ -269,6 +297,21 @@ class Store:
     def master_address(self) -> Address:
         return self.sentinel.discover_master(self.master_name)
 
+    def node(self, address: Address) -> redis.Redis:
+        """A client of one Redis server, not through Sentinel: one try, short timeouts. The
+        caller closes it."""
+        return redis.Redis(
+            host=address[0],
+            port=address[1],
+            username=self.config["REDIS_USERNAME"],
+            password=self.config["REDIS_PASSWORD"],
+            socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+            socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+            retry=Retry(NoBackoff(), 0),
+            **_client_tls(self.config),
+            **QUIET_HANDSHAKE,
+        )
+
     def sole_master_doubt(self, address: Address, me: Replication) -> str | None:
         """See QuorumSentinel.sole_master_doubt; `me` is the INFO replication of `address`."""
 
@@ -276,16 +319,7 @@ class Store:
             """`other`, which reports itself master, is the master `address` was promoted
             from: its replication id is the one `address` inherited (PSYNC2's replid2), and
             not the other way round."""
-            client = redis.Redis(
-                host=other[0],
-                port=other[1],
-                username=self.config["REDIS_USERNAME"],
-                password=self.config["REDIS_PASSWORD"],
-                socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
-                socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
-                retry=Retry(NoBackoff(), 0),
-                **QUIET_HANDSHAKE,
-            )
+            client = self.node(other)
             try:
                 them = Replication.from_info(client.info("replication"))
             except redis.RedisError:

@@ -67,6 +67,7 @@ def settings(cluster: Cluster) -> dict:
         "MASTER_NAME": MASTER_NAME,
         "REDIS_USERNAME": WEB_USER,
         "REDIS_PASSWORD": PASSWORDS["web"],
+        **cluster.app_settings(),
         **FAST,
     }
 

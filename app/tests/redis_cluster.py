@@ -1,10 +1,12 @@
 """Real Redis for the tests: a master, a replica and three Sentinels on 127.0.0.1, with the
-same ACL users and rules as the kit's `redis` role deploys (read from the role's files)."""
+same ACL users and rules as the kit's `redis` role deploys (read from the role's files), over
+plain TCP or, with `tls=make_tls(dir)`, over TLS only (`port 0`, a `tls-port`)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -108,6 +110,89 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
 
 
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = fridge tests
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+@dataclass
+class TLS:
+    """A throw-away CA, a server certificate it signed (127.0.0.1 and localhost) that every
+    server presents, and a second CA that signed nothing here."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    other_ca_file: Path
+
+    @property
+    def ca(self) -> str:
+        return self.ca_file.read_text()
+
+    @property
+    def other_ca(self) -> str:
+        return self.other_ca_file.read_text()
+
+    def server_lines(self, port: int) -> list[str]:
+        """redis.conf or sentinel.conf lines: TLS on `port`, no plain-text port; outgoing
+        connections (replication, Sentinel to Redis and to its peers) in TLS too."""
+        return [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {self.cert_file}",
+            f"tls-key-file {self.key_file}",
+            f"tls-ca-cert-file {self.ca_file}",
+            "tls-auth-clients no",
+            "tls-replication yes",
+        ]
+
+
+def make_tls(directory: Path) -> TLS:
+    """Generate the CAs and the server certificate with the openssl command (EC P-256, valid
+    two days, the extensions Python 3.13's strict verification wants)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "openssl.cnf").write_text(OPENSSL_CNF)
+
+    def openssl(command: str, *extra: str) -> None:
+        """`command` split on spaces (none of its arguments has one), then `extra`."""
+        binary = shutil.which("openssl")
+        if binary is None:
+            raise RuntimeError("the TLS tests need the openssl command (Debian: apt-get install openssl)")
+        run = subprocess.run(
+            [binary, *command.split(), *extra], cwd=directory, capture_output=True, text=True
+        )
+        if run.returncode:
+            raise RuntimeError(f"openssl {command} failed: {run.stderr}")
+
+    key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    for name, subject in (("ca", "/CN=fridge test CA"), ("other-ca", "/CN=fridge other CA")):
+        files = f"-keyout {name}.key -out {name}.crt"
+        openssl(f"req -x509 -new {key} {files} -days 2 -config openssl.cnf -extensions ca", "-subj", subject)
+    openssl(f"req -new {key} -keyout server.key -out server.csr -subj /CN=localhost -config openssl.cnf")
+    openssl(
+        f"x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial 0x{secrets.token_hex(8)} -days 2 "
+        "-extfile openssl.cnf -extensions server -out server.crt"
+    )
+    return TLS(
+        directory / "ca.crt", directory / "server.crt", directory / "server.key", directory / "other-ca.crt"
+    )
+
+
 @dataclass
 class Cluster:
     workdir: Path
@@ -115,16 +200,36 @@ class Cluster:
     sentinel_ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     down_after_ms: int = 1000
+    tls: TLS | None = None
 
     @property
     def sentinels(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.sentinel_ports]
 
+    def app_settings(self) -> dict:
+        """The app's TLS settings for this cluster (none for a plain-text one)."""
+        return {"REDIS_TLS": True, "REDIS_TLS_CA": self.tls.ca} if self.tls else {}
+
+    def client_tls(self) -> dict:
+        """A `redis.Redis`'s arguments to reach this cluster's servers."""
+        return {"ssl": True, "ssl_ca_data": self.tls.ca} if self.tls else {}
+
     def admin(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, username="kit-admin", password=PASSWORDS["admin"], socket_timeout=2)
+        return redis.Redis(
+            port=port,
+            username="kit-admin",
+            password=PASSWORDS["admin"],
+            socket_timeout=2,
+            **self.client_tls(),
+        )
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=PASSWORDS["sentinel_own"], socket_timeout=2)
+        return redis.Redis(
+            port=port, password=PASSWORDS["sentinel_own"], socket_timeout=2, **self.client_tls()
+        )
+
+    def listen_lines(self, port: int) -> list[str]:
+        return self.tls.server_lines(port) if self.tls else [f"port {port}"]
 
     def master_port(self) -> int:
         _, port = self.sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER_NAME)
@@ -140,7 +245,7 @@ class Cluster:
             data.mkdir()
             conf = data / "redis.conf"
             lines = [
-                f"port {port}",
+                *self.listen_lines(port),
                 "bind 127.0.0.1",
                 "protected-mode yes",
                 f"dir {data}",
@@ -174,7 +279,7 @@ class Cluster:
             conf.write_text(
                 "\n".join(
                     [
-                        f"port {port}",
+                        *self.listen_lines(port),
                         "bind 127.0.0.1",
                         f"dir {data}",
                         "daemonize no",
@@ -311,6 +416,7 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
         "MASTER_NAME": MASTER_NAME,
         "REDIS_USERNAME": WORKER_USER,
         "REDIS_PASSWORD": PASSWORDS["worker"],
+        **cluster.app_settings(),
         **extra,
     }
     env = dict(os.environ)
@@ -319,13 +425,14 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
 
 
 def main() -> None:
-    """`python tests/redis_cluster.py`: a local master, replica and three Sentinels for
+    """`python tests/redis_cluster.py [--tls]`: a local master, replica and three Sentinels for
     development; prints the environment to export for `flask run` and the worker."""
     import shlex
+    import sys
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="fridge-redis-"))
-    cluster = Cluster(workdir)
+    cluster = Cluster(workdir, tls=make_tls(workdir / "tls") if "--tls" in sys.argv[1:] else None)
     cluster.start()
     print(
         f"# master 127.0.0.1:{cluster.data_ports[0]}, replica 127.0.0.1:{cluster.data_ports[1]}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from typing import Any
 
 Reply = Any  # str | int | None | list[Reply]; errors raise ReplyError
@@ -19,8 +20,23 @@ class ReplyError(Exception):
     """The server answered with an error reply (-ERR ..., -NOAUTH ..., -WRONGPASS ...)."""
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """A client context trusting only `ca_file` (TLS 1.2+, certificate and name checked), or
+    None for plain TCP when no CA is given."""
+    if not ca_file:
+        return None
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class Connection:
-    """One connection to a Redis, Valkey or Sentinel server, authenticated on open."""
+    """One connection to a Redis, Valkey or Sentinel server, authenticated on open.
+
+    With `tls`, the connection is TLS and the server's certificate must name `server_name`
+    (the address connected to by default: a module that connects to 127.0.0.1 passes the
+    host's own address, which the certificate names).
+    """
 
     def __init__(
         self,
@@ -29,9 +45,21 @@ class Connection:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 2.0,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.address = f"{host}:{port}"
-        self._sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_name or host)
+            except (ssl.SSLError, OSError) as error:
+                sock.close()
+                raise ConnectionError(
+                    f"{self.address}: TLS handshake failed ({error}); is TLS on for this port, "
+                    f"and is the certificate signed by the CA given and made for {server_name or host}?"
+                ) from error
+        self._sock = sock
         self._buf = b""
         if password:
             if username:
@@ -117,8 +145,36 @@ def is_auth_error(error: Exception) -> bool:
     )
 
 
+def connect_first(
+    host: str,
+    port: int,
+    username: str | None,
+    passwords: list[str | None],
+    timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Connection:
+    """Log in with the first of `passwords` the server accepts: the current password, then
+    the previous ones while a rotation is under way. The first refusal is raised when none
+    is accepted; any other error at once."""
+    first: ReplyError | None = None
+    for password in passwords or [None]:
+        try:
+            return Connection(host, port, username, password, timeout, tls, server_name)
+        except ReplyError as error:
+            if not is_auth_error(error):
+                raise
+            first = first or error
+    raise first  # type: ignore[misc]
+
+
 def connect_any_auth(
-    host: str, port: int, username: str | None, password: str | None, timeout: float
+    host: str,
+    port: int,
+    username: str | None,
+    passwords: list[str | None],
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> Connection:
     """Connect with the given credentials, or without any when the server has none yet.
 
@@ -126,11 +182,11 @@ def connect_any_auth(
     anonymous clients. Discovery must work in both states.
     """
     try:
-        return Connection(host, port, username, password, timeout)
+        return connect_first(host, port, username, passwords, timeout, tls)
     except ReplyError as error:
         if not is_auth_error(error):
             raise
-        conn = Connection(host, port, None, None, timeout)
+        conn = Connection(host, port, None, None, timeout, tls)
         try:
             conn.command("PING")
         except ReplyError:

@@ -34,6 +34,11 @@ options:
   sentinel_password:
     description: "Sentinel password (requirepass)."
     type: str
+  sentinel_previous_passwords:
+    description: "Tried when the Sentinels refuse O(sentinel_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
   nodes:
     description: "Data node addresses (the inventory's); the master must be one of them."
     type: list
@@ -49,6 +54,11 @@ options:
   node_password:
     description: "Password of O(node_user)."
     type: str
+  node_previous_passwords:
+    description: "Tried when the nodes refuse O(node_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
   bootstrap_master:
     description: "Master to use when nothing is configured yet."
     type: str
@@ -57,6 +67,11 @@ options:
     description: "Connect and reply timeout in seconds."
     type: float
     default: 1.0
+  tls_ca_file:
+    description:
+      - CA certificate file on the host. When set, Sentinels and nodes are reached over TLS
+        and their certificates must be signed by it and name the address connected to.
+    type: path
 author: kit maintainers
 """
 
@@ -87,11 +102,12 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kit_redis import (
-    Connection,
     ReplyError,
     connect_any_auth,
+    connect_first,
     pairs,
     parse_info,
+    tls_context,
 )
 
 
@@ -99,12 +115,13 @@ def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
     answers = []
     for address in params["sentinels"]:
         try:
-            with Connection(
+            with connect_first(
                 address,
                 params["sentinel_port"],
                 None,
-                params["sentinel_password"],
+                [params["sentinel_password"], *params["sentinel_previous_passwords"]],
                 params["timeout"],
+                params["tls"],
             ) as conn:
                 state = pairs(conn.command("SENTINEL", "MASTER", params["master_name"]))
         except ReplyError as error:
@@ -135,8 +152,9 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
                 address,
                 params["node_port"],
                 params["node_user"],
-                params["node_password"],
+                [params["node_password"], *params["node_previous_passwords"]],
                 params["timeout"],
+                params["tls"],
             ) as conn:
                 info = parse_info(conn.command("INFO", "replication"))
         except (OSError, ReplyError) as error:
@@ -193,16 +211,19 @@ def main() -> None:
             "sentinels": {"type": "list", "elements": "str", "default": []},
             "sentinel_port": {"type": "int", "default": 26379},
             "sentinel_password": {"type": "str", "no_log": True},
+            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "nodes": {"type": "list", "elements": "str", "default": []},
             "node_port": {"type": "int", "default": 6379},
             "node_user": {"type": "str"},
             "node_password": {"type": "str", "no_log": True},
+            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "bootstrap_master": {"type": "str", "required": True},
             "timeout": {"type": "float", "default": 1.0},
+            "tls_ca_file": {"type": "path"},
         },
         supports_check_mode=True,
     )
-    params = module.params
+    params = dict(module.params, tls=tls_context(module.params["tls_ca_file"]))
     unreachable: list[str] = []
     answers = ask_sentinels(params, unreachable)
     result: dict = {"changed": False, "sentinels_answered": len(answers)}

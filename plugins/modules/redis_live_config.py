@@ -31,6 +31,11 @@ options:
   login_password:
     description: "Password of O(login_user)."
     type: str
+  login_previous_passwords:
+    description: "Tried when the server refuses O(login_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
   config:
     description: "Wanted settings (name to value, as in the config file)."
     type: dict
@@ -56,6 +61,21 @@ options:
         names C(aclfile); a restart loads the new users.
     type: bool
     default: false
+  tls_reload:
+    description:
+      - Make the server read its TLS certificate, key and CA files again (C(CONFIG SET) of
+        their unchanged paths does), for renewed files. Connections already open keep going;
+        no restart.
+    type: bool
+    default: false
+  tls_ca_file:
+    description:
+      - CA certificate file on the host. When set, the connection is TLS and the server's
+        certificate must be signed by it and name O(tls_server_name).
+    type: path
+  tls_server_name:
+    description: "Name or address the certificate must carry (default: O(login_host))."
+    type: str
 author: kit maintainers
 """
 
@@ -77,7 +97,14 @@ role:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import Connection, ReplyError, is_auth_error, parse_info
+from ansible.module_utils.kit_redis import (
+    Connection,
+    ReplyError,
+    connect_first,
+    is_auth_error,
+    parse_info,
+    tls_context,
+)
 
 _UNITS = {"k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 _MEMORY = re.compile(r"^(\d+)(k|kb|m|mb|g|gb)$", re.IGNORECASE)
@@ -161,6 +188,20 @@ def reconcile_replication(module: AnsibleModule, conn: Connection, result: dict)
     return False
 
 
+TLS_FILES = ("tls-cert-file", "tls-key-file", "tls-ca-cert-file")
+
+
+def reload_tls(module: AnsibleModule, conn: Connection, result: dict) -> None:
+    """Setting a TLS file's path, even to the same value, reloads it (Redis 7+, Valkey)."""
+    paths = [conn.command("CONFIG", "GET", name) for name in TLS_FILES]
+    settings = [word for reply in paths for word in reply]
+    if not settings[1::2] or not all(settings[1::2]):
+        module.fail_json(msg="tls_reload: the server has no TLS files configured", **result)
+    result["changes"].append({"tls": "certificate, key and CA reloaded"})
+    if not module.check_mode:
+        conn.command("CONFIG", "SET", *settings)
+
+
 def _describe(info: dict[str, str]) -> str:
     if info.get("role") == "slave":
         return f"{info.get('master_host')} {info.get('master_port')}"
@@ -174,6 +215,9 @@ def main() -> None:
             "login_port": {"type": "int", "default": 6379},
             "login_user": {"type": "str"},
             "login_password": {"type": "str", "no_log": True},
+            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "tls_ca_file": {"type": "path"},
+            "tls_server_name": {"type": "str"},
             "config": {"type": "dict", "default": {}},
             "secret_config": {"type": "dict", "default": {}, "no_log": True},
             "replicaof": {
@@ -186,13 +230,21 @@ def main() -> None:
             "promote": {"type": "bool", "default": False},
             "config_file": {"type": "path"},
             "acl_load": {"type": "bool", "default": False},
+            "tls_reload": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     p = module.params
     result: dict = {"changed": False, "changes": [], "restart_required": [], "role": ""}
     try:
-        conn = Connection(p["login_host"], p["login_port"], p["login_user"], p["login_password"])
+        conn = connect_first(
+            p["login_host"],
+            p["login_port"],
+            p["login_user"],
+            [p["login_password"], *p["login_previous_passwords"]],
+            tls=tls_context(p["tls_ca_file"]),
+            server_name=p["tls_server_name"],
+        )
     except ReplyError as error:
         if p["acl_load"] and is_auth_error(error):
             result.update(changed=True, restart_required=["aclfile"])
@@ -206,6 +258,8 @@ def main() -> None:
                 result["changes"].append({"acl": "reloaded"})
                 if not module.check_mode:
                     conn.command("ACL", "LOAD")
+            if p["tls_reload"]:
+                reload_tls(module, conn, result)
             config_changed = reconcile_config(module, conn, result)
             replication_changed = reconcile_replication(module, conn, result)
             if (config_changed or replication_changed) and not module.check_mode:

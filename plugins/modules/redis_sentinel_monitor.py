@@ -76,6 +76,27 @@ options:
     description: "The Sentinel config file (read only)."
     type: path
     required: true
+  tls_ca_file:
+    description:
+      - CA certificate file on the host. When set, the connection is TLS and the server's
+        certificate must be signed by it and name O(tls_server_name).
+    type: path
+  tls_server_name:
+    description: "Name or address the certificate must carry (default: O(login_host))."
+    type: str
+  login_previous_passwords:
+    description:
+      - Tried when the Sentinel refuses O(login_password) (a rotation under way). Its default
+        user (the peers' and the kit's login) is made to accept exactly O(login_password) and
+        these.
+    type: list
+    elements: str
+    default: []
+  peer_password:
+    description:
+      - What this Sentinel sends its peers (C(sentinel-pass)). Set it in a task after every
+        Sentinel accepts it, so that no peer ever refuses another.
+    type: str
 author: kit maintainers
 """
 
@@ -93,7 +114,7 @@ master:
 import hashlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import Connection, ReplyError, pairs
+from ansible.module_utils.kit_redis import Connection, ReplyError, connect_first, pairs, tls_context
 
 PROBE = "kit-acl-probe"
 
@@ -110,6 +131,19 @@ def file_settings(path: str, name: str) -> dict[str, str]:
     except FileNotFoundError:
         pass
     return found
+
+
+def sentinel_pass(path: str) -> str | None:
+    """The `sentinel sentinel-pass <value>` line of the config file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                words = line.split()
+                if len(words) == 3 and words[:2] == ["sentinel", "sentinel-pass"]:
+                    return words[2].strip('"')
+    except FileNotFoundError:
+        pass
+    return None
 
 
 def acl_user(conn: Connection, name: str) -> dict | None:
@@ -149,6 +183,10 @@ def main() -> None:
             "login_host": {"type": "str", "default": "127.0.0.1"},
             "login_port": {"type": "int", "default": 26379},
             "login_password": {"type": "str", "no_log": True},
+            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "peer_password": {"type": "str", "no_log": True},
+            "tls_ca_file": {"type": "path"},
+            "tls_server_name": {"type": "str"},
             "master_name": {"type": "str", "required": True},
             "master_host": {"type": "str", "required": True},
             "master_port": {"type": "int", "default": 6379},
@@ -171,7 +209,15 @@ def main() -> None:
     wanted = {"quorum": str(p["quorum"])}
     wanted.update({k: str(v) for k, v in p["settings"].items()})
     try:
-        with Connection(p["login_host"], p["login_port"], None, p["login_password"]) as conn:
+        own = [p["login_password"], *p["login_previous_passwords"]]
+        with connect_first(
+            p["login_host"],
+            p["login_port"],
+            None,
+            own,
+            tls=tls_context(p["tls_ca_file"]),
+            server_name=p["tls_server_name"],
+        ) as conn:
             try:
                 state = pairs(conn.command("SENTINEL", "MASTER", name))
             except ReplyError as error:
@@ -203,6 +249,23 @@ def main() -> None:
                     updates += [key, value]
             if updates and not module.check_mode:
                 conn.command("SENTINEL", "SET", name, *updates)
+            flush = False
+            if p["login_password"] and set((acl_user(conn, "default") or {}).get("passwords", [])) != set(
+                digests(own)
+            ):
+                result["changes"].append(
+                    {"password": "accepted: the current one" + (" and previous" if own[1:] else "")}
+                )
+                flush = True
+                if not module.check_mode:
+                    conn.command("ACL", "SETUSER", "default", "resetpass", *(f"#{d}" for d in digests(own)))
+            if p["peer_password"] and sentinel_pass(p["config_file"]) != p["peer_password"]:
+                result["changes"].append({"sentinel-pass": "********"})
+                flush = True
+                if not module.check_mode:
+                    conn.command("SENTINEL", "CONFIG", "SET", "sentinel-pass", p["peer_password"])
+            if flush and not module.check_mode:
+                conn.command("SENTINEL", "FLUSHCONFIG")
             user = p["client_user"]
             passwords = [p["client_password"], *p["client_previous_passwords"]] if user else []
             differs = user and client_user_differs(

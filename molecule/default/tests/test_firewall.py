@@ -8,30 +8,43 @@ import json
 import shlex
 
 import pytest
-from kit_checks import get_host, hosts_in, hostvars
+from kit_checks import get_host, hosts_in, hostvars, rendered
 from kit_faults import docker
 
 NETWORK = "kit-default"
 OUTSIDER = "172.28.30.99"  # on the platform's network, in no group of the inventory
 
 # Runs on a host: connects to each (address, port), sends an unauthenticated PING and prints
-# what came back: the reply, "timeout" (dropped: the filter) or "refused".
+# what came back: the reply, "closed" (no answer in clear text: a TLS port), "timeout"
+# (dropped: the filter) or "refused". With a CA (argv[2]) it asks again over TLS ("... tls").
 PROBE = """
-import json, socket, sys
+import json, socket, ssl, sys
 out = {}
+tls = ssl.create_default_context(cadata=sys.argv[2]) if len(sys.argv) > 2 else None
 for address, port in json.loads(sys.argv[1]):
-    key = f"{address}:{port}"
-    try:
-        with socket.create_connection((address, port), timeout=2) as s:
-            s.settimeout(2)
-            s.sendall(b"PING\\r\\n" if port != 80 else b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
-            out[key] = s.recv(200).decode(errors="replace").splitlines()[0]
-    except TimeoutError:
-        out[key] = "timeout"
-    except ConnectionRefusedError:
-        out[key] = "refused"
+    for mode in ["plain"] + (["tls"] if tls and port != 80 else []):
+        key = f"{address}:{port}" + (" tls" if mode == "tls" else "")
+        try:
+            with socket.create_connection((address, port), timeout=2) as raw:
+                s = tls.wrap_socket(raw, server_hostname=address) if mode == "tls" else raw
+                s.settimeout(2)
+                s.sendall(b"PING\\r\\n" if port != 80 else b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
+                out[key] = (s.recv(200).decode(errors="replace").splitlines() or ["closed"])[0]
+        except TimeoutError:
+            out[key] = "timeout"
+        except ConnectionRefusedError:
+            out[key] = "refused"
+        except ConnectionResetError:
+            out[key] = "closed"
 print(json.dumps(out))
 """
+
+
+def tls_ca() -> str:
+    """The CA of the Redis and Sentinel certificates, when they speak TLS ('' when not)."""
+    return str(
+        rendered(hosts_in("redis")[0], "redis_tls_ca_certificate if redis_tls | default(false) else ''")
+    )
 
 
 def targets() -> list[tuple[str, int]]:
@@ -60,12 +73,20 @@ def test_a_host_outside_the_topology_reaches_only_http():
 @pytest.mark.parametrize("name", hosts_in("web") + hosts_in("workers"))
 def test_every_redis_and_sentinel_port_refuses_the_unauthenticated_from_an_app_host(name):
     host = get_host(name)
-    probe = host.run(f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(targets()))}")
+    ca = tls_ca()
+    args = " ".join(shlex.quote(a) for a in [json.dumps(targets()), *([ca] if ca else [])])
+    probe = host.run(f"python3 -c {shlex.quote(PROBE)} {args}")
     assert probe.rc == 0, probe.stderr
     got = json.loads(probe.stdout)
     print(f"from {name}: {got}")
     for address, port in targets():
-        assert got[f"{address}:{port}"].startswith("-NOAUTH"), (address, port, got)
+        if ca:  # TLS only: clear text gets nothing; over TLS, no command without a login
+            plain = got[f"{address}:{port}"]  # "closed", or a TLS alert: no RESP reply
+            assert plain != "timeout", (address, port, got)
+            assert plain[:1] not in ("+", "-", "$", "*", ":"), (address, port, got)
+            assert got[f"{address}:{port} tls"].startswith("-NOAUTH"), (address, port, got)
+        else:
+            assert got[f"{address}:{port}"].startswith("-NOAUTH"), (address, port, got)
 
 
 PLATFORM = sorted({h for group in ("redis", "redis_sentinel", "web", "workers") for h in hosts_in(group)})

@@ -1,23 +1,28 @@
-"""Password rotation under load: the app's Redis users (web, workers) and the Sentinel client
-login get new passwords by two runs of the playbook, with enqueueing going on through Apache.
+"""Password rotation and certificate renewal under load: the app's Redis users (web, workers)
+and the Sentinel client login get new passwords by two runs of the playbook, and every Redis and
+Sentinel TLS certificate is renewed, with enqueueing going on through Apache.
 
 Run 1 (new value set, old one kept as `*_previous`): Redis and Sentinel accept both, the web
-tier and the workers switch to the new one. Run 2 (`*_previous` gone, `--tags redis,sentinel`):
-the old one is refused.
+tier and the workers switch to the new one. Run 2 (`*_previous` gone, `--tags redis,sentinel`,
+the kit CA's host certificates due for renewal): the old password is refused, every server
+presents its new certificate; the data nodes reloaded theirs live (same process: no restart,
+no failover), the Sentinels restarted one at a time.
 Not one request may fail in between. Last in the scenario: the passwords stay rotated.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import tomllib
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from kit_checks import ReplyError, converge, hosts_in, hostvars, resolve
-from kit_faults import executed, sh, under_load
+from kit_checks import ReplyError, converge, hosts_in, hostvars, rendered, resolve
+from kit_faults import executed, server_pid, sh, under_load
 
 ROTATED = ("vault_redis_web_password", "vault_redis_worker_password", "vault_redis_sentinel_client_password")
 
@@ -26,8 +31,30 @@ def _run(values: dict[str, str], *args: str) -> dict[str, dict[str, int]]:
     return converge(*args, "-e", json.dumps(values))
 
 
-def test_app_passwords_rotate_under_load_with_no_failed_request(platform, group):
+def served(group) -> dict[str, str]:
+    """The certificate (PEM) each data node and Sentinel presents, by "address:port"."""
+    targets = [(a, 6379) for a in group.nodes.values()] + [(a, 26379) for a in group.sentinels.values()]
+    return {f"{a}:{p}": ssl.get_server_certificate((a, p), timeout=2) for a, p in targets}
+
+
+def sentinel_pids(group) -> dict[str, str]:
+    service = group.service.replace("-server", "-sentinel")
+    return {h: sh(h, f"systemctl show -p MainPID --value {service}").strip() for h in group.sentinels}
+
+
+def due_for_renewal(group) -> None:
+    """Make the kit CA's host certificates due: the next run issues new ones (as it does when
+    fewer than kit_redis_tls_renew_days remain)."""
+    host = next(iter(group.nodes))
+    assert rendered(host, "kit_redis_tls_ca") == "kit", "the default scenario uses the kit's CA"
+    pki = Path(str(rendered(host, "kit_redis_tls_dir")))
+    for name in {*group.nodes, *group.sentinels}:
+        (pki / f"{name}.crt").unlink()
+
+
+def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_request(platform, group):
     platform.wait_healthy()
+    assert group.tls_ca, "Redis and Sentinel speak TLS in the default scenario"
     v = hostvars(hosts_in("web")[0])
     old = {name: resolve(v, v[name]) for name in ROTATED}
     new = {name: f"rotated-{uuid.uuid4().hex[:16]}" for name in ROTATED}
@@ -38,6 +65,10 @@ def test_app_passwords_rotate_under_load_with_no_failed_request(platform, group)
         config = platform_config(platform)
         assert new["vault_redis_web_password"] in config
         assert new["vault_redis_sentinel_client_password"] in config
+        certificates = served(group)
+        redis_pids = {h: server_pid(group, h) for h in group.nodes}
+        sentinels_before = sentinel_pids(group)
+        due_for_renewal(group)
         _run(new, "--tags", "redis,sentinel")  # retiring the old ones touches the data tier only
         now = time.monotonic()
         while not load.acked_since(now):
@@ -50,6 +81,12 @@ def test_app_passwords_rotate_under_load_with_no_failed_request(platform, group)
     assert set(statuses) == {202}, dict(statuses)
     assert missing == []
     assert unfinished == []
+
+    renewed = served(group)
+    assert all(renewed[t] != certificates[t] for t in certificates), "a server kept its old certificate"
+    assert {h: server_pid(group, h) for h in group.nodes} == redis_pids, "a data node restarted"
+    after = sentinel_pids(group)
+    assert all(after[h] != sentinels_before[h] for h in after), (sentinels_before, after)
 
     master = group.current_master()
     with pytest.raises(ReplyError, match="WRONGPASS"):

@@ -41,6 +41,26 @@ def hostvars(name: str) -> dict:
     return get_host(name).ansible.get_variables()
 
 
+@cache
+def rendered(name: str, expression: str) -> object:
+    """A Jinja expression evaluated by Ansible for inventory host `name`: variables that are
+    templates (lookups, other variables) come out as the playbook sees them."""
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    task = ["-m", "ansible.builtin.debug", "-a", f"msg={{{{ {expression} }}}}"]
+    cmd = ["ansible", "-i", INVENTORY, name, *task]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    try:
+        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][name]["msg"]
+    except (ValueError, KeyError, IndexError) as error:
+        said = f"{proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+        raise AssertionError(f"cannot evaluate {expression!r} for {name}: {said}") from error
+
+
+def tls_client(ca_pem: str | None) -> ssl.SSLContext | None:
+    """A TLS client context trusting only `ca_pem` (certificate and address checked), or None."""
+    return ssl.create_default_context(cadata=ca_pem) if ca_pem else None
+
+
 def hosts_in(group: str) -> list[str]:
     """Inventory hosts of a group, in inventory order."""
     runner = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
@@ -144,6 +164,11 @@ class Group:
     sentinel_client: tuple[str, str]  # what the app logs in to Sentinel as
     app: tuple[str, str]
     down_after_ms: int
+    tls_ca: str | None = None  # the CA (PEM) when Redis and Sentinel speak TLS only
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        return tls_client(self.tls_ca)
 
     @property
     def service(self) -> str:
@@ -151,11 +176,11 @@ class Group:
 
     def node(self, address: str, user: tuple[str, str] | None = None) -> Connection:
         username, password = user or self.admin
-        return Connection(address, 6379, username, password, timeout=1.0)
+        return Connection(address, 6379, username, password, timeout=1.0, tls=self.tls)
 
     def sentinel(self, address: str, user: tuple[str, str] | None = None) -> Connection:
         username, password = user or (None, self.sentinel_password)
-        return Connection(address, 26379, username, password, timeout=1.0)
+        return Connection(address, 26379, username, password, timeout=1.0, tls=self.tls)
 
     def masters_named(self) -> dict[str, str | None]:
         """What each reachable Sentinel says the master is ("ip:port")."""
@@ -208,6 +233,8 @@ def load_group(
         ),
         app=(resolve(v, app["name"]), resolve(v, app["password"])),
         down_after_ms=int(resolve(v, v["redis_sentinel_down_after_ms"])),
+        tls_ca=str(rendered(data[0], "redis_tls_ca_certificate if redis_tls | default(false) else ''"))
+        or None,
     )
 
 
