@@ -1,6 +1,7 @@
-"""Password rotation and certificate renewal under load: the app's Redis users (web, workers)
-and the Sentinel client login get new passwords by two runs of the playbook, and every Redis and
-Sentinel TLS certificate is renewed, with enqueueing going on through Apache.
+"""Password rotation and certificate renewal under load: every password of the platform but the
+dashboard's (the app's Redis users and Sentinel login, the admin, replication and Sentinel ones)
+changes by two runs of the playbook, and every Redis and Sentinel TLS certificate is renewed,
+with enqueueing going on through Apache.
 
 Run 1 (new value set, old one kept as `*_previous`): Redis and Sentinel accept both, the web
 tier and the workers switch to the new one. Run 2 (`*_previous` gone, `--tags redis,sentinel`,
@@ -21,10 +22,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kit_checks import ReplyError, converge, hosts_in, hostvars, rendered, resolve
+from kit_checks import ReplyError, converge, hosts_in, hostvars, pairs, rendered, resolve, wait_for
 from kit_faults import executed, server_pid, sh, under_load
 
-ROTATED = ("vault_redis_web_password", "vault_redis_worker_password", "vault_redis_sentinel_client_password")
+# Every password the playbook sets but the dashboard's: the app's (web, workers, Sentinel
+# client) and the data tier's own (admin, replication, Sentinels' login on the nodes, Sentinels'
+# password among themselves).
+ROTATED = (
+    "vault_redis_web_password",
+    "vault_redis_worker_password",
+    "vault_redis_sentinel_client_password",
+    "vault_redis_admin_password",
+    "vault_redis_replication_password",
+    "vault_redis_sentinel_acl_password",
+    "vault_redis_sentinel_password",
+)
 
 
 def _run(values: dict[str, str], *args: str) -> dict[str, dict[str, int]]:
@@ -73,6 +85,9 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
         now = time.monotonic()
         while not load.acked_since(now):
             time.sleep(0.2)
+    # The tests' own logins follow the rotation.
+    group.admin = (group.admin[0], new["vault_redis_admin_password"])
+    group.sentinel_password = new["vault_redis_sentinel_password"]
     acked = load.acknowledged()
     missing, unfinished = executed(group, acked, timeout=180)
     statuses = Counter(a.status for a in load.answers)
@@ -91,6 +106,16 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
     master = group.current_master()
     with pytest.raises(ReplyError, match="WRONGPASS"):
         group.node(master, user=(web_user, old["vault_redis_web_password"]))
+    with pytest.raises(ReplyError, match="WRONGPASS"):
+        group.node(master, user=(group.admin[0], old["vault_redis_admin_password"]))
+    for replica in (a for a in group.nodes.values() if a != master):  # linked with the new password
+        assert group.role(replica)["master_link_status"] == "up"
+    for address in group.sentinels.values():
+        with pytest.raises(ReplyError, match="WRONGPASS"):
+            group.sentinel(address, user=(None, old["vault_redis_sentinel_password"]))
+        wait_for(
+            lambda a=address: watching(group, a), 30, f"Sentinel {address} to see its peers and the nodes"
+        )
     with group.node(master, user=(web_user, new["vault_redis_web_password"])) as conn:
         assert conn.command("PING") == "PONG"
     client_user = group.sentinel_client[0]
@@ -99,6 +124,20 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
             group.sentinel(address, user=(client_user, old["vault_redis_sentinel_client_password"]))
         with group.sentinel(address, user=(client_user, new["vault_redis_sentinel_client_password"])) as conn:
             assert conn.command("PING") == "PONG"
+
+
+def watching(group, address: str) -> bool:
+    """The Sentinel logs in to the master and sees its peers and the replica: they all take
+    the new passwords."""
+    with group.sentinel(address) as conn:
+        state = pairs(conn.command("SENTINEL", "MASTER", group.master_name))
+    seen = {k: state[k] for k in ("flags", "num-other-sentinels", "num-slaves")}
+    print(f"Sentinel {address}: {seen}")
+    return (
+        state["flags"] == "master"
+        and int(state["num-other-sentinels"]) == len(group.sentinels) - 1
+        and int(state["num-slaves"]) == len(group.nodes) - 1
+    )
 
 
 def platform_config(platform) -> str:
