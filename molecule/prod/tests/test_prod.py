@@ -69,19 +69,26 @@ def test_production_timings_are_applied():
 VAULT_PASSWORD_FILE = str(Path(SCENARIO_DIR) / "vars" / "test-vault-password")
 
 
-def _secrets() -> dict[str, str]:
-    """The vault's values for this scenario, and the body of the TLS private key."""
-    values = yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
-    found = {name: value for name, value in values.items() if name.startswith("vault_")}
+def _key_body(path: str) -> str:
+    """The longest line of a vault-encrypted PEM private key (what a grep can find)."""
     clear = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-vault"), "view", _tls("server.key")],
+        [str(Path(sys.executable).parent / "ansible-vault"), "view", path],
         env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": VAULT_PASSWORD_FILE},
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    key = [line for line in clear.splitlines() if "-----" not in line]
-    found["tls key"] = max(key, key=len)
+    return max((line for line in clear.splitlines() if "-----" not in line), key=len)
+
+
+def _secrets() -> dict[str, str]:
+    """The vault's values for this scenario, the body of the HTTPS private key and of each
+    data node's and Sentinel's TLS key ("redis tls key <host>")."""
+    values = yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
+    found = {name: value for name, value in values.items() if name.startswith("vault_")}
+    found["tls key"] = _key_body(_tls("server.key"))
+    for name in sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))):
+        found[f"redis tls key {name}"] = _key_body(_tls(f"redis/{name}.key"))
     return found
 
 
@@ -134,6 +141,7 @@ def test_every_file_holding_a_secret_is_closed_to_other_users(host):
         assert f.user in ("root", "redis", "valkey", "fridge"), (path, f.user)
     if host.backend.get_hostname() in hosts_in("redis_sentinel"):
         assert any(p.endswith("sentinel.conf") for p in found), found
+        assert any(p.endswith("sentinel-tls/server.key") for p in found), found
     if host.backend.get_hostname() in hosts_in("web"):
         assert any(p.endswith("server.key") for p in found), found
 
@@ -157,6 +165,8 @@ def test_each_host_holds_only_the_secrets_of_its_tiers(host):
     name = host.backend.get_hostname()
     secrets = _secrets()
     allowed = set().union(*(names for group, names in TIER_SECRETS.items() if name in hosts_in(group)))
+    if name in hosts_in("redis") or name in hosts_in("redis_sentinel"):
+        allowed.add(f"redis tls key {name}")  # its own TLS key only, no other host's
     held = {n for n, v in secrets.items() if v in set(_grep_secrets(host, list(secrets.values()), "-hoI"))}
     print(f"{name} ({', '.join(g for g in TIER_SECRETS if name in hosts_in(g))}): {sorted(held)}")
     assert held <= allowed, f"{name} holds {sorted(held - allowed)}"

@@ -50,7 +50,9 @@ def rendered(name: str, expression: str) -> object:
     cmd = ["ansible", "-i", INVENTORY, name, *task]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][name]["msg"]
+        # The document sits between the lines of ansible.cfg's timing callback.
+        document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])
+        return document["plays"][0]["tasks"][0]["hosts"][name]["msg"]
     except (ValueError, KeyError, IndexError) as error:
         said = f"{proc.stdout[-2000:]} {proc.stderr[-2000:]}"
         raise AssertionError(f"cannot evaluate {expression!r} for {name}: {said}") from error

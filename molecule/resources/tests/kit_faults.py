@@ -33,8 +33,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from kit_checks import Group, hosts_in, hostvars, load_group, wait_for
+from kit_checks import Group, hosts_in, hostvars, load_group, run_playbook, wait_for
 from kit_redis import ReplyError, parse_info
 
 # --- The platform ---------------------------------------------------------------------------
@@ -471,6 +472,21 @@ def _queued_across(platform: Platform, name: str, fault: Callable[[str], None]) 
     return _finish(platform, name, load, began, before, f"master {'kept' if stayed else 'changed'}")
 
 
+KIT = Path(__file__).resolve().parents[3]
+
+
+def drill_failover(platform: Platform, name: str = "failover") -> Result:
+    """The planned switchover (playbooks/failover.yml) to a replica named by host."""
+
+    def switch(master: str) -> None:
+        target = next(h for h in platform.group.nodes if h != master)
+        run = run_playbook("-e", f"to={target}", playbook=str(KIT / "playbooks" / "failover.yml"))
+        assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        assert platform.master_host() == target, "the master did not move to the chosen replica"
+
+    return _queued_across(platform, name, switch)
+
+
 def drill_restart(platform: Platform, name: str = "restart") -> Result:
     """`systemctl restart` of the master's server (the AOF replays at start-up)."""
     return _queued_across(platform, name, lambda master: restart_server(platform.group, master))
@@ -624,6 +640,7 @@ def repl_timeout(platform: Platform) -> int:
 
 
 DRILLS: dict[str, Callable[[Platform], Result]] = {
+    "failover": drill_failover,
     "restart": drill_restart,
     "crash": drill_crash,
     "power-cut": drill_power_cut,

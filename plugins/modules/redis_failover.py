@@ -1,0 +1,282 @@
+#!/usr/bin/python
+"""Planned switchover of a Sentinel-managed group to a chosen (or any) replica in sync."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_failover
+short_description: Move the master of a Sentinel-managed group to a replica, on purpose
+description:
+  - Asks every Sentinel who the master is and refuses to act when they disagree or fewer than a
+    majority answer.
+  - Checks that the target replica (O(target), or any replica when omitted) is linked to the
+    master and at most O(max_lag_bytes) behind it; refuses, naming it, when it is not.
+  - With a target and other replicas, gives those a C(replica-priority) of 0 for the switchover
+    (restored afterwards) so that Sentinel can only choose the target.
+  - Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new
+    master reports itself master and the old one is its replica with the link up.
+  - Does nothing (C(changed=false)) when the target already is the master.
+options:
+  master_name:
+    description: "Name of the group."
+    type: str
+    required: true
+  sentinels:
+    description: "Sentinel addresses (every one is asked)."
+    type: list
+    elements: str
+    required: true
+  sentinel_port:
+    description: "Sentinel port."
+    type: int
+    default: 26379
+  sentinel_password:
+    description: "Sentinel password."
+    type: str
+  sentinel_previous_passwords:
+    description: "Tried when a Sentinel refuses O(sentinel_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
+  node_user:
+    description: "ACL user allowed INFO and CONFIG SET on the data nodes."
+    type: str
+  node_password:
+    description: "Password of O(node_user)."
+    type: str
+  node_previous_passwords:
+    description: "Tried when a node refuses O(node_password)."
+    type: list
+    elements: str
+    default: []
+  target:
+    description: "Address of the replica to promote; any replica in sync when omitted."
+    type: str
+  max_lag_bytes:
+    description: "How far behind the master (replication offset) the target may be."
+    type: int
+    default: 1048576
+  timeout:
+    description: "Seconds to wait for every Sentinel and both nodes to agree."
+    type: float
+    default: 60
+  tls_ca_file:
+    description: "CA file on the host: Sentinels and nodes are reached over TLS."
+    type: path
+author: kit maintainers
+"""
+
+RETURN = r"""
+old_master:
+  description: "Master before the run (ip:port)."
+  type: str
+  returned: always
+new_master:
+  description: "Master after the run (ip:port)."
+  type: str
+  returned: always
+seconds:
+  description: "How long the switchover took until everyone agreed."
+  type: float
+  returned: changed
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kit_redis import ReplyError, connect_first, pairs, parse_info, tls_context
+
+
+class Refused(Exception):
+    """The switchover would not be safe; the message says why."""
+
+
+class Group:
+    def __init__(self, p: dict) -> None:
+        self.p = p
+        self.tls = tls_context(p["tls_ca_file"])
+
+    def sentinel(self, address: str):
+        passwords = [self.p["sentinel_password"], *self.p["sentinel_previous_passwords"]]
+        return connect_first(address, self.p["sentinel_port"], None, passwords, 2.0, self.tls)
+
+    def node(self, host: str, port: int):
+        passwords = [self.p["node_password"], *self.p["node_previous_passwords"]]
+        return connect_first(host, port, self.p["node_user"], passwords, 2.0, self.tls)
+
+    def named(self) -> dict[str, str | None]:
+        """What each Sentinel says the master is ("ip:port"), None when it does not answer."""
+        found: dict[str, str | None] = {}
+        for address in self.p["sentinels"]:
+            try:
+                with self.sentinel(address) as conn:
+                    state = pairs(conn.command("SENTINEL", "MASTER", self.p["master_name"]))
+                found[address] = f"{state['ip']}:{state['port']}"
+            except (OSError, ReplyError):
+                found[address] = None
+        return found
+
+    def agreed_master(self) -> str:
+        named = self.named()
+        answers = {a for a in named.values() if a}
+        answered = sum(1 for a in named.values() if a)
+        if len(answers) != 1 or answered < len(named) // 2 + 1:
+            raise Refused(f"the Sentinels do not agree on the master: {named}")
+        return answers.pop()
+
+    def replicas(self) -> list[dict]:
+        for address in self.p["sentinels"]:
+            try:
+                with self.sentinel(address) as conn:
+                    return [pairs(r) for r in conn.command("SENTINEL", "REPLICAS", self.p["master_name"])]
+            except (OSError, ReplyError):
+                continue
+        raise Refused("no Sentinel listed the replicas")
+
+    def info(self, where: str) -> dict[str, str]:
+        host, port = where.rsplit(":", 1)
+        with self.node(host, int(port)) as conn:
+            return parse_info(conn.command("INFO", "replication"))
+
+    def set_priority(self, where: str, value: str) -> str:
+        """Set a node's replica-priority; return the one it had."""
+        host, port = where.rsplit(":", 1)
+        with self.node(host, int(port)) as conn:
+            before = conn.command("CONFIG", "GET", "replica-priority")[1]
+            conn.command("CONFIG", "SET", "replica-priority", value)
+        return str(before)
+
+
+def healthy(replica: dict) -> bool:
+    flags = set(str(replica.get("flags", "")).split(","))
+    return not flags & {"s_down", "o_down", "disconnected"} and replica.get("master-link-status") == "ok"
+
+
+def choose(group: Group, master: str) -> tuple[str, list[str]]:
+    """The replica to promote and the other healthy ones; refuses a target not in sync."""
+    replicas = {f"{r['ip']}:{r['port']}": r for r in group.replicas()}
+    candidates = [a for a, r in replicas.items() if healthy(r) and r.get("slave-priority") != "0"]
+    wanted = group.p["target"]
+    if wanted:
+        matches = [a for a in replicas if a.rsplit(":", 1)[0] == wanted]
+        if not matches:
+            raise Refused(
+                f"{wanted} is not a replica of {master} (replicas: {', '.join(replicas) or 'none'})"
+            )
+        target = matches[0]
+        if target not in candidates:
+            state = replicas[target]
+            raise Refused(
+                f"{target} cannot be promoted: {state.get('flags')}, link "
+                f"{state.get('master-link-status')}, priority {state.get('slave-priority')}"
+            )
+    elif candidates:
+        target = candidates[0]
+    else:
+        raise Refused(f"no replica of {master} can be promoted (replicas: {', '.join(replicas) or 'none'})")
+    lag = int(group.info(master).get("master_repl_offset", 0)) - int(
+        group.info(target).get("slave_repl_offset", 0)
+    )
+    link = group.info(target).get("master_link_status")
+    if link != "up" or lag > group.p["max_lag_bytes"]:
+        raise Refused(
+            f"{target} is not in sync with {master} (link {link}, {lag} bytes behind; "
+            f"max_lag_bytes={group.p['max_lag_bytes']})"
+        )
+    return target, [a for a in candidates if a != target]
+
+
+def agree(group: Group, old: str, new: str | None) -> str | None:
+    """The new master once every Sentinel names it, it is master and the old one its replica."""
+    named = set(group.named().values())
+    if len(named) != 1 or None in named or old in named:
+        return None
+    now = named.pop()
+    if new and now != new:
+        return None
+    if group.info(now).get("role") != "master":
+        return None
+    former = group.info(old)
+    following = f"{former.get('master_host')}:{former.get('master_port')}" == now
+    return (
+        now
+        if former.get("role") == "slave" and following and former.get("master_link_status") == "up"
+        else None
+    )
+
+
+def switch(module: AnsibleModule, group: Group, result: dict) -> None:
+    master = group.agreed_master()
+    result["old_master"] = result["new_master"] = master
+    if group.p["target"] and master.rsplit(":", 1)[0] == group.p["target"]:
+        return
+    target, others = choose(group, master)
+    if module.check_mode:
+        result.update(changed=True, new_master=target)
+        return
+    lowered: dict[str, str] = {}  # address -> the priority it had
+    started = time.monotonic()
+    try:
+        for address in others if group.p["target"] else []:
+            lowered[address] = group.set_priority(address, "0")
+        for address in group.p["sentinels"]:
+            try:
+                with group.sentinel(address) as conn:
+                    conn.command("SENTINEL", "FAILOVER", group.p["master_name"])
+                break
+            except (OSError, ReplyError) as error:
+                result.setdefault("failover_errors", []).append(f"{address}: {error}")
+        else:
+            raise Refused(f"no Sentinel started the failover: {result['failover_errors']}")
+        deadline = started + group.p["timeout"]
+        while True:
+            try:
+                now = agree(group, master, None if not group.p["target"] else target)
+            except (OSError, ReplyError):
+                now = None
+            if now:
+                break
+            if time.monotonic() > deadline:
+                raise Refused(
+                    f"no agreement on a new master within {group.p['timeout']:.0f} s: {group.named()}"
+                )
+            time.sleep(0.2)
+    finally:
+        for address, priority in lowered.items():
+            try:
+                group.set_priority(address, priority)
+            except (OSError, ReplyError) as error:
+                result.setdefault("warnings", []).append(f"restore replica-priority on {address}: {error}")
+    result.update(changed=True, new_master=now, seconds=round(time.monotonic() - started, 2))
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "master_name": {"type": "str", "required": True},
+            "sentinels": {"type": "list", "elements": "str", "required": True},
+            "sentinel_port": {"type": "int", "default": 26379},
+            "sentinel_password": {"type": "str", "no_log": True},
+            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "node_user": {"type": "str"},
+            "node_password": {"type": "str", "no_log": True},
+            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "target": {"type": "str"},
+            "max_lag_bytes": {"type": "int", "default": 1048576},
+            "timeout": {"type": "float", "default": 60},
+            "tls_ca_file": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    result: dict = {"changed": False, "old_master": "", "new_master": ""}
+    try:
+        switch(module, Group(module.params), result)
+    except Refused as error:
+        module.fail_json(msg=str(error), **result)
+    except (OSError, ReplyError) as error:
+        module.fail_json(msg=f"{type(error).__name__}: {error}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
