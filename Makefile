@@ -59,6 +59,7 @@ test-roles: venv ## Role preflight checks (bad input is refused, naming the vari
 	pytest -p no:cacheprovider -q tests
 
 test-app: venv ## The queueing app's tests against real redis-server and redis-sentinel
+	@tools/need.sh openssl:openssl # the TLS tests make their certificates with it
 	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh; else echo "no app/ yet: nothing to test"; fi
 
 molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" to choose)

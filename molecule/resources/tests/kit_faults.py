@@ -487,6 +487,24 @@ def drill_failover(platform: Platform, name: str = "failover") -> Result:
     return _queued_across(platform, name, switch)
 
 
+def drill_rolling_restart(platform: Platform, name: str = "rolling-restart") -> Result:
+    """playbooks/rolling_restart.yml: every data node (the master after a switchover), every
+    Sentinel, Apache and the workers, one at a time, with the workers running."""
+    master = platform.master_host()
+    with under_load(platform, name) as load:
+        began = time.monotonic()
+        run = run_playbook(playbook=str(KIT / "playbooks" / "rolling_restart.yml"))
+        assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        _settle(load)
+    took = time.monotonic() - began
+    # The workers were restarted on purpose: compare against the state after the run.
+    before = platform.workers_state()
+    moved = platform.master_host() != master
+    return _finish(
+        platform, name, load, began, before, f"{took:.0f} s, master {'moved' if moved else 'kept'}"
+    )
+
+
 def drill_restart(platform: Platform, name: str = "restart") -> Result:
     """`systemctl restart` of the master's server (the AOF replays at start-up)."""
     return _queued_across(platform, name, lambda master: restart_server(platform.group, master))
@@ -641,6 +659,7 @@ def repl_timeout(platform: Platform) -> int:
 
 DRILLS: dict[str, Callable[[Platform], Result]] = {
     "failover": drill_failover,
+    "rolling-restart": drill_rolling_restart,
     "restart": drill_restart,
     "crash": drill_crash,
     "power-cut": drill_power_cut,

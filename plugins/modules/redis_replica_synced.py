@@ -1,0 +1,134 @@
+#!/usr/bin/python
+"""Wait until a Redis or Valkey server is a replica in sync with its master."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_replica_synced
+short_description: Wait until a data node is a replica in sync with its master
+description:
+  - Polls C(INFO) on the node until it has loaded its data, reports the replica role, its link
+    to the master is up, no sync is in progress and it is at most O(max_lag_bytes) behind the
+    offset its master reports; fails after O(timeout) seconds naming what it last saw.
+  - Never changes anything.
+options:
+  login_host:
+    description: "Node address."
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: "Node port."
+    type: int
+    default: 6379
+  login_user:
+    description: "ACL user allowed INFO on the node and its master."
+    type: str
+  login_password:
+    description: "Its password."
+    type: str
+  login_previous_passwords:
+    description: "Tried when the node refuses O(login_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
+  max_lag_bytes:
+    description: "How far behind its master's replication offset the node may be."
+    type: int
+    default: 1048576
+  timeout:
+    description: "Seconds to wait."
+    type: float
+    default: 120
+  tls_ca_file:
+    description: "CA file on the host: TLS, certificates checked."
+    type: path
+  tls_server_name:
+    description: "Name or address the node's certificate must carry (default: O(login_host))."
+    type: str
+author: kit maintainers
+"""
+
+RETURN = r"""
+master:
+  description: "The master the node follows (ip:port)."
+  type: str
+  returned: success
+lag_bytes:
+  description: "How far behind the master it was when found in sync."
+  type: int
+  returned: success
+seconds:
+  description: "How long the wait took."
+  type: float
+  returned: success
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kit_redis import ReplyError, connect_first, parse_info, tls_context
+
+
+def state(p: dict) -> tuple[bool, str, dict]:
+    """(in sync, what was seen, result fields)."""
+    tls = tls_context(p["tls_ca_file"])
+    passwords = [p["login_password"], *p["login_previous_passwords"]]
+    with connect_first(
+        p["login_host"], p["login_port"], p["login_user"], passwords, 2.0, tls, p["tls_server_name"]
+    ) as conn:
+        info = parse_info(conn.command("INFO", "replication"))
+        loading = parse_info(conn.command("INFO", "persistence")).get("loading")
+    if loading != "0":
+        return False, "still loading its data", {}
+    if info.get("role") != "slave":
+        return False, f"role {info.get('role')}", {}
+    master = f"{info.get('master_host')}:{info.get('master_port')}"
+    if info.get("master_link_status") != "up" or info.get("master_sync_in_progress") != "0":
+        return (
+            False,
+            f"link to {master} {info.get('master_link_status')}, sync {info.get('master_sync_in_progress')}",
+            {},
+        )
+    with connect_first(
+        info["master_host"], int(info["master_port"]), p["login_user"], passwords, 2.0, tls
+    ) as conn:
+        offset = int(parse_info(conn.command("INFO", "replication")).get("master_repl_offset", 0))
+    lag = max(0, offset - int(info.get("slave_repl_offset", 0)))
+    if lag > p["max_lag_bytes"]:
+        return False, f"{lag} bytes behind {master}", {}
+    return True, "in sync", {"master": master, "lag_bytes": lag}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "login_host": {"type": "str", "default": "127.0.0.1"},
+            "login_port": {"type": "int", "default": 6379},
+            "login_user": {"type": "str"},
+            "login_password": {"type": "str", "no_log": True},
+            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "max_lag_bytes": {"type": "int", "default": 1048576},
+            "timeout": {"type": "float", "default": 120},
+            "tls_ca_file": {"type": "path"},
+            "tls_server_name": {"type": "str"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    started = time.monotonic()
+    seen = "no answer"
+    while time.monotonic() - started < p["timeout"]:
+        try:
+            synced, seen, fields = state(p)
+        except (OSError, ReplyError) as error:
+            synced, seen, fields = False, f"{type(error).__name__}: {error}", {}
+        if synced:
+            module.exit_json(changed=False, seconds=round(time.monotonic() - started, 2), **fields)
+        time.sleep(0.5)
+    module.fail_json(
+        msg=f"{p['login_host']}:{p['login_port']} not a replica in sync after {p['timeout']:.0f} s: {seen}"
+    )
+
+
+if __name__ == "__main__":
+    main()
