@@ -24,8 +24,9 @@ printf '  %-48s' "GET /openapi.json (app only, no Redis)";  rate "$base/openapi.
 printf '  %-48s' "GET /healthz (Sentinel + Redis reads)";    rate "$base/healthz"
 printf '  %-48s' "GET /comer/<x> (enqueue + WAIT 1 replica)"; rate "$base/comer/bench"
 
-# Redis and Sentinel speak TLS only (kit_redis_tls), with the kit's development CA.
-tls=(--tls --cacert /etc/redis/tls/ca.crt)
+# With kit_redis_tls, Redis and Sentinel speak TLS only, with the kit's development CA.
+tls=()
+if docker exec kit-data1 grep -q '^tls-port' /etc/redis/redis.conf; then tls=(--tls --cacert /etc/redis/tls/ca.crt); fi
 admin=(docker exec -e REDISCLI_AUTH=dev-admin-4c1b9e2f kit-data1 redis-cli "${tls[@]}" --user kit-admin)
 master=$(docker exec -e REDISCLI_AUTH=dev-sentinel-9e1a7c3f kit-data1 redis-cli "${tls[@]}" -p 26379 \
   SENTINEL get-master-addr-by-name kit | head -1)

@@ -1,7 +1,7 @@
-"""Password rotation and certificate renewal under load: every password of the platform but the
-dashboard's (the app's Redis users and Sentinel login, the admin, replication and Sentinel ones)
-changes by two runs of the playbook, and every Redis and Sentinel TLS certificate is renewed,
-with enqueueing going on through Apache.
+"""Password rotation (and certificate renewal, with TLS) under load: every password of the
+platform but the dashboard's (the app's Redis users and Sentinel login, the admin, replication
+and Sentinel ones) changes by two runs of the playbook, and with TLS every Redis and Sentinel
+certificate is renewed, with enqueueing going on through Apache.
 
 Run 1 (new value set, old one kept as `*_previous`): Redis and Sentinel accept both, the web
 tier and the workers switch to the new one. Run 2 (`*_previous` gone, `--tags redis,sentinel`,
@@ -66,21 +66,25 @@ def due_for_renewal(group) -> None:
 
 def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_request(platform, group):
     platform.wait_healthy()
-    assert group.tls_ca, "Redis and Sentinel speak TLS in the default scenario"
+    tls = bool(group.tls_ca)  # renewal too when Redis and Sentinel speak TLS (molecule/prod does)
     v = hostvars(hosts_in("web")[0])
     old = {name: resolve(v, v[name]) for name in ROTATED}
     new = {name: f"rotated-{uuid.uuid4().hex[:16]}" for name in ROTATED}
     web_user = tomllib.loads(platform_config(platform))["REDIS_USERNAME"]  # as deployed
-    with under_load(platform, "rotation") as load:
+    # One client, a little slower than the drills': the two runs of the playbook share the two
+    # cores with the workers, and with TLS every job's work horse opens its own connections;
+    # this test is about refusals during the change, not throughput.
+    with under_load(platform, "rotation", clients=1, pause=0.05) as load:
         began = time.monotonic()
         _run({**new, **{f"{name}_previous": old[name] for name in ROTATED}})
         config = platform_config(platform)
         assert new["vault_redis_web_password"] in config
         assert new["vault_redis_sentinel_client_password"] in config
-        certificates = served(group)
-        redis_pids = {h: server_pid(group, h) for h in group.nodes}
-        sentinels_before = sentinel_pids(group)
-        due_for_renewal(group)
+        if tls:
+            certificates = served(group)
+            redis_pids = {h: server_pid(group, h) for h in group.nodes}
+            sentinels_before = sentinel_pids(group)
+            due_for_renewal(group)
         _run(new, "--tags", "redis,sentinel")  # retiring the old ones touches the data tier only
         now = time.monotonic()
         while not load.acked_since(now):
@@ -97,11 +101,12 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
     assert missing == []
     assert unfinished == []
 
-    renewed = served(group)
-    assert all(renewed[t] != certificates[t] for t in certificates), "a server kept its old certificate"
-    assert {h: server_pid(group, h) for h in group.nodes} == redis_pids, "a data node restarted"
-    after = sentinel_pids(group)
-    assert all(after[h] != sentinels_before[h] for h in after), (sentinels_before, after)
+    if tls:
+        renewed = served(group)
+        assert all(renewed[t] != certificates[t] for t in certificates), "a server kept its old certificate"
+        assert {h: server_pid(group, h) for h in group.nodes} == redis_pids, "a data node restarted"
+        after = sentinel_pids(group)
+        assert all(after[h] != sentinels_before[h] for h in after), (sentinels_before, after)
 
     master = group.current_master()
     with pytest.raises(ReplyError, match="WRONGPASS"):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 import yaml
-from kit_checks import SCENARIO_DIR, Http, get_host, hosts_in, hostvars, play_recap, run_playbook
+from kit_checks import SCENARIO_DIR, Http, get_host, hosts_in, hostvars, load_group, play_recap, run_playbook
+from kit_faults import server_pid, sh
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -214,3 +215,76 @@ def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_documen
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
     assert len(statuses) >= 1000
     assert [s for s in statuses if s.startswith("5")] == []
+
+
+def _reissue(name: str, address: str) -> None:
+    """What the operator's PKI does at renewal: a new key and certificate for the host, signed
+    by the same CA, the key vault-encrypted, in place of the old files."""
+    tls = Path(_tls("redis"))
+    key, csr, crt = tls / f"{name}.key.new", tls / f"{name}.csr", tls / f"{name}.crt"
+    subj = [
+        "-subj",
+        f"/CN={name}.example.net",
+        "-addext",
+        f"subjectAltName=IP:{address},DNS:{name}.example.net",
+    ]
+    run = {"check": True, "capture_output": True}
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, *subj, "-out", csr], **run
+    )
+    ca = ["-CA", tls / "ca.crt", "-CAkey", tls.parent / "operator-ca.key", "-CAcreateserial"]
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", csr, *ca, "-days", "90", "-copy_extensions", "copy", "-out", crt],
+        **run,
+    )
+    env = {**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": VAULT_PASSWORD_FILE}
+    subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt", key], env=env, **run)
+    key.replace(tls / f"{name}.key")
+    csr.unlink()
+
+
+def test_renewed_certificates_are_loaded_without_restarting_redis():
+    """The operator replaces every Redis and Sentinel certificate and key and re-runs the data
+    tier: each server presents its new certificate; the data nodes kept their process (reloaded
+    live: no failover), the Sentinels restarted one at a time; the app enqueues over TLS."""
+    group = load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
+    assert group.tls_ca, "production's scenario runs Redis and Sentinel over TLS"
+    targets = [f"{a}:6379" for a in group.nodes.values()] + [f"{a}:26379" for a in group.sentinels.values()]
+    # Asked from a data host: the firewall lets only the platform's hosts reach these ports.
+    probe = next(iter(group.nodes))
+
+    def served(target: str) -> str:
+        return sh(
+            probe, f"openssl s_client -connect {target} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        )
+
+    before = {t: served(t) for t in targets}
+    pids = {h: server_pid(group, h) for h in group.nodes}
+    sentinel = f"systemctl show -p MainPID --value {group.flavor}-sentinel"
+    sentinels = {h: sh(h, sentinel).strip() for h in group.sentinels}
+    for name in {*group.nodes, *group.sentinels}:
+        _reissue(name, hostvars(name)["kit_address"])
+    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
+    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
+    run = run_playbook(
+        "--tags",
+        "redis,sentinel",
+        "-e",
+        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
+        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
+    )
+    assert run.returncode == 0, run.stdout[-5000:]
+    after = {t: served(t) for t in targets}
+    print(f"\nserials before {before}\nafter {after}")
+    assert all(v.startswith("serial=") for v in [*before.values(), *after.values()]), (before, after)
+    assert all(after[t] != before[t] for t in targets), "a server kept its old certificate"
+    assert {h: server_pid(group, h) for h in group.nodes} == pids, "a data node restarted"
+    assert all(sh(h, sentinel).strip() != sentinels[h] for h in group.sentinels), (
+        "a Sentinel kept the old one"
+    )
+    http = _https()
+    reply = http.get("/comer/renewed")
+    assert reply.status == 202, reply.body
+    assert (
+        http.wait_for_job(reply.json()["job_id"], {"finished", "failed"}, timeout=60)["status"] == "finished"
+    )

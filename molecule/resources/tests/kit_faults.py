@@ -413,8 +413,8 @@ class Result:
 
 
 @contextlib.contextmanager
-def under_load(platform: Platform, name: str) -> Iterator[Load]:
-    load = Load(platform.url, name).start()
+def under_load(platform: Platform, name: str, clients: int = 2, pause: float = 0.02) -> Iterator[Load]:
+    load = Load(platform.url, name, clients=clients, pause=pause).start()
     try:
         wait_for(lambda: load.acked_since(0), 30, "the load to be acknowledged")
         yield load
