@@ -237,6 +237,7 @@ def tls_files(tmp_path: Path, encrypt: bool = True) -> dict[str, str]:
     return {
         "kit_app_tls_certificate_file": str(tmp_path / "server.crt"),
         "kit_app_tls_key_file": str(tmp_path / "server.key"),
+        "kit_redis_tls": True,
         "kit_redis_tls_dir": str(redis),
     }
 
