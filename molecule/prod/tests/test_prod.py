@@ -12,8 +12,8 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 import yaml
-from kit_checks import SCENARIO_DIR, Http, get_host, hosts_in, hostvars, load_group, play_recap, run_playbook
-from kit_faults import server_pid, sh
+from kit_checks import SCENARIO_DIR, Http, get_host, hosts_in, hostvars, play_recap, run_playbook
+from kit_faults import sh
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -247,11 +247,13 @@ def test_renewed_certificates_are_loaded_without_restarting_redis():
     """The operator replaces every Redis and Sentinel certificate and key and re-runs the data
     tier: each server presents its new certificate; the data nodes kept their process (reloaded
     live: no failover), the Sentinels restarted one at a time; the app enqueues over TLS."""
-    group = load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
-    assert group.tls_ca, "production's scenario runs Redis and Sentinel over TLS"
-    targets = [f"{a}:6379" for a in group.nodes.values()] + [f"{a}:26379" for a in group.sentinels.values()]
+    nodes = {h: hostvars(h)["kit_address"] for h in hosts_in("redis")}
+    sentinels_at = {h: hostvars(h)["kit_address"] for h in hosts_in("redis_sentinel")}
+    targets = [f"{a}:6379" for a in nodes.values()] + [f"{a}:26379" for a in sentinels_at.values()]
     # Asked from a data host: the firewall lets only the platform's hosts reach these ports.
-    probe = next(iter(group.nodes))
+    probe = next(iter(nodes))
+    listening = sh(probe, "grep '^port\\|^tls-port' /etc/redis/redis.conf").split()
+    assert listening == ["port", "0", "tls-port", "6379"], "production's scenario runs Redis over TLS"
 
     def served(target: str) -> str:
         return sh(
@@ -259,10 +261,11 @@ def test_renewed_certificates_are_loaded_without_restarting_redis():
         )
 
     before = {t: served(t) for t in targets}
-    pids = {h: server_pid(group, h) for h in group.nodes}
-    sentinel = f"systemctl show -p MainPID --value {group.flavor}-sentinel"
-    sentinels = {h: sh(h, sentinel).strip() for h in group.sentinels}
-    for name in {*group.nodes, *group.sentinels}:
+    redis = "systemctl show -p MainPID --value redis-server"
+    sentinel = "systemctl show -p MainPID --value redis-sentinel"
+    pids = {h: sh(h, redis).strip() for h in nodes}
+    sentinels = {h: sh(h, sentinel).strip() for h in sentinels_at}
+    for name in {*nodes, *sentinels_at}:
         _reissue(name, hostvars(name)["kit_address"])
     os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
     os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
@@ -278,10 +281,8 @@ def test_renewed_certificates_are_loaded_without_restarting_redis():
     print(f"\nserials before {before}\nafter {after}")
     assert all(v.startswith("serial=") for v in [*before.values(), *after.values()]), (before, after)
     assert all(after[t] != before[t] for t in targets), "a server kept its old certificate"
-    assert {h: server_pid(group, h) for h in group.nodes} == pids, "a data node restarted"
-    assert all(sh(h, sentinel).strip() != sentinels[h] for h in group.sentinels), (
-        "a Sentinel kept the old one"
-    )
+    assert {h: sh(h, redis).strip() for h in nodes} == pids, "a data node restarted"
+    assert all(sh(h, sentinel).strip() != sentinels[h] for h in sentinels_at), "a Sentinel kept the old one"
     http = _https()
     reply = http.get("/comer/renewed")
     assert reply.status == 202, reply.body
