@@ -104,6 +104,7 @@ def overview(store: Store) -> dict[str, Any]:
     workers = [
         {
             "name": w.name,
+            "host": w.hostname,
             "state": w.get_state(),
             "queues": w.queue_names(),
             "current_job": w.get_current_job_id(),
