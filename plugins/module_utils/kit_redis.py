@@ -77,14 +77,22 @@ class Connection:
         with contextlib.suppress(OSError):
             self._sock.close()
 
-    def command(self, *args: str | int) -> Reply:
-        """Send one command and return its decoded reply."""
-        parts = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self._sock.sendall(b"".join(parts))
-        return self._read_reply()
+    def command(self, *args: str | int | bytes, raw: bool = False) -> Reply:
+        """Send one command and return its decoded reply (bulk strings as bytes with `raw`)."""
+        self._sock.sendall(_encode(args))
+        return self._read_reply(raw)
+
+    def pipeline(self, commands: list[tuple[str | int | bytes, ...]], raw: bool = False) -> list[Reply]:
+        """Send several commands at once, then read their replies in order; an error reply is
+        returned as a ReplyError in its place, not raised."""
+        self._sock.sendall(b"".join(_encode(args) for args in commands))
+        replies: list[Reply] = []
+        for _ in commands:
+            try:
+                replies.append(self._read_reply(raw))
+            except ReplyError as error:
+                replies.append(error)
+        return replies
 
     def _read_line(self) -> bytes:
         while b"\r\n" not in self._buf:
@@ -104,7 +112,7 @@ class Connection:
         data, self._buf = self._buf[:size], self._buf[size + 2 :]
         return data
 
-    def _read_reply(self) -> Reply:
+    def _read_reply(self, raw: bool = False) -> Reply:
         line = self._read_line()
         kind, rest = line[:1], line[1:].decode()
         if kind == b"+":
@@ -115,11 +123,23 @@ class Connection:
             return int(rest)
         if kind == b"$":
             size = int(rest)
-            return None if size < 0 else self._read_exact(size).decode()
+            if size < 0:
+                return None
+            data = self._read_exact(size)
+            return data if raw else data.decode()
         if kind == b"*":
             count = int(rest)
-            return None if count < 0 else [self._read_reply() for _ in range(count)]
+            return None if count < 0 else [self._read_reply(raw) for _ in range(count)]
         raise ConnectionError(f"{self.address} sent an unexpected reply: {line[:40]!r}")
+
+
+def _encode(args: tuple[str | int | bytes, ...]) -> bytes:
+    """A command in RESP: an array of bulk strings (bytes sent as they are)."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def pairs(reply: list[Reply]) -> dict[str, Reply]:
