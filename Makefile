@@ -18,7 +18,7 @@ export COLUMNS ?= 160
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
 PLAYBOOKS := $(wildcard site.yml playbooks/*.yml)
 
-.PHONY: help venv engine images dev down test lint syntax test-roles test-app molecule bench chaos lock clean
+.PHONY: help venv engine images dev status down test lint syntax test-roles test-app molecule bench chaos lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ images: engine ## Build the Debian 13 and 12 base images if missing or if their 
 
 dev: venv images ## Deploy the development topology on local containers (localhost:8080)
 	@tools/dev.sh up
+
+status: venv ## The development topology at a glance (playbooks/status.yml); fails on a disagreement
+	@ansible-playbook -i inventories/dev playbooks/status.yml $(if $(JSON),-e status_json=$(JSON))
 
 down: venv ## Remove the development containers, network and volumes
 	@tools/dev.sh down

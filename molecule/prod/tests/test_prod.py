@@ -4,6 +4,7 @@ the platform answers end to end."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -241,6 +242,127 @@ def _reissue(name: str, address: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt", key], env=env, **run)
     key.replace(tls / f"{name}.key")
     csr.unlink()
+
+
+# --- Day-2 playbooks (status, backup, restore) over SSH ---------------------------------------
+
+PLAYBOOKS = Path(SCENARIO_DIR).parents[1] / "playbooks"
+
+
+def _day2(name: str, *args: str) -> subprocess.CompletedProcess:
+    """One of the kit's playbooks/, with the scenario's secrets, as an operator runs it."""
+    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
+    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
+    return run_playbook(
+        *args,
+        "-e",
+        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
+        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
+        playbook=str(PLAYBOOKS / name),
+    )
+
+
+def _admin(host: str, command: str) -> str:
+    """redis-cli as the admin user on a data host, to its own server (TLS, as deployed)."""
+    password = _secrets()["vault_redis_admin_password"]
+    address = hostvars(host)["kit_address"]
+    return sh(
+        host,
+        f"REDISCLI_AUTH='{password}' redis-cli --no-auth-warning --tls --cacert /etc/redis/tls/ca.crt "
+        f"-h {address} --user kit-admin {command}",
+    ).strip()
+
+
+def _host_at(address: str) -> str:
+    return next(h for h in hosts_in("redis") if hostvars(h)["kit_address"] == address.split(":")[0])
+
+
+def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
+    report = tmp_path / "status.json"
+    run = _day2("status.yml", "-e", f"status_json={report}")
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert "No problem found." in run.stdout
+    state = json.loads(report.read_text())
+    print("\n" + run.stdout[run.stdout.index("Redis group") : run.stdout.index("No problem found.")])
+    nodes = {n["address"]: n for n in state["nodes"]}
+    assert set(nodes) == {f"{hostvars(h)['kit_address']}:6379" for h in hosts_in("redis")}
+    assert [n["role"] for n in nodes.values()].count("master") == 1
+    assert {s["master"] for s in state["sentinels"]} == {state["master"]}
+    assert len({s["epoch"] for s in state["sentinels"]}) == 1
+    assert all(n["lag_bytes"] <= 1048576 for n in nodes.values() if n["role"] == "replica")
+    assert [q["name"] for q in state["queues"]] == ["critical", "default", "low"]
+    for host in hosts_in("workers"):
+        units = state["hosts"][host]["worker_units"]
+        assert units.count("running") == state["hosts"][host]["workers_wanted"] > 0, state["hosts"]
+    for host in hosts_in("web"):
+        assert state["hosts"][host]["apache"] == "running"
+
+    replica = _host_at(next(a for a, n in nodes.items() if n["role"] == "replica"))
+    sh(replica, "systemctl stop redis-server")
+    try:
+        broken = _day2("status.yml", "-e", f"status_json={report}")
+    finally:
+        sh(replica, "systemctl start redis-server")
+    said = broken.stdout
+    assert broken.returncode != 0
+    assert f"data node {hostvars(replica)['kit_address']}:6379 does not answer" in said, said[-5000:]
+    assert "Problems:" in said
+    assert json.loads(report.read_text())["problems"], "the JSON lists the problems too"
+    deadline = time.monotonic() + 60
+    while "master_link_status:up" not in _admin(replica, "INFO replication"):
+        assert time.monotonic() < deadline, "the replica did not come back in sync"
+        time.sleep(0.5)
+
+
+def test_backup_wipe_restore_brings_every_job_back(tmp_path):
+    """Workers stopped, 20 jobs queued; backed up (twice: retention keeps the newest), the data
+    wiped on the master, restored: every node holds the data again and every job runs."""
+    workers = hosts_in("workers")
+    for host in workers:
+        sh(host, "systemctl stop fridge-workers.target")
+    http = _https()
+    job_ids = []
+    for index in range(20):
+        reply = http.get(f"/comer/backup-{index}")
+        assert reply.status == 202, reply.body
+        job_ids.append(reply.json()["job_id"])
+    where = ("-e", f"redis_backup_dir={tmp_path}")
+    first = _day2("backup.yml", *where)
+    assert first.returncode == 0, first.stdout[-5000:]
+    time.sleep(1)  # backups are named by the second
+    second = _day2("backup.yml", *where, "-e", "redis_backup_keep=1")
+    assert second.returncode == 0, second.stdout[-5000:]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 2, kept  # the newest backup and its checksum
+    assert kept[1] == kept[0] + ".sha256"
+    checked = subprocess.run(["sha256sum", "-c", kept[1]], cwd=tmp_path, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    master = _host_at(json.loads(_status_json(tmp_path))["master"])
+    assert _admin(master, "FLUSHALL") == "OK"
+    assert http.get(f"/jobs/{job_ids[0]}").status == 404, "the wipe removed the jobs"
+
+    unconfirmed = _day2("restore.yml", *where)
+    assert unconfirmed.returncode != 0
+    assert "which will all be replaced" in unconfirmed.stdout
+    assert "-e confirm=yes" in unconfirmed.stdout
+    assert _admin(master, "DBSIZE") == "0", "nothing may change without confirm=yes"
+
+    started = time.monotonic()
+    restored = _day2("restore.yml", *where, "-e", "confirm=yes")
+    assert restored.returncode == 0, restored.stdout[-5000:]
+    assert "every node agrees" in restored.stdout
+    print(f"\nrestore.yml took {time.monotonic() - started:.1f}s")
+    for job_id in job_ids:
+        assert http.wait_for_job(job_id, {"finished", "failed"}, timeout=60)["status"] == "finished"
+    for host in workers:
+        assert sh(host, "systemctl is-active fridge-workers.target").strip() == "active"
+
+
+def _status_json(directory: Path) -> str:
+    report = directory.parent / "status-for-restore.json"
+    _day2("status.yml", "-e", f"status_json={report}")
+    return report.read_text()
 
 
 def test_renewed_certificates_are_loaded_without_restarting_redis():

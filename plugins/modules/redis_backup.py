@@ -1,0 +1,164 @@
+#!/usr/bin/python
+"""Take a consistent snapshot (BGSAVE) of a Redis or Valkey node and copy it aside."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_backup
+short_description: Take a consistent RDB snapshot of a data node and copy it to a file
+description:
+  - Runs C(BGSAVE SCHEDULE) on the node (it waits for an AOF rewrite under way), waits until
+    that save has finished and succeeded, then copies the node's RDB file to O(dest) and returns
+    its SHA-256, size and key count. Meant to run on a replica in sync, so the master does not fork.
+  - The copy is taken as soon as the save ends; a later save or full resync replacing the node's
+    own file does not change it.
+options:
+  login_host:
+    description: "Node address."
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: "Node port."
+    type: int
+    default: 6379
+  login_user:
+    description: "ACL user allowed BGSAVE, INFO, DBSIZE and CONFIG GET."
+    type: str
+  login_password:
+    description: "Its password."
+    type: str
+  login_previous_passwords:
+    description: "Tried when the node refuses O(login_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
+  dest:
+    description: "Where to copy the snapshot on the node's host."
+    type: path
+    required: true
+  timeout:
+    description: "Seconds to wait for the save."
+    type: float
+    default: 600
+  tls_ca_file:
+    description: "CA file on the host: TLS, certificates checked."
+    type: path
+  tls_server_name:
+    description: "Name or address the node's certificate must carry (default: O(login_host))."
+    type: str
+author: kit maintainers
+"""
+
+EXAMPLES = r"""
+- name: Snapshot a replica
+  redis_backup:
+    login_user: kit-admin
+    login_password: "{{ vault_redis_admin_password }}"
+    dest: /var/lib/redis/backup.rdb
+"""
+
+RETURN = r"""
+path:
+  description: "The copy (O(dest))."
+  type: str
+  returned: success
+sha256:
+  description: "SHA-256 of the copy."
+  type: str
+  returned: success
+size:
+  description: "Its size in bytes."
+  type: int
+  returned: success
+key_count:
+  description: "Keys in the node's database 0 when the save ended."
+  type: int
+  returned: success
+seconds:
+  description: "How long the save took."
+  type: float
+  returned: success
+"""
+
+import hashlib
+import os
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kit_redis import ReplyError, connect_first, parse_info, tls_context
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def snapshot(p: dict) -> dict:
+    passwords = [p["login_password"], *p["login_previous_passwords"]]
+    tls = tls_context(p["tls_ca_file"])
+    with connect_first(
+        p["login_host"], p["login_port"], p["login_user"], passwords, 5.0, tls, p["tls_server_name"]
+    ) as conn:
+        before = parse_info(conn.command("INFO", "persistence"))
+        saves = int(before.get("rdb_saves", 0))
+        started = time.monotonic()
+        conn.command("BGSAVE", "SCHEDULE")
+        while True:
+            now = parse_info(conn.command("INFO", "persistence"))
+            if now.get("rdb_bgsave_in_progress") == "0" and int(now.get("rdb_saves", 0)) > saves:
+                break
+            if time.monotonic() - started > p["timeout"]:
+                raise TimeoutError(
+                    f"the save did not end within {p['timeout']:.0f} s: {now.get('rdb_bgsave_in_progress')}"
+                )
+            time.sleep(0.1)
+        if now.get("rdb_last_bgsave_status") != "ok":
+            raise RuntimeError(f"the save failed ({now.get('rdb_last_bgsave_status')}): see the node's log")
+        directory = conn.command("CONFIG", "GET", "dir")[1]
+        filename = conn.command("CONFIG", "GET", "dbfilename")[1]
+        keys = conn.command("DBSIZE")
+        seconds = round(time.monotonic() - started, 2)
+        # Copy before anything else may replace the node's file (next save, full resync).
+        tmp = f"{p['dest']}.partial"
+        shutil.copyfile(os.path.join(directory, filename), tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, p["dest"])
+    return {
+        "path": p["dest"],
+        "sha256": sha256(p["dest"]),
+        "size": os.path.getsize(p["dest"]),
+        "key_count": keys,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "login_host": {"type": "str", "default": "127.0.0.1"},
+            "login_port": {"type": "int", "default": 6379},
+            "login_user": {"type": "str"},
+            "login_password": {"type": "str", "no_log": True},
+            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "dest": {"type": "path", "required": True},
+            "timeout": {"type": "float", "default": 600},
+            "tls_ca_file": {"type": "path"},
+            "tls_server_name": {"type": "str"},
+        },
+        supports_check_mode=False,
+    )
+    try:
+        result = snapshot(module.params)
+    except (OSError, ReplyError, TimeoutError, RuntimeError) as error:
+        module.fail_json(
+            msg=f"backup of {module.params['login_host']}:{module.params['login_port']} failed: {error}"
+        )
+    module.exit_json(changed=True, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+#!/usr/bin/python
+"""Report the state of a Redis/Valkey Sentinel group and what is wrong with it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_ha_status
+short_description: Read who is master, each replica's lag and each Sentinel's view, and flag disagreements
+description:
+  - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its
+    configuration epoch and the replicas and Sentinels it knows; asks every data node in
+    O(nodes) its role, the master it follows, its link, replication offset and key count.
+  - Returns the findings and a list of O(problems): no master or two masters, a node or a
+    Sentinel that does not answer, a Sentinel that names another master than the others or than
+    the node that is master, Sentinels at different epochs or not knowing each other, a replica
+    following another node, with its link down or more than O(max_lag_bytes) behind, a master
+    that is not one of O(nodes).
+  - Never changes anything; never fails on what it finds (the caller decides).
+options:
+  master_name:
+    description: "Name the Sentinels monitor the master under."
+    type: str
+    required: true
+  sentinels:
+    description: "Addresses of every Sentinel of the group."
+    type: list
+    elements: str
+    required: true
+  sentinel_port:
+    description: "Sentinel port."
+    type: int
+    default: 26379
+  sentinel_password:
+    description: "Password of the Sentinels' default user."
+    type: str
+  sentinel_previous_passwords:
+    description: "Tried when a Sentinel refuses O(sentinel_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
+  nodes:
+    description: "Addresses of every data node of the inventory."
+    type: list
+    elements: str
+    required: true
+  node_port:
+    description: "Data nodes' port."
+    type: int
+    default: 6379
+  node_user:
+    description: "ACL user allowed INFO and DBSIZE on the data nodes."
+    type: str
+  node_password:
+    description: "Its password."
+    type: str
+  node_previous_passwords:
+    description: "Tried when a node refuses O(node_password)."
+    type: list
+    elements: str
+    default: []
+  max_lag_bytes:
+    description: "A replica further behind its master's offset than this is out of sync."
+    type: int
+    default: 1048576
+  tls_ca_file:
+    description: "CA file on the host: TLS, certificates checked."
+    type: path
+author: kit maintainers
+"""
+
+EXAMPLES = r"""
+- name: Read the state of the group
+  redis_ha_status:
+    master_name: kit
+    sentinels: [10.0.0.11, 10.0.0.12, 10.0.0.21]
+    nodes: [10.0.0.11, 10.0.0.12]
+    sentinel_password: "{{ vault_redis_sentinel_password }}"
+    node_user: kit-admin
+    node_password: "{{ vault_redis_admin_password }}"
+  register: state
+"""
+
+RETURN = r"""
+master:
+  description: "The master every answering node and Sentinel agrees on (ip:port), or null."
+  type: str
+  returned: always
+nodes:
+  description: "Per data node: address, role, master and link (replicas), offset, lag_bytes, key_count."
+  type: list
+  elements: dict
+  returned: always
+sentinels:
+  description: "Per Sentinel: address, master, epoch, quorum, sentinels it knows (itself too), replicas."
+  type: list
+  elements: dict
+  returned: always
+problems:
+  description: "What is wrong, one sentence each; empty when all agree."
+  type: list
+  elements: str
+  returned: always
+"""
+
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kit_redis import ReplyError, connect_first, pairs, parse_info, tls_context
+
+
+def read_sentinel(p: dict, address: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {"address": address}
+    passwords = [p["sentinel_password"], *p["sentinel_previous_passwords"]]
+    try:
+        with connect_first(
+            address, p["sentinel_port"], None, passwords, 2.0, tls_context(p["tls_ca_file"])
+        ) as conn:
+            state = pairs(conn.command("SENTINEL", "MASTER", p["master_name"]))
+            replicas = conn.command("SENTINEL", "REPLICAS", p["master_name"])
+    except (OSError, ReplyError) as error:
+        return {**seen, "error": str(error)}
+    return {
+        **seen,
+        "master": f"{state['ip']}:{state['port']}",
+        "flags": state.get("flags"),
+        "epoch": int(state.get("config-epoch", 0)),
+        "quorum": int(state.get("quorum", 0)),
+        "sentinels": int(state.get("num-other-sentinels", 0)) + 1,
+        "replicas": sorted(f"{r['ip']}:{r['port']}" for r in map(pairs, replicas)),
+    }
+
+
+def read_node(p: dict, address: str) -> dict[str, Any]:
+    where = f"{address}:{p['node_port']}"
+    passwords = [p["node_password"], *p["node_previous_passwords"]]
+    try:
+        with connect_first(
+            address, p["node_port"], p["node_user"], passwords, 2.0, tls_context(p["tls_ca_file"])
+        ) as conn:
+            info = parse_info(conn.command("INFO", "replication"))
+            keys = conn.command("DBSIZE")
+    except (OSError, ReplyError) as error:
+        return {"address": where, "error": str(error)}
+    seen: dict[str, Any] = {
+        "address": where,
+        "role": "master" if info.get("role") == "master" else "replica",
+        "offset": int(info.get("master_repl_offset", 0)),
+        "key_count": keys,
+    }
+    if seen["role"] == "replica":
+        seen.update(
+            master=f"{info.get('master_host')}:{info.get('master_port')}",
+            link=info.get("master_link_status"),
+            offset=int(info.get("slave_repl_offset", 0)),
+        )
+    return seen
+
+
+def assess(
+    sentinels: list[dict[str, Any]], nodes: list[dict[str, Any]], max_lag_bytes: int
+) -> tuple[str | None, list[str]]:
+    """The agreed master (or None) and every problem found, from what was read. Fills in each
+    replica's lag_bytes."""
+    problems = [f"data node {n['address']} does not answer: {n['error']}" for n in nodes if "error" in n]
+    problems += [f"Sentinel {s['address']} does not answer: {s['error']}" for s in sentinels if "error" in s]
+    masters = [n["address"] for n in nodes if n.get("role") == "master"]
+    if not masters:
+        problems.append("no data node is master")
+    elif len(masters) > 1:
+        problems.append(f"{len(masters)} data nodes are master: {', '.join(masters)}")
+    answering = [s for s in sentinels if "error" not in s]
+    named = sorted({s["master"] for s in answering})
+    if len(named) > 1:
+        views = ", ".join(f"{s['address']} names {s['master']}" for s in answering)
+        problems.append(f"the Sentinels name different masters: {views}")
+    master = masters[0] if len(masters) == 1 else None
+    for s in answering:
+        if master and s["master"] != master and len(named) == 1:
+            problems.append(f"Sentinel {s['address']} names {s['master']}, but {master} is the master")
+        if s["sentinels"] < len(sentinels):
+            problems.append(
+                f"Sentinel {s['address']} knows {s['sentinels']} of the {len(sentinels)} Sentinels"
+            )
+        if "o_down" in str(s.get("flags")) or "s_down" in str(s.get("flags")):
+            problems.append(f"Sentinel {s['address']} sees its master down ({s['flags']})")
+    epochs = sorted({s["epoch"] for s in answering})
+    if len(epochs) > 1:
+        problems.append(
+            "the Sentinels are at different epochs: "
+            + ", ".join(f"{s['address']} {s['epoch']}" for s in answering)
+        )
+    if named and len(named) == 1 and named[0] not in {n["address"] for n in nodes}:
+        problems.append(f"the Sentinels' master {named[0]} is not one of the inventory's data nodes")
+    by_address = {n["address"]: n for n in nodes}
+    for n in nodes:
+        if n.get("role") != "replica":
+            continue
+        if master and n["master"] != master:
+            problems.append(f"replica {n['address']} follows {n['master']}, not the master {master}")
+        elif n.get("link") != "up":
+            problems.append(f"replica {n['address']}: link to {n['master']} is {n.get('link')}")
+        elif n["master"] in by_address:
+            n["lag_bytes"] = max(0, by_address[n["master"]]["offset"] - n["offset"])
+            if n["lag_bytes"] > max_lag_bytes:
+                problems.append(f"replica {n['address']} is {n['lag_bytes']} bytes behind {n['master']}")
+    return (master if not problems or (master and named == [master]) else None), problems
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "master_name": {"type": "str", "required": True},
+            "sentinels": {"type": "list", "elements": "str", "required": True},
+            "sentinel_port": {"type": "int", "default": 26379},
+            "sentinel_password": {"type": "str", "no_log": True},
+            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "nodes": {"type": "list", "elements": "str", "required": True},
+            "node_port": {"type": "int", "default": 6379},
+            "node_user": {"type": "str"},
+            "node_password": {"type": "str", "no_log": True},
+            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            "max_lag_bytes": {"type": "int", "default": 1048576},
+            "tls_ca_file": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    sentinels = [read_sentinel(p, a) for a in p["sentinels"]]
+    nodes = [read_node(p, a) for a in p["nodes"]]
+    master, problems = assess(sentinels, nodes, p["max_lag_bytes"])
+    module.exit_json(changed=False, master=master, nodes=nodes, sentinels=sentinels, problems=problems)
+
+
+if __name__ == "__main__":
+    main()
