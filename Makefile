@@ -41,7 +41,7 @@ status: venv ## The development topology at a glance (playbooks/status.yml); fai
 down: venv ## Remove the development containers, network and volumes
 	@tools/dev.sh down
 
-test: lint test-roles test-app molecule ## Every check: lint, role checks, app tests, every Molecule scenario
+test: lint test-app test-roles molecule ## Every check: lint, app tests, role and module checks, every Molecule scenario
 	@echo "==> make test: all checks passed"
 
 lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax check
@@ -58,7 +58,7 @@ syntax: venv ## Syntax-check the playbooks
 	  ansible-playbook --syntax-check -i localhost, "$$pb" >/dev/null && echo "syntax ok: $$pb"; \
 	done
 
-test-roles: venv ## Role preflight checks (bad input is refused, naming the variable) on the controller
+test-roles: venv ## Role preflight checks and the modules' logic, on the controller (the module tests need redis-server: run after test-app)
 	pytest -p no:cacheprovider -q tests
 
 test-app: venv ## The queueing app's tests against real redis-server and redis-sentinel
