@@ -345,7 +345,7 @@ def test_backup_wipe_restore_brings_every_job_back(tmp_path):
     unconfirmed = _day2("restore.yml", *where)
     assert unconfirmed.returncode != 0
     assert "which will all be replaced" in unconfirmed.stdout
-    assert "-e confirm=yes" in unconfirmed.stdout
+    assert "-e confirm=yes" in unconfirmed.stdout + unconfirmed.stderr
     assert _admin(master, "DBSIZE") == "0", "nothing may change without confirm=yes"
 
     started = time.monotonic()
