@@ -177,4 +177,3 @@ def offered(config: Mapping[str, Any]) -> dict[str, Task]:
 
 
 ALLOWED_PATHS = frozenset(task.path for task in TASKS.values())
-TASK_BY_PATH = {task.path: task for task in TASKS.values()}
