@@ -33,7 +33,16 @@ def test_health_and_workers(http):
 
 
 # The faults, in this order (each starts from a healthy platform and leaves one behind).
-FAULTS = ["failover", "rolling-restart", "restart", "crash", "freeze", "partition", "replica-restart+host-loss", "power-cut"]
+FAULTS = [
+    "failover",
+    "rolling-restart",
+    "restart",
+    "crash",
+    "freeze",
+    "partition",
+    "replica-restart+host-loss",
+    "power-cut",
+]
 
 
 @pytest.mark.parametrize("fault", FAULTS)

@@ -102,6 +102,7 @@ def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
     def load() -> None:
         while not stop.is_set():
             results.append(http.get("/healthz").status)
+            time.sleep(0.01)  # steady load, not a CPU race with the deploy on two cores
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for thread in threads:
