@@ -38,10 +38,17 @@ def test_unit_has_the_lifecycle_settings(host):
     assert host.run("systemd-analyze verify fridge-worker@1.service").rc == 0
 
 
-def test_lowering_the_count_leaves_exactly_that_many(host):
+def test_lowering_the_count_leaves_exactly_that_many_and_kills_no_running_job(host, http):
     converge("--limit", host.backend.get_hostname(), "--tags", "rq_workers", "-e", "rq_workers_count=3")
     assert instances(host, "running") == [f"fridge-worker@{i}.service" for i in (1, 2, 3)]
+    # Every instance busy with a 6-second job when the count drops to 1.
+    jobs = [http.post("/jobs", body={"task": "sleep", "args": [6]}).json()["job_id"] for _ in range(3)]
+    started = [http.wait_for_job(job_id, {"started"}, timeout=15) for job_id in jobs]
     converge("--limit", host.backend.get_hostname(), "--tags", "rq_workers", "-e", "rq_workers_count=1")
+    for job_id, before in zip(jobs, started, strict=True):
+        done = http.wait_for_job(job_id, {"finished", "failed"}, timeout=30)
+        assert done["status"] == "finished", done
+        assert done["retries_left"] == before["retries_left"], "a job was killed and retried"
     assert instances(host, "running") == ["fridge-worker@1.service"]
     assert instances(host, "failed") == []
     assert not host.service("fridge-worker@2.service").is_enabled
