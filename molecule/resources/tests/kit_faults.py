@@ -491,7 +491,9 @@ def drill_rolling_restart(platform: Platform, name: str = "rolling-restart") -> 
     """playbooks/rolling_restart.yml: every data node (the master after a switchover), every
     Sentinel, Apache and the workers, one at a time, with the workers running."""
     master = platform.master_host()
-    with under_load(platform, name) as load:
+    # One client: the run restarts every worker once, and every job enqueued meanwhile must
+    # still be run before the drill ends (two clients left ~2,000 jobs to drain on two cores).
+    with under_load(platform, name, clients=1, pause=0.05) as load:
         began = time.monotonic()
         run = run_playbook(playbook=str(KIT / "playbooks" / "rolling_restart.yml"))
         assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
