@@ -86,6 +86,9 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kit_redis import ReplyError, connect_first, pairs, parse_info, tls_context
 
+# Seconds the Sentinels may take to see a replica again (INFO every 10 s) before a refusal.
+SENTINEL_REFRESH = 12.0
+
 
 class Refused(Exception):
     """The switchover would not be safe; the message says why."""
@@ -210,7 +213,17 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
     result["old_master"] = result["new_master"] = master
     if group.p["target"] and master.rsplit(":", 1)[0] == group.p["target"]:
         return
-    target, others = choose(group, master)
+    # A replica restarted a moment ago (a rolling restart) is in sync at once, but the Sentinels
+    # refresh their view of a replica every 10 s: give them that long before refusing.
+    settled = time.monotonic() + min(group.p["timeout"], SENTINEL_REFRESH)
+    while True:
+        try:
+            target, others = choose(group, master)
+            break
+        except Refused:
+            if time.monotonic() > settled:
+                raise
+            time.sleep(0.5)
     if module.check_mode:
         result.update(changed=True, new_master=target)
         return
