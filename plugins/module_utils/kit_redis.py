@@ -213,3 +213,30 @@ def connect_any_auth(
             conn.close()
             raise error from None
         return conn
+
+
+# The options of a module that logs in to one node (redis_backup, redis_restore,
+# redis_replica_synced): their argument spec, and the login they describe.
+LOGIN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "login_host": {"type": "str", "default": "127.0.0.1"},
+    "login_port": {"type": "int", "default": 6379},
+    "login_user": {"type": "str"},
+    "login_password": {"type": "str", "no_log": True},
+    "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+    "tls_ca_file": {"type": "path"},
+    "tls_server_name": {"type": "str"},
+}
+
+
+def login(params: dict[str, Any], timeout: float = 2.0) -> Connection:
+    """Connect as LOGIN_ARGUMENT_SPEC's options say: the current password, then the previous
+    ones; TLS when a CA file is given."""
+    return connect_first(
+        params["login_host"],
+        params["login_port"],
+        params["login_user"],
+        [params["login_password"], *params["login_previous_passwords"]],
+        timeout,
+        tls_context(params["tls_ca_file"]),
+        params["tls_server_name"],
+    )

@@ -86,7 +86,7 @@ import shutil
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import ReplyError, connect_first, parse_info, tls_context
+from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, ReplyError, login, parse_info
 
 
 def sha256(path: str) -> str:
@@ -98,11 +98,7 @@ def sha256(path: str) -> str:
 
 
 def snapshot(p: dict) -> dict:
-    passwords = [p["login_password"], *p["login_previous_passwords"]]
-    tls = tls_context(p["tls_ca_file"])
-    with connect_first(
-        p["login_host"], p["login_port"], p["login_user"], passwords, 5.0, tls, p["tls_server_name"]
-    ) as conn:
+    with login(p, 5.0) as conn:
         before = parse_info(conn.command("INFO", "persistence"))
         saves = int(before.get("rdb_saves", 0))
         started = time.monotonic()
@@ -139,15 +135,9 @@ def snapshot(p: dict) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "login_host": {"type": "str", "default": "127.0.0.1"},
-            "login_port": {"type": "int", "default": 6379},
-            "login_user": {"type": "str"},
-            "login_password": {"type": "str", "no_log": True},
-            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            **LOGIN_ARGUMENT_SPEC,
             "dest": {"type": "path", "required": True},
             "timeout": {"type": "float", "default": 600},
-            "tls_ca_file": {"type": "path"},
-            "tls_server_name": {"type": "str"},
         },
         supports_check_mode=False,
     )

@@ -66,16 +66,21 @@ seconds:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import ReplyError, connect_first, parse_info, tls_context
+from ansible.module_utils.kit_redis import (
+    LOGIN_ARGUMENT_SPEC,
+    ReplyError,
+    connect_first,
+    login,
+    parse_info,
+    tls_context,
+)
 
 
 def state(p: dict) -> tuple[bool, str, dict]:
     """(in sync, what was seen, result fields)."""
     tls = tls_context(p["tls_ca_file"])
     passwords = [p["login_password"], *p["login_previous_passwords"]]
-    with connect_first(
-        p["login_host"], p["login_port"], p["login_user"], passwords, 2.0, tls, p["tls_server_name"]
-    ) as conn:
+    with login(p) as conn:
         info = parse_info(conn.command("INFO", "replication"))
         loading = parse_info(conn.command("INFO", "persistence")).get("loading")
     if loading != "0":
@@ -102,15 +107,9 @@ def state(p: dict) -> tuple[bool, str, dict]:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "login_host": {"type": "str", "default": "127.0.0.1"},
-            "login_port": {"type": "int", "default": 6379},
-            "login_user": {"type": "str"},
-            "login_password": {"type": "str", "no_log": True},
-            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            **LOGIN_ARGUMENT_SPEC,
             "max_lag_bytes": {"type": "int", "default": 1048576},
             "timeout": {"type": "float", "default": 120},
-            "tls_ca_file": {"type": "path"},
-            "tls_server_name": {"type": "str"},
         },
         supports_check_mode=True,
     )

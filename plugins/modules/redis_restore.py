@@ -104,7 +104,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import Connection, ReplyError, connect_first, parse_info, tls_context
+from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, Connection, ReplyError, login, parse_info
 
 BATCH = 500
 
@@ -211,15 +211,11 @@ def copy_database(source: Connection, master: Connection, db: int) -> int:
 
 
 def restore(p: dict) -> dict:
-    passwords = [p["login_password"], *p["login_previous_passwords"]]
-    tls = tls_context(p["tls_ca_file"])
     started = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="kit-restore-", dir=os.path.dirname(p["src"]))
     server = None
     try:
-        with connect_first(
-            p["login_host"], p["login_port"], p["login_user"], passwords, 10.0, tls, p["tls_server_name"]
-        ) as master:
+        with login(p, 10.0) as master:
             role = parse_info(master.command("INFO", "replication")).get("role")
             if role != "master":
                 raise RuntimeError(f"{p['login_host']}:{p['login_port']} is a {role}, not the master")
@@ -254,18 +250,12 @@ def restore(p: dict) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            **LOGIN_ARGUMENT_SPEC,
             "src": {"type": "path", "required": True},
             "server_binary": {"type": "path", "required": True},
             "run_as": {"type": "str", "required": True},
-            "login_host": {"type": "str", "default": "127.0.0.1"},
-            "login_port": {"type": "int", "default": 6379},
-            "login_user": {"type": "str"},
-            "login_password": {"type": "str", "no_log": True},
-            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "replicas": {"type": "int", "default": 0},
             "timeout": {"type": "float", "default": 300},
-            "tls_ca_file": {"type": "path"},
-            "tls_server_name": {"type": "str"},
         },
         supports_check_mode=False,
     )

@@ -69,6 +69,27 @@ def test_production_timings_are_applied():
 
 
 VAULT_PASSWORD_FILE = str(Path(SCENARIO_DIR) / "vars" / "test-vault-password")
+PLAYBOOKS = Path(SCENARIO_DIR).parents[1] / "playbooks"
+
+
+def _as_operator(*args: str, playbook: str = "converge.yml") -> subprocess.CompletedProcess:
+    """A playbook run as the operator runs it: the scenario's secrets and vault password."""
+    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")  # as the scenario's converge
+    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
+    return run_playbook(
+        *args,
+        "-e",
+        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
+        # These throw-away hosts' keys must not land in the user's known_hosts: the next
+        # scenario run gets new ones, and strict checking would refuse them.
+        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
+        playbook=playbook,
+    )
+
+
+def _day2(name: str, *args: str) -> subprocess.CompletedProcess:
+    """One of the kit's playbooks/ (status, backup, restore)."""
+    return _as_operator(*args, playbook=str(PLAYBOOKS / name))
 
 
 def _key_body(path: str) -> str:
@@ -97,16 +118,7 @@ def _secrets() -> dict[str, str]:
 def test_a_verbose_rerun_prints_no_secret_and_changes_nothing():
     """ansible-playbook -vvv shows every module's arguments and results: none of the vault's
     values may appear, and the run changes nothing."""
-    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")  # as the scenario's converge
-    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
-    run = run_playbook(
-        "-vvv",
-        "-e",
-        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
-        # These throw-away hosts' keys must not land in the user's known_hosts: the next
-        # scenario run gets new ones, and strict checking would refuse them.
-        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
-    )
+    run = _as_operator("-vvv")
     said = run.stdout + run.stderr
     assert run.returncode == 0, said[-5000:]
     assert len(said) > 200_000  # really verbose: module arguments and results are in there
@@ -246,21 +258,6 @@ def _reissue(name: str, address: str) -> None:
 
 # --- Day-2 playbooks (status, backup, restore) over SSH ---------------------------------------
 
-PLAYBOOKS = Path(SCENARIO_DIR).parents[1] / "playbooks"
-
-
-def _day2(name: str, *args: str) -> subprocess.CompletedProcess:
-    """One of the kit's playbooks/, with the scenario's secrets, as an operator runs it."""
-    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
-    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
-    return run_playbook(
-        *args,
-        "-e",
-        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
-        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
-        playbook=str(PLAYBOOKS / name),
-    )
-
 
 def _admin(host: str, command: str) -> str:
     """redis-cli as the admin user on a data host, to its own server (TLS, as deployed)."""
@@ -389,15 +386,7 @@ def test_renewed_certificates_are_loaded_without_restarting_redis():
     sentinels = {h: sh(h, sentinel).strip() for h in sentinels_at}
     for name in {*nodes, *sentinels_at}:
         _reissue(name, hostvars(name)["kit_address"])
-    os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
-    os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
-    run = run_playbook(
-        "--tags",
-        "redis,sentinel",
-        "-e",
-        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
-        "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
-    )
+    run = _as_operator("--tags", "redis,sentinel")
     assert run.returncode == 0, run.stdout[-5000:]
     after = {t: served(t) for t in targets}
     print(f"\nserials before {before}\nafter {after}")
