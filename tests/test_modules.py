@@ -32,6 +32,7 @@ kit_redis = _load(ROOT / "plugins/module_utils/kit_redis.py", "ansible.module_ut
 status = _load(ROOT / "plugins/modules/redis_ha_status.py", "kit_redis_ha_status")
 backup = _load(ROOT / "plugins/modules/redis_backup.py", "kit_redis_backup")
 restore = _load(ROOT / "plugins/modules/redis_restore.py", "kit_redis_restore")
+synced = _load(ROOT / "plugins/modules/redis_replica_synced.py", "kit_redis_replica_synced")
 
 M, R = "10.0.0.11:6379", "10.0.0.12:6379"
 
@@ -217,3 +218,13 @@ def test_restore_refuses_a_replica(pair, tmp_path):
                 timeout=30,
             )
         )
+
+
+def test_replica_synced_sees_a_replica_in_sync_and_not_a_master(pair):
+    master, replica = pair
+    master("SET", "k", "v")
+    master("WAIT", 1, 2000)
+    ok, seen, fields = synced.state(params(replica.port, max_lag_bytes=1024))
+    assert (ok, seen) == (True, "in sync")
+    assert fields["master"] == f"127.0.0.1:{master.port}"
+    assert synced.state(params(master.port, max_lag_bytes=1024))[:2] == (False, "role master")
