@@ -51,6 +51,10 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax
 	ANSIBLE_DUPLICATE_YAML_DICT_KEY=ignore ANSIBLE_MODULE_UTILS=$(CURDIR)/plugins/module_utils ansible-lint --strict
 	ruff check .
 	ruff format --check .
+	@# Every module documents itself (ansible-doc parses DOCUMENTATION; a YAML slip fails here).
+	@for m in plugins/modules/*.py; do \
+	  ansible-doc -M plugins/modules "$$(basename "$$m" .py)" >/dev/null || exit 1; \
+	done; echo "ansible-doc ok: $$(ls plugins/modules/*.py | wc -l) modules"
 	@$(MAKE) syntax
 
 syntax: venv ## Syntax-check the playbooks

@@ -33,6 +33,7 @@ status = _load(ROOT / "plugins/modules/redis_ha_status.py", "kit_redis_ha_status
 backup = _load(ROOT / "plugins/modules/redis_backup.py", "kit_redis_backup")
 restore = _load(ROOT / "plugins/modules/redis_restore.py", "kit_redis_restore")
 synced = _load(ROOT / "plugins/modules/redis_replica_synced.py", "kit_redis_replica_synced")
+forget = _load(ROOT / "plugins/modules/redis_sentinel_forget.py", "kit_redis_sentinel_forget")
 
 M, R = "10.0.0.11:6379", "10.0.0.12:6379"
 
@@ -228,3 +229,93 @@ def test_replica_synced_sees_a_replica_in_sync_and_not_a_master(pair):
     assert (ok, seen) == (True, "in sync")
     assert fields["master"] == f"127.0.0.1:{master.port}"
     assert synced.state(params(master.port, max_lag_bytes=1024))[:2] == (False, "role master")
+
+
+# --- a Sentinel forgets a replica that left the group --------------------------------------
+
+
+@pytest.fixture
+def group(pair, tmp_path) -> Iterator[tuple[Server, Server, Server, Server]]:
+    """The pair, a second replica (the one to remove) and a Sentinel watching them (quorum 1,
+    down after 1 s)."""
+    master, replica = pair
+    leaving = Server(tmp_path / "leaving", "--masterauth", "pw")
+    leaving("REPLICAOF", "127.0.0.1", master.port)
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"sentinel monitor kit 127.0.0.1 {master.port} 1\n"
+        "sentinel auth-pass kit pw\n"
+        "sentinel down-after-milliseconds kit 1000\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            str(conf),
+            "--sentinel",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:  # the Sentinel knows both replicas, up
+        try:
+            with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
+                if len(forget.view(conn, "kit")[1]) == 2 and all(
+                    not flags & forget.GONE for flags in forget.view(conn, "kit")[1].values()
+                ):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the Sentinel did not find both replicas"
+        time.sleep(0.1)
+    yield master, replica, leaving, port
+    proc.terminate()
+    proc.wait()
+    leaving.proc.terminate()
+    leaving.proc.wait()
+
+
+def sentinel_params(port: int, nodes: list[str], timeout: float = 20) -> dict:
+    return {
+        **params(port, master_name="kit", nodes=nodes, node_port=6379, timeout=timeout),
+        "login_password": None,
+    }
+
+
+def test_a_sentinel_forgets_a_stopped_replica_and_keeps_the_others(group):
+    master, replica, leaving, port = group
+    nodes = [f"127.0.0.1:{master.port}", f"127.0.0.1:{replica.port}"]
+    leaving.proc.terminate()
+    leaving.proc.wait()
+    gone = [f"127.0.0.1:{leaving.port}"]
+    assert forget.forget(sentinel_params(port, nodes), check_mode=True) == {
+        "changed": True,
+        "forgotten": gone,
+    }
+    with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
+        assert len(forget.view(conn, "kit")[1]) == 2, "check mode resets nothing"
+    done = forget.forget(sentinel_params(port, nodes))
+    assert done == {"changed": True, "forgotten": gone}
+    with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
+        master_view, replicas = forget.view(conn, "kit")
+    assert list(replicas) == [f"127.0.0.1:{replica.port}"]
+    assert not replicas[f"127.0.0.1:{replica.port}"] & forget.GONE
+    assert master_view["port"] == str(master.port)
+    assert forget.forget(sentinel_params(port, nodes)) == {"changed": False, "forgotten": []}
+
+
+def test_a_replica_that_still_answers_is_not_forgotten(group):
+    master, replica, leaving, port = group
+    nodes = [f"127.0.0.1:{master.port}", f"127.0.0.1:{replica.port}"]
+    with pytest.raises(
+        RuntimeError, match=f"127.0.0.1:{leaving.port} is not one of the data nodes .* still answers"
+    ):
+        forget.forget(sentinel_params(port, nodes, timeout=2))
+    with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
+        assert len(forget.view(conn, "kit")[1]) == 2, "nothing was reset"

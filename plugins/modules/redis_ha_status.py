@@ -10,7 +10,7 @@ description:
   - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its
     configuration epoch and the replicas and Sentinels it knows; asks every data node in
     O(nodes) its role, the master it follows, its link, replication offset and key count.
-  - Returns the findings and a list of O(problems): no master or two masters, a node or a
+  - Returns the findings and a list of O(problems), such as no master or two masters, a node or a
     Sentinel that does not answer, a Sentinel that names another master than the others or than
     the node that is master, Sentinels at different epochs or not knowing each other, a replica
     following another node, with its link down or more than O(max_lag_bytes) behind, a master

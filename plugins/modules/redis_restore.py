@@ -11,7 +11,7 @@ description:
     random port and password, as O(run_as)), then, on the master, deletes every key
     (C(FLUSHALL)) and writes each key of the backup with C(RESTORE ... REPLACE), keeping its
     time to live. Lists go last, so a worker never takes a job id whose job is not back yet.
-  - Nothing restarts and no failover happens: the replicas receive the restore through
+  - Nothing restarts and no failover happens; the replicas receive the restore through
     replication like any write; the module waits (C(WAIT)) for O(replicas) of them to confirm.
   - Refuses to write to a node that is not master.
 options:

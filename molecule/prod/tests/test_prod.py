@@ -13,12 +13,13 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 import yaml
-from kit_checks import SCENARIO_DIR, Http, get_host, hosts_in, hostvars, play_recap, run_playbook
+from kit_checks import INVENTORY, SCENARIO_DIR, Http, get_host, hosts_in, hostvars, play_recap, run_playbook
 from kit_faults import sh
 
+# The platform's hosts; the scenario's spare hosts join it only inside the scaling test.
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("all")
+).get_hosts("redis:redis_sentinel:web:workers")
 
 
 def test_ansible_reaches_hosts_over_ssh_as_deploy(host):
@@ -72,7 +73,9 @@ VAULT_PASSWORD_FILE = str(Path(SCENARIO_DIR) / "vars" / "test-vault-password")
 PLAYBOOKS = Path(SCENARIO_DIR).parents[1] / "playbooks"
 
 
-def _as_operator(*args: str, playbook: str = "converge.yml") -> subprocess.CompletedProcess:
+def _as_operator(
+    *args: str, playbook: str = "converge.yml", inventory: str = INVENTORY
+) -> subprocess.CompletedProcess:
     """A playbook run as the operator runs it: the scenario's secrets and vault password."""
     os.environ.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")  # as the scenario's converge
     os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", VAULT_PASSWORD_FILE)
@@ -84,12 +87,13 @@ def _as_operator(*args: str, playbook: str = "converge.yml") -> subprocess.Compl
         # scenario run gets new ones, and strict checking would refuse them.
         "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
         playbook=playbook,
+        inventory=inventory,
     )
 
 
-def _day2(name: str, *args: str) -> subprocess.CompletedProcess:
-    """One of the kit's playbooks/ (status, backup, restore)."""
-    return _as_operator(*args, playbook=str(PLAYBOOKS / name))
+def _day2(name: str, *args: str, inventory: str = INVENTORY) -> subprocess.CompletedProcess:
+    """One of the kit's playbooks/ (status, backup, restore, ...)."""
+    return _as_operator(*args, playbook=str(PLAYBOOKS / name), inventory=inventory)
 
 
 def _key_body(path: str) -> str:
@@ -400,3 +404,103 @@ def test_renewed_certificates_are_loaded_without_restarting_redis():
     assert (
         http.wait_for_job(reply.json()["job_id"], {"finished", "failed"}, timeout=60)["status"] == "finished"
     )
+
+
+# --- Scaling the data and web tiers (day 2) ---------------------------------------------------
+
+
+def _inventory_with(directory: Path, joins: dict[str, str]) -> str:
+    """The scenario's inventory as the operator edits it: each host of `joins` added to a group;
+    the same group_vars and host_vars."""
+    source = Path(INVENTORY)
+    directory.mkdir()
+    for linked in ("group_vars", "host_vars"):
+        (directory / linked).symlink_to((source.parent / linked).resolve())
+    document = yaml.safe_load(source.read_text())
+    for name, group in joins.items():
+        document.setdefault(group, {}).setdefault("hosts", {})[name] = {}
+    edited = directory / source.name
+    edited.write_text(yaml.safe_dump(document))
+    return str(edited)
+
+
+def _recap_changed(run: subprocess.CompletedProcess) -> dict[str, int]:
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    changed = {host: counts["changed"] for host, counts in play_recap(run.stdout).items()}
+    assert changed, run.stdout[-3000:]
+    return changed
+
+
+def _sentinels_know(report: Path, inventory: str) -> list[list[str]]:
+    run = _day2("status.yml", "-e", f"status_json={report}", inventory=inventory)
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert "No problem found." in run.stdout
+    return [sorted(s["replicas"]) for s in json.loads(report.read_text())["sentinels"]]
+
+
+def test_a_replica_and_a_web_host_join_then_the_replica_leaves(tmp_path):
+    """Scaling out as the operator does it: two hosts added to the inventory (a data node, a web
+    host), the firewall opened to them, then only they are deployed (--limit). The Sentinels
+    learn the replica, the new web host enqueues, and a full run changes nothing. Then the
+    replica is removed: the master cannot be, the replica is stopped and every Sentinel forgets
+    it; back to the first inventory, a full run changes nothing again."""
+    new_node, new_web = "prod-data3", "prod-app2"
+    node_address = hostvars(new_node)["kit_address"]
+    _reissue(new_node, node_address)  # the operator's PKI issues the new data node's certificate
+    scaled = _inventory_with(tmp_path / "scaled", {new_node: "redis", new_web: "web"})
+
+    timings = {}
+    started = time.monotonic()
+    opened = _day2("firewall.yml", inventory=scaled)
+    assert opened.returncode == 0, opened.stdout[-5000:]
+    timings["firewall.yml"] = time.monotonic() - started
+    started = time.monotonic()
+    limited = _as_operator("--limit", f"{new_node},{new_web}", inventory=scaled)
+    assert set(_recap_changed(limited)) == {new_node, new_web}, "--limit deploys the new hosts only"
+    timings["site.yml --limit"] = time.monotonic() - started
+
+    deadline = time.monotonic() + 60
+    while "master_link_status:up" not in _admin(new_node, "INFO replication"):
+        assert time.monotonic() < deadline, "the new data node is not a replica in sync"
+        time.sleep(0.5)
+    known = _sentinels_know(tmp_path / "scaled.json", scaled)
+    replicas = {f"{hostvars(h)['kit_address']}:6379" for h in [*hosts_in("redis"), new_node]}
+    assert all(len(k) == 2 and set(k) < replicas for k in known), known
+    assert all(f"{node_address}:6379" in k for k in known), "every Sentinel learned the new replica"
+
+    http = Http(hostvars(new_web)["kit_address"], cafile=_tls("server.crt"))
+    reply = http.get("/comer/scaled-out")
+    assert reply.status == 202, reply.body
+    job = http.wait_for_job(reply.json()["job_id"], {"finished", "failed"}, timeout=60)
+    assert job["status"] == "finished"
+
+    started = time.monotonic()
+    again = _recap_changed(_as_operator(inventory=scaled))
+    timings["site.yml (scaled)"] = time.monotonic() - started
+    assert len(again) == 6, again
+    assert not any(again.values()), again
+
+    master = _host_at(json.loads((tmp_path / "scaled.json").read_text())["master"])
+    refused = _day2("remove_replica.yml", "-e", f"node={master}", inventory=scaled)
+    assert refused.returncode != 0
+    assert "is the master. Move the master first" in refused.stdout, refused.stdout[-3000:]
+    assert "master_link_status:up" in _admin(new_node, "INFO replication"), "nothing was touched"
+
+    started = time.monotonic()
+    removed = _day2("remove_replica.yml", "-e", f"node={new_node}", inventory=scaled)
+    assert removed.returncode == 0, removed.stdout[-5000:]
+    timings["remove_replica.yml"] = time.monotonic() - started
+    assert removed.stdout.count(f"This Sentinel forgot {node_address}:6379") == 3, removed.stdout[-5000:]
+    assert sh(new_node, "systemctl is-enabled redis-server", check=False).strip() == "disabled"
+
+    started = time.monotonic()
+    closed = _day2("firewall.yml")  # the first inventory again: the two hosts are gone from it
+    assert closed.returncode == 0, closed.stdout[-5000:]
+    timings["firewall.yml (back)"] = time.monotonic() - started
+    known = _sentinels_know(tmp_path / "back.json", INVENTORY)
+    assert all(len(k) == 1 and f"{node_address}:6379" not in k for k in known), known
+    started = time.monotonic()
+    back = _recap_changed(_as_operator())
+    timings["site.yml (back)"] = time.monotonic() - started
+    assert not any(back.values()), back
+    print("\n" + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items()))

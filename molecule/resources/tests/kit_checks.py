@@ -100,10 +100,12 @@ def assert_running(host: testinfra.host.Host, unit: str) -> None:
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
-def run_playbook(*extra_args: str, playbook: str = "converge.yml") -> subprocess.CompletedProcess:
+def run_playbook(
+    *extra_args: str, playbook: str = "converge.yml", inventory: str = INVENTORY
+) -> subprocess.CompletedProcess:
     """Run one of the scenario's playbooks (converge by default) with Molecule's settings."""
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
-    cmd = ["ansible-playbook", "-i", INVENTORY, os.path.join(SCENARIO_DIR, playbook), *extra_args]
+    cmd = ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, playbook), *extra_args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 

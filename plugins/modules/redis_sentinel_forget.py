@@ -1,0 +1,188 @@
+#!/usr/bin/python
+"""Make a Sentinel forget the replicas that left the group (SENTINEL RESET, then wait)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_sentinel_forget
+short_description: Make a Sentinel forget replicas that are no longer data nodes
+description:
+  - Lists the replicas the Sentinel knows for O(master_name). One whose address is not in
+    O(nodes) (on O(node_port)) has left the group; Sentinel keeps it forever, shown down, and
+    only C(SENTINEL RESET) clears it.
+  - Waits up to O(timeout) for such a replica to be seen down and fails, naming it, if it still
+    answers (it would be found again at once in its master's C(INFO)); stop it first
+    (C(playbooks/remove_replica.yml)).
+  - Refuses while a failover is under way or the master is seen down.
+  - After the reset, waits until the Sentinel again knows every replica that answered before
+    and as many peer Sentinels as before; fails after O(timeout) naming what is missing.
+  - Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the
+    quorum meanwhile.
+  - Reports no change when the Sentinel knows no such replica.
+options:
+  login_host:
+    description: "Sentinel address."
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: "Sentinel port."
+    type: int
+    default: 26379
+  login_user:
+    description: "Sentinel user (default: its default user)."
+    type: str
+  login_password:
+    description: "Sentinel password."
+    type: str
+  login_previous_passwords:
+    description: "Tried when the Sentinel refuses O(login_password) (a rotation under way)."
+    type: list
+    elements: str
+    default: []
+  tls_ca_file:
+    description: "CA file on the host: TLS, certificates checked."
+    type: path
+  tls_server_name:
+    description: "Name or address the Sentinel's certificate must carry (default: O(login_host))."
+    type: str
+  master_name:
+    description: "Name of the monitored group."
+    type: str
+    required: true
+  nodes:
+    description: "Addresses of the group's data nodes (the inventory's); any other replica is forgotten."
+    type: list
+    elements: str
+    required: true
+  node_port:
+    description: "Data node port."
+    type: int
+    default: 6379
+  timeout:
+    description:
+      - Seconds to wait for a leaving replica to be seen down, and then for the Sentinel to know
+        the group again after the reset.
+    type: float
+    default: 60
+author: kit maintainers
+"""
+
+RETURN = r"""
+forgotten:
+  description: "Replicas (ip:port) the Sentinel no longer knows."
+  type: list
+  elements: str
+  returned: always
+seconds:
+  description: "How long it took, waits included."
+  type: float
+  returned: always
+"""
+
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, Connection, ReplyError, login, pairs
+
+GONE = {"s_down", "o_down", "disconnected"}
+
+
+def view(conn: Connection, name: str) -> tuple[dict[str, Any], dict[str, set[str]]]:
+    """(SENTINEL MASTER's fields, {replica ip:port: its flags})."""
+    master = {k: v for k, v in pairs(conn.command("SENTINEL", "MASTER", name)).items()}
+    replicas = {}
+    for entry in conn.command("SENTINEL", "REPLICAS", name):
+        fields = pairs(entry)
+        replicas[f"{fields['ip']}:{fields['port']}"] = set(str(fields["flags"]).split(","))
+    return master, replicas
+
+
+def strangers(replicas: dict[str, set[str]], nodes: list[str], port: int) -> list[str]:
+    """Known replicas that are not data nodes (given as address, or address:port)."""
+    wanted = {node if ":" in node else f"{node}:{port}" for node in nodes}
+    return sorted(address for address in replicas if address not in wanted)
+
+
+def missing_after_reset(
+    before_good: set[str], before_peers: int, master: dict[str, Any], replicas: dict[str, set[str]]
+) -> list[str]:
+    """What the Sentinel does not know again yet (empty: done)."""
+    missing = [f"replica {a}" for a in sorted(before_good) if a not in replicas or replicas[a] & GONE]
+    peers = int(master.get("num-other-sentinels", 0))
+    if peers < before_peers:
+        missing.append(f"{before_peers - peers} peer Sentinel(s)")
+    return missing
+
+
+def forget(p: dict, check_mode: bool = False) -> dict:
+    """Forget the replicas that are not data nodes; RuntimeError names what stops it."""
+    name, deadline = p["master_name"], time.monotonic() + p["timeout"]
+    with login(p) as conn:
+        master, replicas = view(conn, name)
+        leaving = strangers(replicas, p["nodes"], p["node_port"])
+        if not leaving:
+            return {"changed": False, "forgotten": []}
+        flags = set(str(master.get("flags", "")).split(","))
+        if flags & (GONE | {"failover_in_progress"}):
+            raise RuntimeError(
+                f"Sentinel sees master {name} as {master.get('flags')}: not forgetting "
+                f"{', '.join(leaving)} during an incident; re-run when the group is healthy."
+            )
+        while answering := [a for a in leaving if not replicas.get(a, GONE) & GONE]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{', '.join(answering)} is not one of the data nodes ({', '.join(p['nodes'])}) "
+                    "but still answers as a replica: stop it first (playbooks/remove_replica.yml "
+                    "-e node=<host>, before removing the host from the inventory)."
+                )
+            time.sleep(0.5)
+            master, replicas = view(conn, name)
+        if check_mode:
+            return {"changed": True, "forgotten": leaving}
+        good = {a for a, f in replicas.items() if a not in leaving and not f & GONE}
+        peers = int(master.get("num-other-sentinels", 0))
+        conn.command("SENTINEL", "RESET", name)
+        missing = ["the master"]
+        while missing:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"after SENTINEL RESET this Sentinel does not know again: {', '.join(missing)} "
+                    f"(within {p['timeout']:.0f}s)"
+                )
+            time.sleep(0.5)
+            master, replicas = view(conn, name)
+            back = [a for a in leaving if a in replicas]
+            if back:
+                raise RuntimeError(
+                    f"{', '.join(back)} was found again after the reset: its master still lists it "
+                    "as a replica. Stop it (playbooks/remove_replica.yml) and re-run."
+                )
+            missing = missing_after_reset(good, peers, master, replicas)
+    return {"changed": True, "forgotten": leaving}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            **LOGIN_ARGUMENT_SPEC,
+            "login_port": {"type": "int", "default": 26379},
+            "master_name": {"type": "str", "required": True},
+            "nodes": {"type": "list", "elements": "str", "required": True},
+            "node_port": {"type": "int", "default": 6379},
+            "timeout": {"type": "float", "default": 60},
+        },
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    try:
+        result = forget(module.params, module.check_mode)
+    except RuntimeError as error:
+        module.fail_json(msg=str(error))
+    except (OSError, ReplyError) as error:
+        module.fail_json(msg=f"Sentinel {module.params['login_host']}:{module.params['login_port']}: {error}")
+    module.exit_json(**result, seconds=round(time.monotonic() - started, 2))
+
+
+if __name__ == "__main__":
+    main()
