@@ -222,8 +222,12 @@ def test_site_with_the_example_values_stops_in_preflight(tmp_path):
 
 
 def test_site_starts_with_the_preflight_play():
-    imports = [line for line in (ROOT / "site.yml").read_text().splitlines() if "import_playbook" in line]
-    assert imports[0].split()[-1] == "playbooks/preflight.yml"
+    top = [line for line in (ROOT / "site.yml").read_text().splitlines() if "import_playbook" in line]
+    assert [line.split()[-1] for line in top] == ["playbooks/site.yml"]
+    imports = [
+        line for line in (ROOT / "playbooks/site.yml").read_text().splitlines() if "import_playbook" in line
+    ]
+    assert imports[0].split()[-1] == "preflight.yml"
 
 
 VAULT_PASSWORD = "preflight-vault-password-5Tg8"  # noqa: S105 (a test value)

@@ -86,7 +86,12 @@ import shutil
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, ReplyError, login, parse_info
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    LOGIN_ARGUMENT_SPEC,
+    ReplyError,
+    login,
+    parse_info,
+)
 
 
 def sha256(path: str) -> str:

@@ -84,7 +84,13 @@ seconds:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import ReplyError, connect_first, pairs, parse_info, tls_context
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    ReplyError,
+    connect_first,
+    pairs,
+    parse_info,
+    tls_context,
+)
 
 # Seconds the Sentinels may take to see a replica again (INFO every 10 s) before a refusal.
 SENTINEL_REFRESH = 12.0

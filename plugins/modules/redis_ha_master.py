@@ -101,7 +101,7 @@ not_answering:
 import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import (
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
     ReplyError,
     connect_any_auth,
     connect_first,

@@ -105,7 +105,13 @@ problems:
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import ReplyError, connect_first, pairs, parse_info, tls_context
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    ReplyError,
+    connect_first,
+    pairs,
+    parse_info,
+    tls_context,
+)
 
 
 def read_sentinel(p: dict, address: str) -> dict[str, Any]:

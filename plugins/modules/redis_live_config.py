@@ -97,7 +97,7 @@ role:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import (
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
     Connection,
     ReplyError,
     connect_first,

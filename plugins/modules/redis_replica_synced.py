@@ -66,7 +66,7 @@ seconds:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import (
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
     LOGIN_ARGUMENT_SPEC,
     ReplyError,
     connect_first,

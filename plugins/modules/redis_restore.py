@@ -104,7 +104,13 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, Connection, ReplyError, login, parse_info
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    LOGIN_ARGUMENT_SPEC,
+    Connection,
+    ReplyError,
+    login,
+    parse_info,
+)
 
 BATCH = 500
 

@@ -83,7 +83,13 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import LOGIN_ARGUMENT_SPEC, Connection, ReplyError, login, pairs
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    LOGIN_ARGUMENT_SPEC,
+    Connection,
+    ReplyError,
+    login,
+    pairs,
+)
 
 GONE = {"s_down", "o_down", "disconnected"}
 

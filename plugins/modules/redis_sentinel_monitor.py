@@ -114,7 +114,13 @@ master:
 import hashlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kit_redis import Connection, ReplyError, connect_first, pairs, tls_context
+from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    Connection,
+    ReplyError,
+    connect_first,
+    pairs,
+    tls_context,
+)
 
 PROBE = "kit-acl-probe"
 

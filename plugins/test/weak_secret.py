@@ -1,4 +1,4 @@
-"""Jinja test `kit_weak_secret`: true for a missing, empty, short or placeholder secret.
+"""Jinja test `kit.jobqueue.weak_secret`: true for a missing, empty, short or placeholder secret.
 
 Used by the roles' preflight checks so that a run stops, naming the variable, before it
 touches a host with a password such as "changeme" or an example value left in place.
@@ -17,7 +17,7 @@ _PLACEHOLDER = re.compile(
 )
 
 
-def kit_weak_secret(value: object, min_length: int = MIN_LENGTH) -> bool:
+def weak_secret(value: object, min_length: int = MIN_LENGTH) -> bool:
     if not isinstance(value, str):
         return True
     text = value.strip()
@@ -26,4 +26,4 @@ def kit_weak_secret(value: object, min_length: int = MIN_LENGTH) -> bool:
 
 class TestModule:
     def tests(self) -> dict:
-        return {"kit_weak_secret": kit_weak_secret}
+        return {"weak_secret": weak_secret}
