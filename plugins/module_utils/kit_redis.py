@@ -216,7 +216,8 @@ def connect_any_auth(
 
 
 # The options of a module that logs in to one node (redis_backup, redis_restore,
-# redis_replica_synced): their argument spec, and the login they describe.
+# redis_replica_synced, redis_live_config, redis_sentinel_forget; doc fragment
+# kit.jobqueue.login): their argument spec, and the login they describe.
 LOGIN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "login_host": {"type": "str", "default": "127.0.0.1"},
     "login_port": {"type": "int", "default": 6379},
@@ -225,6 +226,21 @@ LOGIN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
     "tls_ca_file": {"type": "path"},
     "tls_server_name": {"type": "str"},
+}
+
+
+# The options of a module that reaches a whole group, its Sentinels then its data nodes
+# (redis_ha_master, redis_ha_status, redis_failover; doc fragment kit.jobqueue.sentinel_group).
+SENTINEL_GROUP_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "master_name": {"type": "str", "required": True},
+    "sentinels": {"type": "list", "elements": "str", "required": True},
+    "sentinel_port": {"type": "int", "default": 26379},
+    "sentinel_password": {"type": "str", "no_log": True},
+    "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+    "node_user": {"type": "str"},
+    "node_password": {"type": "str", "no_log": True},
+    "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+    "tls_ca_file": {"type": "path"},
 }
 
 

@@ -7,51 +7,28 @@ DOCUMENTATION = r"""
 module: redis_backup
 short_description: Take a consistent RDB snapshot of a data node and copy it to a file
 description:
-  - Runs C(BGSAVE SCHEDULE) on the node (it waits for an AOF rewrite under way), waits until
-    that save has finished and succeeded, then copies the node's RDB file to O(dest) and returns
-    its SHA-256, size and key count. Meant to run on a replica in sync, so the master does not fork.
-  - The copy is taken as soon as the save ends; a later save or full resync replacing the node's
-    own file does not change it.
+- Runs C(BGSAVE SCHEDULE) on the node (it waits for an AOF rewrite under way), waits until that save
+  has finished and succeeded, then copies the node's RDB file to O(dest) and returns its SHA-256,
+  size and key count. Meant to run on a replica in sync, so the master does not fork.
+- The copy is taken as soon as the save ends; a later save or full resync replacing the node's own
+  file does not change it.
+extends_documentation_fragment:
+- kit.jobqueue.login
 options:
-  login_host:
-    description: "Node address."
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: "Node port."
-    type: int
-    default: 6379
-  login_user:
-    description: "ACL user allowed BGSAVE, INFO, DBSIZE and CONFIG GET."
-    type: str
-  login_password:
-    description: "Its password."
-    type: str
-  login_previous_passwords:
-    description: "Tried when the node refuses O(login_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   dest:
-    description: "Where to copy the snapshot on the node's host."
+    description: Where to copy the snapshot on the node's host.
     type: path
     required: true
   timeout:
-    description: "Seconds to wait for the save."
+    description: Seconds to wait for the save.
     type: float
     default: 600
-  tls_ca_file:
-    description: "CA file on the host: TLS, certificates checked."
-    type: path
-  tls_server_name:
-    description: "Name or address the node's certificate must carry (default: O(login_host))."
-    type: str
 author: kit maintainers
 """
 
 EXAMPLES = r"""
 - name: Snapshot a replica
-  redis_backup:
+  kit.jobqueue.redis_backup:
     login_user: kit-admin
     login_password: "{{ vault_redis_admin_password }}"
     dest: /var/lib/redis/backup.rdb

@@ -7,62 +7,32 @@ DOCUMENTATION = r"""
 module: redis_failover
 short_description: Move the master of a Sentinel-managed group to a replica, on purpose
 description:
-  - Asks every Sentinel who the master is and refuses to act when they disagree or fewer than a
-    majority answer.
-  - Checks that the target replica (O(target), or any replica when omitted) is linked to the
-    master and at most O(max_lag_bytes) behind it; refuses, naming it, when it is not.
-  - With a target and other replicas, gives those a C(replica-priority) of 0 for the switchover
-    (restored afterwards) so that Sentinel can only choose the target.
-  - Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new
-    master reports itself master and the old one is its replica with the link up.
-  - Does nothing (C(changed=false)) when the target already is the master.
+- Asks every Sentinel who the master is and refuses to act when they disagree or fewer than a majority
+  answer.
+- Checks that the target replica (O(target), or any replica when omitted) is linked to the master
+  and at most O(max_lag_bytes) behind it; refuses, naming it, when it is not.
+- With a target and other replicas, gives those a C(replica-priority) of 0 for the switchover (restored
+  afterwards) so that Sentinel can only choose the target.
+- Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new master
+  reports itself master and the old one is its replica with the link up.
+- Does nothing (C(changed=false)) when the target already is the master.
+extends_documentation_fragment:
+- kit.jobqueue.sentinel_group
 options:
-  master_name:
-    description: "Name of the group."
-    type: str
-    required: true
-  sentinels:
-    description: "Sentinel addresses (every one is asked)."
-    type: list
-    elements: str
-    required: true
-  sentinel_port:
-    description: "Sentinel port."
-    type: int
-    default: 26379
-  sentinel_password:
-    description: "Sentinel password."
-    type: str
-  sentinel_previous_passwords:
-    description: "Tried when a Sentinel refuses O(sentinel_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   node_user:
-    description: "ACL user allowed INFO and CONFIG SET on the data nodes."
+    description: ACL user allowed INFO and CONFIG SET on the data nodes.
     type: str
-  node_password:
-    description: "Password of O(node_user)."
-    type: str
-  node_previous_passwords:
-    description: "Tried when a node refuses O(node_password)."
-    type: list
-    elements: str
-    default: []
   target:
-    description: "Address of the replica to promote; any replica in sync when omitted."
+    description: Address of the replica to promote; any replica in sync when omitted.
     type: str
   max_lag_bytes:
-    description: "How far behind the master (replication offset) the target may be."
+    description: How far behind the master (replication offset) the target may be.
     type: int
     default: 1048576
   timeout:
-    description: "Seconds to wait for every Sentinel and both nodes to agree."
+    description: Seconds to wait for every Sentinel and both nodes to agree.
     type: float
     default: 60
-  tls_ca_file:
-    description: "CA file on the host: Sentinels and nodes are reached over TLS."
-    type: path
 author: kit maintainers
 """
 
@@ -85,6 +55,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    SENTINEL_GROUP_ARGUMENT_SPEC,
     ReplyError,
     connect_first,
     pairs,
@@ -272,18 +243,10 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "master_name": {"type": "str", "required": True},
-            "sentinels": {"type": "list", "elements": "str", "required": True},
-            "sentinel_port": {"type": "int", "default": 26379},
-            "sentinel_password": {"type": "str", "no_log": True},
-            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
-            "node_user": {"type": "str"},
-            "node_password": {"type": "str", "no_log": True},
-            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            **SENTINEL_GROUP_ARGUMENT_SPEC,
             "target": {"type": "str"},
             "max_lag_bytes": {"type": "int", "default": 1048576},
             "timeout": {"type": "float", "default": 60},
-            "tls_ca_file": {"type": "path"},
         },
         supports_check_mode=True,
     )

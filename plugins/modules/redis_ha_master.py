@@ -7,71 +7,44 @@ DOCUMENTATION = r"""
 module: redis_ha_master
 short_description: Find the current master of a Sentinel-managed Redis or Valkey group
 description:
-  - Asks every reachable Sentinel for the master of O(master_name) and keeps the answer with
-    the highest configuration epoch, so that a re-run after a failover follows the new master.
-  - When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the
-    data nodes; a node that replicas point to is the master.
-  - When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
-  - Fails, naming the Sentinel and the address, when any Sentinel names a master that is not
-    one of O(nodes) (for instance one reconfigured by hand or by an attacker), or when the
-    master found otherwise is not. The roles would otherwise make every node replicate from
-    it and send it the replication password.
-  - Read-only; never reports a change.
+- Asks every reachable Sentinel for the master of O(master_name) and keeps the answer with the highest
+  configuration epoch, so that a re-run after a failover follows the new master.
+- When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the data nodes;
+  a node that replicas point to is the master.
+- When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
+- Fails, naming the Sentinel and the address, when any Sentinel names a master that is not one of
+  O(nodes) (for instance one reconfigured by hand or by an attacker), or when the master found otherwise
+  is not. The roles would otherwise make every node replicate from it and send it the replication
+  password.
+- Read-only; never reports a change.
+extends_documentation_fragment:
+- kit.jobqueue.sentinel_group
 options:
-  master_name:
-    description: "Name of the monitored group."
-    type: str
-    required: true
   sentinels:
-    description: "Sentinel addresses."
-    type: list
-    elements: str
-    default: []
-  sentinel_port:
-    description: "Sentinel port."
-    type: int
-    default: 26379
-  sentinel_password:
-    description: "Sentinel password (requirepass)."
-    type: str
-  sentinel_previous_passwords:
-    description: "Tried when the Sentinels refuse O(sentinel_password) (a rotation under way)."
+    description: Sentinel addresses.
     type: list
     elements: str
     default: []
   nodes:
-    description: "Data node addresses (the inventory's); the master must be one of them."
+    description: Data node addresses (the inventory's); the master must be one of them.
     type: list
     elements: str
     default: []
   node_port:
-    description: "Data node port."
+    description: Data node port.
     type: int
     default: 6379
   node_user:
-    description: "ACL user allowed to run INFO on the nodes."
+    description: ACL user allowed to run INFO on the nodes.
     type: str
-  node_password:
-    description: "Password of O(node_user)."
-    type: str
-  node_previous_passwords:
-    description: "Tried when the nodes refuse O(node_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   bootstrap_master:
-    description: "Master to use when nothing is configured yet."
+    description: Master to use when nothing is configured yet.
     type: str
     required: true
   timeout:
-    description: "Connect and reply timeout in seconds."
+    description: Connect and reply timeout in seconds.
     type: float
     default: 1.0
-  tls_ca_file:
-    description:
-      - CA certificate file on the host. When set, Sentinels and nodes are reached over TLS
-        and their certificates must be signed by it and name the address connected to.
-    type: path
 author: kit maintainers
 """
 
@@ -102,6 +75,7 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    SENTINEL_GROUP_ARGUMENT_SPEC,
     ReplyError,
     connect_any_auth,
     connect_first,
@@ -207,19 +181,12 @@ def foreign_master(params: dict, named: list[tuple[str, int, str]]) -> str | Non
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "master_name": {"type": "str", "required": True},
+            **SENTINEL_GROUP_ARGUMENT_SPEC,
             "sentinels": {"type": "list", "elements": "str", "default": []},
-            "sentinel_port": {"type": "int", "default": 26379},
-            "sentinel_password": {"type": "str", "no_log": True},
-            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "nodes": {"type": "list", "elements": "str", "default": []},
             "node_port": {"type": "int", "default": 6379},
-            "node_user": {"type": "str"},
-            "node_password": {"type": "str", "no_log": True},
-            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "bootstrap_master": {"type": "str", "required": True},
             "timeout": {"type": "float", "default": 1.0},
-            "tls_ca_file": {"type": "path"},
         },
         supports_check_mode=True,
     )

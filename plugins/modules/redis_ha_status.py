@@ -7,70 +7,39 @@ DOCUMENTATION = r"""
 module: redis_ha_status
 short_description: Read who is master, each replica's lag and each Sentinel's view, and flag disagreements
 description:
-  - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its
-    configuration epoch and the replicas and Sentinels it knows; asks every data node in
-    O(nodes) its role, the master it follows, its link, replication offset and key count.
-  - Returns the findings and a list of O(problems), such as no master or two masters, a node or a
-    Sentinel that does not answer, a Sentinel that names another master than the others or than
-    the node that is master, Sentinels at different epochs or not knowing each other, a replica
-    following another node, with its link down or more than O(max_lag_bytes) behind, a master
-    that is not one of O(nodes).
-  - Never changes anything; never fails on what it finds (the caller decides).
+- Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its configuration
+  epoch and the replicas and Sentinels it knows; asks every data node in O(nodes) its role, the master
+  it follows, its link, replication offset and key count.
+- Returns the findings and a list of O(problems), such as no master or two masters, a node or a Sentinel
+  that does not answer, a Sentinel that names another master than the others or than the node that
+  is master, Sentinels at different epochs or not knowing each other, a replica following another
+  node, with its link down or more than O(max_lag_bytes) behind, a master that is not one of O(nodes).
+- Never changes anything; never fails on what it finds (the caller decides).
+extends_documentation_fragment:
+- kit.jobqueue.sentinel_group
 options:
-  master_name:
-    description: "Name the Sentinels monitor the master under."
-    type: str
-    required: true
-  sentinels:
-    description: "Addresses of every Sentinel of the group."
-    type: list
-    elements: str
-    required: true
-  sentinel_port:
-    description: "Sentinel port."
-    type: int
-    default: 26379
-  sentinel_password:
-    description: "Password of the Sentinels' default user."
-    type: str
-  sentinel_previous_passwords:
-    description: "Tried when a Sentinel refuses O(sentinel_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   nodes:
-    description: "Addresses of every data node of the inventory."
+    description: Addresses of every data node of the inventory.
     type: list
     elements: str
     required: true
   node_port:
-    description: "Data nodes' port."
+    description: Data nodes' port.
     type: int
     default: 6379
   node_user:
-    description: "ACL user allowed INFO and DBSIZE on the data nodes."
+    description: ACL user allowed INFO and DBSIZE on the data nodes.
     type: str
-  node_password:
-    description: "Its password."
-    type: str
-  node_previous_passwords:
-    description: "Tried when a node refuses O(node_password)."
-    type: list
-    elements: str
-    default: []
   max_lag_bytes:
-    description: "A replica further behind its master's offset than this is out of sync."
+    description: A replica further behind its master's offset than this is out of sync.
     type: int
     default: 1048576
-  tls_ca_file:
-    description: "CA file on the host: TLS, certificates checked."
-    type: path
 author: kit maintainers
 """
 
 EXAMPLES = r"""
 - name: Read the state of the group
-  redis_ha_status:
+  kit.jobqueue.redis_ha_status:
     master_name: kit
     sentinels: [10.0.0.11, 10.0.0.12, 10.0.0.21]
     nodes: [10.0.0.11, 10.0.0.12]
@@ -106,6 +75,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    SENTINEL_GROUP_ARGUMENT_SPEC,
     ReplyError,
     connect_first,
     pairs,
@@ -215,18 +185,10 @@ def assess(
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "master_name": {"type": "str", "required": True},
-            "sentinels": {"type": "list", "elements": "str", "required": True},
-            "sentinel_port": {"type": "int", "default": 26379},
-            "sentinel_password": {"type": "str", "no_log": True},
-            "sentinel_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
+            **SENTINEL_GROUP_ARGUMENT_SPEC,
             "nodes": {"type": "list", "elements": "str", "required": True},
             "node_port": {"type": "int", "default": 6379},
-            "node_user": {"type": "str"},
-            "node_password": {"type": "str", "no_log": True},
-            "node_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "max_lag_bytes": {"type": "int", "default": 1048576},
-            "tls_ca_file": {"type": "path"},
         },
         supports_check_mode=True,
     )

@@ -7,75 +7,49 @@ DOCUMENTATION = r"""
 module: redis_live_config
 short_description: Apply settings and replication to a running Redis or Valkey server
 description:
-  - Compares each wanted setting with the live value (C(CONFIG GET)), applies only the ones
-    that differ (C(CONFIG SET)) and persists them with C(CONFIG REWRITE). Reports a change
-    only when a live value differed, so a file that the server rewrites itself (as Redis does
-    when Sentinel reconfigures it) never makes a run report changes.
-  - Settings the server refuses to change at runtime (immutable ones) are written into
-    O(config_file) instead and returned in RV(restart_required).
-  - Points the server at O(replicaof) when it is a replica of another master or a master.
-    A server that should be the master is promoted only with O(promote), because after
-    bootstrap Sentinel, not Ansible, decides who is master.
+- Compares each wanted setting with the live value (C(CONFIG GET)), applies only the ones that differ
+  (C(CONFIG SET)) and persists them with C(CONFIG REWRITE). Reports a change only when a live value
+  differed, so a file that the server rewrites itself (as Redis does when Sentinel reconfigures it)
+  never makes a run report changes.
+- Settings the server refuses to change at runtime (immutable ones) are written into O(config_file)
+  instead and returned in RV(restart_required).
+- Points the server at O(replicaof) when it is a replica of another master or a master. A server that
+  should be the master is promoted only with O(promote), because after bootstrap Sentinel, not Ansible,
+  decides who is master.
+extends_documentation_fragment:
+- kit.jobqueue.login
 options:
-  login_host:
-    description: "Server address."
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: "Server port."
-    type: int
-    default: 6379
-  login_user:
-    description: "ACL user with CONFIG and REPLICAOF rights."
-    type: str
-  login_password:
-    description: "Password of O(login_user)."
-    type: str
-  login_previous_passwords:
-    description: "Tried when the server refuses O(login_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   config:
-    description: "Wanted settings (name to value, as in the config file)."
+    description: Wanted settings (name to value, as in the config file).
     type: dict
     default: {}
   secret_config:
-    description: "Like O(config) but never shown in output or diffs."
+    description: Like O(config) but never shown in output or diffs.
     type: dict
     default: {}
   replicaof:
-    description: "Master to follow (host, port); omit on the master."
+    description: Master to follow (host, port); omit on the master.
     type: dict
   promote:
-    description: "Turn a replica into a master when O(replicaof) is omitted."
+    description: Turn a replica into a master when O(replicaof) is omitted.
     type: bool
     default: false
   config_file:
-    description: "Config file for settings that cannot change at runtime."
+    description: Config file for settings that cannot change at runtime.
     type: path
   acl_load:
     description:
-      - Reload the ACL file (C(ACL LOAD)) first. When the server refuses O(login_user) (its
-        password just changed in that file), nothing else is done and RV(restart_required)
-        names C(aclfile); a restart loads the new users.
+    - Reload the ACL file (C(ACL LOAD)) first. When the server refuses O(login_user) (its password
+      just changed in that file), nothing else is done and RV(restart_required) names C(aclfile);
+      a restart loads the new users.
     type: bool
     default: false
   tls_reload:
     description:
-      - Make the server read its TLS certificate, key and CA files again (C(CONFIG SET) of
-        their unchanged paths does), for renewed files. Connections already open keep going;
-        no restart.
+    - Make the server read its TLS certificate, key and CA files again (C(CONFIG SET) of their unchanged
+      paths does), for renewed files. Connections already open keep going; no restart.
     type: bool
     default: false
-  tls_ca_file:
-    description:
-      - CA certificate file on the host. When set, the connection is TLS and the server's
-        certificate must be signed by it and name O(tls_server_name).
-    type: path
-  tls_server_name:
-    description: "Name or address the certificate must carry (default: O(login_host))."
-    type: str
 author: kit maintainers
 """
 
@@ -98,12 +72,12 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
+    LOGIN_ARGUMENT_SPEC,
     Connection,
     ReplyError,
-    connect_first,
     is_auth_error,
+    login,
     parse_info,
-    tls_context,
 )
 
 _UNITS = {"k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -211,13 +185,7 @@ def _describe(info: dict[str, str]) -> str:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "login_host": {"type": "str", "default": "127.0.0.1"},
-            "login_port": {"type": "int", "default": 6379},
-            "login_user": {"type": "str"},
-            "login_password": {"type": "str", "no_log": True},
-            "login_previous_passwords": {"type": "list", "elements": "str", "default": [], "no_log": True},
-            "tls_ca_file": {"type": "path"},
-            "tls_server_name": {"type": "str"},
+            **LOGIN_ARGUMENT_SPEC,
             "config": {"type": "dict", "default": {}},
             "secret_config": {"type": "dict", "default": {}, "no_log": True},
             "replicaof": {
@@ -237,14 +205,7 @@ def main() -> None:
     p = module.params
     result: dict = {"changed": False, "changes": [], "restart_required": [], "role": ""}
     try:
-        conn = connect_first(
-            p["login_host"],
-            p["login_port"],
-            p["login_user"],
-            [p["login_password"], *p["login_previous_passwords"]],
-            tls=tls_context(p["tls_ca_file"]),
-            server_name=p["tls_server_name"],
-        )
+        conn = login(p)
     except ReplyError as error:
         if p["acl_load"] and is_auth_error(error):
             result.update(changed=True, restart_required=["aclfile"])

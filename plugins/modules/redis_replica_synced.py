@@ -7,44 +7,21 @@ DOCUMENTATION = r"""
 module: redis_replica_synced
 short_description: Wait until a data node is a replica in sync with its master
 description:
-  - Polls C(INFO) on the node until it has loaded its data, reports the replica role, its link
-    to the master is up, no sync is in progress and it is at most O(max_lag_bytes) behind the
-    offset its master reports; fails after O(timeout) seconds naming what it last saw.
-  - Never changes anything.
+- Polls C(INFO) on the node until it has loaded its data, reports the replica role, its link to the
+  master is up, no sync is in progress and it is at most O(max_lag_bytes) behind the offset its master
+  reports; fails after O(timeout) seconds naming what it last saw.
+- Never changes anything.
+extends_documentation_fragment:
+- kit.jobqueue.login
 options:
-  login_host:
-    description: "Node address."
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: "Node port."
-    type: int
-    default: 6379
-  login_user:
-    description: "ACL user allowed INFO on the node and its master."
-    type: str
-  login_password:
-    description: "Its password."
-    type: str
-  login_previous_passwords:
-    description: "Tried when the node refuses O(login_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
   max_lag_bytes:
-    description: "How far behind its master's replication offset the node may be."
+    description: How far behind its master's replication offset the node may be.
     type: int
     default: 1048576
   timeout:
-    description: "Seconds to wait."
+    description: Seconds to wait.
     type: float
     default: 120
-  tls_ca_file:
-    description: "CA file on the host: TLS, certificates checked."
-    type: path
-  tls_server_name:
-    description: "Name or address the node's certificate must carry (default: O(login_host))."
-    type: str
 author: kit maintainers
 """
 

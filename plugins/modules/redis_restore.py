@@ -7,65 +7,42 @@ DOCUMENTATION = r"""
 module: redis_restore
 short_description: Replace the master's data with an RDB backup, live, so every replica follows
 description:
-  - Loads O(src) into a temporary server (the host's own server binary, on 127.0.0.1 with a
-    random port and password, as O(run_as)), then, on the master, deletes every key
-    (C(FLUSHALL)) and writes each key of the backup with C(RESTORE ... REPLACE), keeping its
-    time to live. Lists go last, so a worker never takes a job id whose job is not back yet.
-  - Nothing restarts and no failover happens; the replicas receive the restore through
-    replication like any write; the module waits (C(WAIT)) for O(replicas) of them to confirm.
-  - Refuses to write to a node that is not master.
+- Loads O(src) into a temporary server (the host's own server binary, on 127.0.0.1 with a random port
+  and password, as O(run_as)), then, on the master, deletes every key (C(FLUSHALL)) and writes each
+  key of the backup with C(RESTORE ... REPLACE), keeping its time to live. Lists go last, so a worker
+  never takes a job id whose job is not back yet.
+- Nothing restarts and no failover happens; the replicas receive the restore through replication like
+  any write; the module waits (C(WAIT)) for O(replicas) of them to confirm.
+- Refuses to write to a node that is not master.
+extends_documentation_fragment:
+- kit.jobqueue.login
 options:
   src:
-    description: "The RDB file on the master's host."
+    description: The RDB file on the master's host.
     type: path
     required: true
   server_binary:
-    description: "redis-server or valkey-server (same version as the master, so it reads its RDB)."
+    description: redis-server or valkey-server (same version as the master, so it reads its RDB).
     type: path
     required: true
   run_as:
-    description: "User the temporary server runs as."
+    description: User the temporary server runs as.
     type: str
     required: true
-  login_host:
-    description: "The master's address."
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: "The master's port."
-    type: int
-    default: 6379
-  login_user:
-    description: "ACL user allowed FLUSHALL, RESTORE, SELECT, WAIT, INFO."
-    type: str
-  login_password:
-    description: "Its password."
-    type: str
-  login_previous_passwords:
-    description: "Tried when the master refuses O(login_password)."
-    type: list
-    elements: str
-    default: []
   replicas:
-    description: "How many replicas must confirm the restored data."
+    description: How many replicas must confirm the restored data.
     type: int
     default: 0
   timeout:
-    description: "Seconds for the temporary server to load the backup, and for the replicas."
+    description: Seconds for the temporary server to load the backup, and for the replicas.
     type: float
     default: 300
-  tls_ca_file:
-    description: "CA file on the host: TLS, certificates checked."
-    type: path
-  tls_server_name:
-    description: "Name or address the master's certificate must carry (default: O(login_host))."
-    type: str
 author: kit maintainers
 """
 
 EXAMPLES = r"""
 - name: Restore a backup on the master
-  redis_restore:
+  kit.jobqueue.redis_restore:
     src: /var/lib/redis/restore.rdb
     server_binary: /usr/bin/redis-server
     run_as: redis

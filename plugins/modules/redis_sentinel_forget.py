@@ -7,61 +7,48 @@ DOCUMENTATION = r"""
 module: redis_sentinel_forget
 short_description: Make a Sentinel forget replicas that are no longer data nodes
 description:
-  - Lists the replicas the Sentinel knows for O(master_name). One whose address is not in
-    O(nodes) (on O(node_port)) has left the group; Sentinel keeps it forever, shown down, and
-    only C(SENTINEL RESET) clears it.
-  - Waits up to O(timeout) for such a replica to be seen down and fails, naming it, if it still
-    answers (it would be found again at once in its master's C(INFO)); stop it first
-    (C(playbooks/remove_replica.yml)).
-  - Refuses while a failover is under way or the master is seen down.
-  - After the reset, waits until the Sentinel again knows every replica that answered before
-    and as many peer Sentinels as before; fails after O(timeout) naming what is missing.
-  - Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the
-    quorum meanwhile.
-  - Reports no change when the Sentinel knows no such replica.
+- Lists the replicas the Sentinel knows for O(master_name). One whose address is not in O(nodes) (on
+  O(node_port)) has left the group; Sentinel keeps it forever, shown down, and only C(SENTINEL RESET)
+  clears it.
+- Waits up to O(timeout) for such a replica to be seen down and fails, naming it, if it still answers
+  (it would be found again at once in its master's C(INFO)); stop it first (C(playbooks/remove_replica.yml)).
+- Refuses while a failover is under way or the master is seen down.
+- After the reset, waits until the Sentinel again knows every replica that answered before and as
+  many peer Sentinels as before; fails after O(timeout) naming what is missing.
+- Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the quorum
+  meanwhile.
+- Reports no change when the Sentinel knows no such replica.
+extends_documentation_fragment:
+- kit.jobqueue.login
 options:
   login_host:
-    description: "Sentinel address."
+    description: Sentinel address.
     type: str
     default: 127.0.0.1
   login_port:
-    description: "Sentinel port."
+    description: Sentinel port.
     type: int
     default: 26379
   login_user:
-    description: "Sentinel user (default: its default user)."
-    type: str
-  login_password:
-    description: "Sentinel password."
-    type: str
-  login_previous_passwords:
-    description: "Tried when the Sentinel refuses O(login_password) (a rotation under way)."
-    type: list
-    elements: str
-    default: []
-  tls_ca_file:
-    description: "CA file on the host: TLS, certificates checked."
-    type: path
-  tls_server_name:
-    description: "Name or address the Sentinel's certificate must carry (default: O(login_host))."
+    description: 'Sentinel user (default: its default user).'
     type: str
   master_name:
-    description: "Name of the monitored group."
+    description: Name of the monitored group.
     type: str
     required: true
   nodes:
-    description: "Addresses of the group's data nodes (the inventory's); any other replica is forgotten."
+    description: Addresses of the group's data nodes (the inventory's); any other replica is forgotten.
     type: list
     elements: str
     required: true
   node_port:
-    description: "Data node port."
+    description: Data node port.
     type: int
     default: 6379
   timeout:
     description:
-      - Seconds to wait for a leaving replica to be seen down, and then for the Sentinel to know
-        the group again after the reset.
+    - Seconds to wait for a leaving replica to be seen down, and then for the Sentinel to know the
+      group again after the reset.
     type: float
     default: 60
 author: kit maintainers
