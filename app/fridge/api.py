@@ -11,9 +11,10 @@ from urllib.parse import unquote_to_bytes
 from flask import Blueprint, current_app, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from . import get_store, monitoring
+from . import monitoring
 from .openapi import document
 from .queueing import enqueue, fetch_job
+from .store import app_store
 from .tasks import TASKS, BadArguments, offered, validate_comida
 
 bp = Blueprint("api", __name__)
@@ -98,7 +99,7 @@ def comer(comida: str):
     kwargs = {"comida": validate_comida(comida, int(current_app.config["MAX_COMIDA_LENGTH"]))}
     queue = _queue(request.args.get("queue"), task.queue)
     result = enqueue(
-        get_store(current_app),
+        app_store(current_app),
         task,
         kwargs,
         queue,
@@ -135,7 +136,7 @@ def create_job():
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 30 * 86400:
         raise BadArguments("'delay' must be a number of seconds between 0 and 2592000")
     result = enqueue(
-        get_store(current_app),
+        app_store(current_app),
         task,
         kwargs,
         queue,
@@ -150,7 +151,7 @@ def create_job():
 def job_status(job_id: str):
     if not JOB_ID.match(job_id):
         raise BadArguments("a job id is 1 to 64 letters, digits, '-' or '_'")
-    job = fetch_job(get_store(current_app), job_id)
+    job = fetch_job(app_store(current_app), job_id)
     if job is None:
         response = jsonify({"error": f"no job {job_id}", "status": 404})
         response.status_code = 404
@@ -160,7 +161,7 @@ def job_status(job_id: str):
 
 @bp.get("/healthz")
 def healthz():
-    healthy, details = monitoring.health(get_store(current_app))
+    healthy, details = monitoring.health(app_store(current_app))
     response = jsonify({"status": "ok" if healthy else "unavailable", **details})
     if not healthy:
         response.status_code = 503
@@ -170,7 +171,7 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
-    body = monitoring.prometheus(get_store(current_app))
+    body = monitoring.prometheus(app_store(current_app))
     return body, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
 
 

@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from rq.registry import FailedJobRegistry
 
-from . import get_store, monitoring
+from . import monitoring
 from .queueing import fetch_job, make_queue
+from .store import app_store
 
 bp = Blueprint("dashboard", __name__, template_folder="templates")
 FAILED_SHOWN = 50
@@ -53,7 +54,7 @@ def _failed_jobs(store) -> list[dict]:
 
 @bp.get("/")
 def index():
-    store = get_store(current_app)
+    store = app_store(current_app)
     data = store.retrying(lambda: monitoring.overview(store))
     failed = store.retrying(lambda: _failed_jobs(store))
     return render_template("dashboard.html", data=data, failed=failed)
@@ -61,7 +62,7 @@ def index():
 
 @bp.get("/api/overview")
 def overview_json():
-    store = get_store(current_app)
+    store = app_store(current_app)
     data = store.retrying(lambda: monitoring.overview(store))
     data["failed_jobs"] = store.retrying(lambda: _failed_jobs(store))
     return jsonify(data)
@@ -72,7 +73,7 @@ def failed_action(job_id: str, action: str):
     _same_origin()
     if action not in ("requeue", "delete"):
         abort(404)
-    store = get_store(current_app)
+    store = app_store(current_app)
     job = fetch_job(store, job_id)
     if job is None:
         abort(404)

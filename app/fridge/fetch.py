@@ -38,11 +38,22 @@ class GracefulIntermediateQueue(IntermediateQueue):
 
 
 class FridgeQueue(Queue):
+    """RQ's queue read with reliable fetch. RQ makes its own instances of the worker's queue
+    class (a job's origin, retries), so the settings are class attributes of a subclass made
+    for one worker (`configured`), never written into this class."""
+
     wake_key = "fridge:wake"
+    intermediate_class: type[GracefulIntermediateQueue] = GracefulIntermediateQueue
+
+    @classmethod
+    def configured(cls, wake_key: str, grace_seconds: float) -> type[FridgeQueue]:
+        base = cls.intermediate_class
+        intermediate = type(base.__name__, (base,), {"grace_seconds": grace_seconds})
+        return type(cls.__name__, (cls,), {"wake_key": wake_key, "intermediate_class": intermediate})
 
     @property
     def intermediate_queue(self) -> IntermediateQueue:
-        return GracefulIntermediateQueue(self.key, connection=self.connection)
+        return self.intermediate_class(self.key, connection=self.connection)
 
     @classmethod
     def dequeue_any(

@@ -58,8 +58,8 @@ class Enqueued:
     replayed: bool
 
 
-def make_queue(store: Store, name: str) -> Queue:
-    return FridgeQueue(
+def make_queue(store: Store, name: str, queue_class: type[FridgeQueue] = FridgeQueue) -> Queue:
+    return queue_class(
         name,
         connection=store.redis,
         serializer=JSONSerializer,

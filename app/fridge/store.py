@@ -247,6 +247,15 @@ def _name(sentinel: redis.Redis) -> str:
     return f"Sentinel {kwargs.get('host')}:{kwargs.get('port')}"
 
 
+# Where the web app keeps its Store (fridge.web.create_app); app_store() reads it back.
+APP_EXTENSION = "fridge"
+
+
+def app_store(app: Any) -> Store:
+    """The Store of a web app built by fridge.web.create_app (Flask's `current_app`)."""
+    return app.extensions[APP_EXTENSION]
+
+
 class Store:
     """One Sentinel client and one master connection pool per process."""
 

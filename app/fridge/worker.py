@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 from . import tasks
 from .config import for_worker
 from .config import load as load_config
-from .fetch import FridgeQueue, GracefulIntermediateQueue
+from .fetch import FridgeQueue
 from .queueing import FridgeJob, NotDurable, enqueue, make_queue
 from .store import Store, Unavailable, is_transient
 
@@ -49,11 +49,12 @@ def sd_notify(message: str) -> None:
 class FridgeWorker(Worker):
     """RQ's forking worker with failover-aware dequeueing and a shorter abandonment window."""
 
-    heartbeat_grace = 30
-    stats_prefix = "fridge"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, heartbeat_grace: int = 30, stats_prefix: str = "fridge", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
+        self.stats_prefix = stats_prefix
         # RQ's backoff after a connection error grows to 60 s; a failover is over in seconds.
         self.max_connection_wait_time = 1.0
 
@@ -165,16 +166,15 @@ def check_schedules(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_worker(store: Store, queue_names: list[str], name: str) -> FridgeWorker:
     config = store.config
-    FridgeWorker.heartbeat_grace = int(config["WORKER_HEARTBEAT_GRACE"])
-    FridgeWorker.stats_prefix = store.key_prefix
-    FridgeQueue.wake_key = store.key("wake")
-    GracefulIntermediateQueue.grace_seconds = float(config["WORKER_INTERMEDIATE_GRACE"])
+    queue_class = FridgeQueue.configured(store.key("wake"), float(config["WORKER_INTERMEDIATE_GRACE"]))
     return FridgeWorker(
-        [make_queue(store, q) for q in queue_names],
+        [make_queue(store, q, queue_class) for q in queue_names],
+        heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
+        stats_prefix=store.key_prefix,
         name=name,
         connection=store.redis,
         job_class=FridgeJob,
-        queue_class=FridgeQueue,
+        queue_class=queue_class,
         serializer=JSONSerializer,
         worker_ttl=int(config["WORKER_TTL"]),
         job_monitoring_interval=int(config["WORKER_JOB_MONITORING_INTERVAL"]),

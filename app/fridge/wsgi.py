@@ -1,5 +1,5 @@
 """The WSGI application object for mod_wsgi (`fridge.wsgi:application`)."""
 
-from . import create_app
+from .web import create_app
 
 application = create_app()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fridge import create_app
+from fridge.web import create_app
 from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, Cluster, env_for
 
 APP_DIR = Path(__file__).resolve().parents[1]

@@ -115,7 +115,7 @@ def test_job_status_of_unknown_or_malformed_ids(client):
 
 
 def test_a_job_that_cannot_reach_enough_replicas_is_not_acknowledged(cluster, settings):
-    from fridge import create_app
+    from fridge.web import create_app
 
     client = create_app(
         {**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200, "ACK_POLICY": "strict", "RETRY_BUDGET": 1}
@@ -147,7 +147,7 @@ def test_healthz_needs_a_worker(client, workers):
 
 
 def test_healthz_is_503_when_no_sentinel_answers(settings):
-    from fridge import create_app
+    from fridge.web import create_app
 
     client = create_app({**settings, "SENTINELS": ["127.0.0.1:1"], "RETRY_BUDGET": 0.5}).test_client()
     response = client.get("/healthz")
@@ -156,7 +156,7 @@ def test_healthz_is_503_when_no_sentinel_answers(settings):
 
 
 def test_enqueue_answers_503_with_retry_after_when_redis_is_unreachable(settings):
-    from fridge import create_app
+    from fridge.web import create_app
 
     client = create_app({**settings, "SENTINELS": ["127.0.0.1:1"], "RETRY_BUDGET": 0.5}).test_client()
     response = client.get("/comer/platano")
@@ -204,7 +204,7 @@ def test_unknown_routes_and_methods_answer_json_4xx(client):
 
 
 def test_available_policy_acknowledges_with_every_online_replica(settings, admin):
-    from fridge import create_app
+    from fridge.web import create_app
 
     # Two replicas wanted, one exists and acknowledges: "available" accepts, "strict" does not.
     client = create_app({**settings, "ACK_REPLICAS": 2, "ACK_TIMEOUT_MS": 200}).test_client()
@@ -213,7 +213,7 @@ def test_available_policy_acknowledges_with_every_online_replica(settings, admin
 
 
 def test_with_no_replica_online_available_acknowledges_and_strict_refuses(cluster, settings, admin):
-    from fridge import create_app
+    from fridge.web import create_app
 
     master = cluster.master_port()
     replica = next(p for p in cluster.data_ports if p != master)

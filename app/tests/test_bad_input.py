@@ -44,7 +44,7 @@ def enqueued(admin) -> int:
 @pytest.fixture
 def quiet_app(settings):
     """The app with retries off, so a slow path cannot hide behind a retry."""
-    from fridge import create_app
+    from fridge.web import create_app
 
     return create_app({**settings, "JOB_RETRIES": 0})
 

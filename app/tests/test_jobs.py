@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 
 
 def test_a_worker_takes_critical_before_default_before_low(settings, workers):
-    from fridge import create_app
+    from fridge.web import create_app
 
     # critical is not open to requests by default (PUBLIC_QUEUES); the operator opens it here.
     client = create_app({**settings, "PUBLIC_QUEUES": ["critical", "default", "low"]}).test_client()
@@ -129,7 +129,7 @@ def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers,
 
 
 def test_a_job_over_its_timeout_is_stopped_and_failed(settings, workers):
-    from fridge import create_app
+    from fridge.web import create_app
 
     client = create_app({**settings, "JOB_TIMEOUT": 1, "JOB_RETRIES": 0}).test_client()
     workers.start(1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fridge import create_app
 from fridge.config import BadSetting
+from fridge.web import create_app
 
 TOKEN = "t0ken-for-the-tests-7d1c"  # noqa: S105 (a test value)
 

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 from conftest import wait_for_status
-from fridge import create_app
 from fridge.config import BadSetting
 from fridge.config import load as load_config
 from fridge.store import FollowingSSLConnection, Store, pinned_connection
+from fridge.web import create_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError

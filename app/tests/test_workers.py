@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,3 +78,25 @@ def test_an_idle_worker_stops_cleanly_on_sigterm(workers):
         time.sleep(0.37)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0
+
+
+def test_the_worker_imports_neither_flask_nor_the_web_tier():
+    """fridge-worker builds its connection from the configuration alone (issue: workers built
+    the whole Flask app, API and dashboard to read their settings)."""
+    code = (
+        "import sys, fridge.worker; "
+        "loaded = [m for m in ('flask', 'fridge.web', 'fridge.api', 'fridge.dashboard')"
+        " if m in sys.modules]; "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_worker_s_settings_stay_in_its_own_queue_class():
+    from fridge.fetch import FridgeQueue, GracefulIntermediateQueue
+
+    configured = FridgeQueue.configured("app:wake", 7.5)
+    assert (configured.wake_key, configured.intermediate_class.grace_seconds) == ("app:wake", 7.5)
+    assert issubclass(configured, FridgeQueue)
+    assert (FridgeQueue.wake_key, GracefulIntermediateQueue.grace_seconds) == ("fridge:wake", 30.0)
