@@ -1,4 +1,5 @@
-"""Options of the modules that log in to one Redis or Valkey node (or one Sentinel)."""
+"""Options of the modules that log in to one Redis or Valkey node (or one Sentinel):
+kit.jobqueue.login, and its TLS options alone, kit.jobqueue.login.tls."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ options:
     type: list
     elements: str
     default: []
+"""
+
+    TLS = r"""
+options:
   tls_ca_file:
     description:
       - CA certificate file on the host. When set, the connection is TLS and the server's

@@ -14,6 +14,7 @@ description:
   file does not change it.
 extends_documentation_fragment:
 - kit.jobqueue.login
+- kit.jobqueue.login.tls
 options:
   dest:
     description: Where to copy the snapshot on the node's host.

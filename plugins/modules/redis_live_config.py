@@ -18,6 +18,7 @@ description:
   decides who is master.
 extends_documentation_fragment:
 - kit.jobqueue.login
+- kit.jobqueue.login.tls
 options:
   config:
     description: Wanted settings (name to value, as in the config file).

@@ -13,6 +13,7 @@ description:
 - Never changes anything.
 extends_documentation_fragment:
 - kit.jobqueue.login
+- kit.jobqueue.login.tls
 options:
   max_lag_bytes:
     description: How far behind its master's replication offset the node may be.

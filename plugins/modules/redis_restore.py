@@ -16,6 +16,7 @@ description:
 - Refuses to write to a node that is not master.
 extends_documentation_fragment:
 - kit.jobqueue.login
+- kit.jobqueue.login.tls
 options:
   src:
     description: The RDB file on the master's host.

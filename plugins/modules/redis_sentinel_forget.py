@@ -20,6 +20,7 @@ description:
 - Reports no change when the Sentinel knows no such replica.
 extends_documentation_fragment:
 - kit.jobqueue.login
+- kit.jobqueue.login.tls
 options:
   login_host:
     description: Sentinel address.

@@ -76,14 +76,6 @@ options:
     description: "The Sentinel config file (read only)."
     type: path
     required: true
-  tls_ca_file:
-    description:
-      - CA certificate file on the host. When set, the connection is TLS and the server's
-        certificate must be signed by it and name O(tls_server_name).
-    type: path
-  tls_server_name:
-    description: "Name or address the certificate must carry (default: O(login_host))."
-    type: str
   login_previous_passwords:
     description:
       - Tried when the Sentinel refuses O(login_password) (a rotation under way). Its default
@@ -97,6 +89,8 @@ options:
       - What this Sentinel sends its peers (C(sentinel-pass)). Set it in a task after every
         Sentinel accepts it, so that no peer ever refuses another.
     type: str
+extends_documentation_fragment:
+- kit.jobqueue.login.tls
 author: kit maintainers
 """
 
