@@ -27,9 +27,10 @@ def _load(path: Path, name: str):
     return module
 
 
-# The modules import their client by its name in the collection, as Ansible ships it to a host.
-KIT_REDIS = "ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis"
-kit_redis = _load(ROOT / "plugins/module_utils/kit_redis.py", KIT_REDIS)
+# The modules import their client by its name in the collection, as Ansible ships it to a host:
+# the work tree is the collection through the committed link in .collections.
+sys.path.insert(0, str(ROOT / ".collections"))
+kit_redis = importlib.import_module("ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis")
 status = _load(ROOT / "plugins/modules/redis_ha_status.py", "kit_redis_ha_status")
 backup = _load(ROOT / "plugins/modules/redis_backup.py", "kit_redis_backup")
 restore = _load(ROOT / "plugins/modules/redis_restore.py", "kit_redis_restore")

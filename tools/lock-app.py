@@ -37,6 +37,9 @@ def resolve(requirements: list[Path], python: str) -> dict[str, str]:
             python,
             "--report",
             str(report),
+            # pip takes --python-version only with a target (nothing is written: --dry-run).
+            "--target",
+            str(Path(tmp) / "target"),
         ]
         for req in requirements:
             cmd += ["-r", str(req)]

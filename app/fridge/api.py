@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
+import json
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import UnsupportedMediaType
 
-from . import monitoring
-from .openapi import document
+from . import monitoring, openapi
 from .queueing import enqueue, fetch_job
+from .schema import BadArguments, check
 from .store import app_store
-from .tasks import TASKS, BadArguments, offered, validate_comida
+from .tasks import TASKS, Task, offered, validate_comida
 
 bp = Blueprint("api", __name__)
-
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-JOB_FIELDS = {"task", "args", "queue", "delay"}
 
 
 class Unauthorized(Exception):
@@ -50,12 +47,22 @@ def _authorize() -> None:
         raise Unauthorized
 
 
-def _accepted(result, task_name: str):
+def _enqueue(task: Task, kwargs: dict[str, Any], queue: str, fingerprint: str, delay: float = 0.0):
+    """Enqueue durably and answer 202 with the job's status URL."""
+    result = enqueue(
+        app_store(current_app),
+        task,
+        kwargs,
+        queue,
+        idempotency_key=_idempotency_key(),
+        fingerprint=fingerprint,
+        delay=delay,
+    )
     status_url = url_for("api.job_status", job_id=result.job_id)
     response = jsonify(
         {
             "job_id": result.job_id,
-            "task": task_name,
+            "task": task.name,
             "queue": result.queue,
             "status": "queued",
             "status_url": status_url,
@@ -71,11 +78,7 @@ def _accepted(result, task_name: str):
 
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise BadArguments("Idempotency-Key must be 1 to 200 printable characters")
-    return key
+    return None if key is None else check(openapi.IDEMPOTENCY_KEY, key, "Idempotency-Key")
 
 
 def _fingerprint(*parts: str) -> str:
@@ -96,17 +99,9 @@ def comer(comida: str):
     """The original notes' example: put one food in the fridge for a worker to eat."""
     _authorize()
     task = TASKS["eat"]
-    kwargs = {"comida": validate_comida(comida, int(current_app.config["MAX_COMIDA_LENGTH"]))}
+    kwargs = {"comida": validate_comida(comida)}
     queue = _queue(request.args.get("queue"), task.queue)
-    result = enqueue(
-        app_store(current_app),
-        task,
-        kwargs,
-        queue,
-        idempotency_key=_idempotency_key(),
-        fingerprint=_fingerprint("comer", comida, queue),
-    )
-    return _accepted(result, task.name)
+    return _enqueue(task, kwargs, queue, _fingerprint("comer", comida, queue))
 
 
 @bp.post("/jobs")
@@ -117,12 +112,14 @@ def create_job():
     if not request.is_json:
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     try:
-        body = request.get_json(silent=False)
-    except BadRequest:
+        # NaN and Infinity are not JSON (Python's parser takes them, and NaN passes every limit).
+        body = json.loads(request.get_data(), parse_constant=_not_json)
+    except (ValueError, RecursionError):
         raise BadArguments("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadArguments("the body must be a JSON object")
-    unknown = set(body) - JOB_FIELDS
+    schema = openapi.new_job(current_app.config)
+    unknown = set(body) - set(schema["properties"])
     if unknown:
         raise BadArguments(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     name = body.get("task")
@@ -130,27 +127,20 @@ def create_job():
     if not isinstance(name, str) or name not in tasks:
         raise BadArguments(f"unknown task {name!r} (tasks: {', '.join(tasks)})")
     task = tasks[name]
-    kwargs = task.arguments(body.get("args"))
     queue = _queue(body.get("queue"), task.queue)
-    delay = body.get("delay", 0)
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 30 * 86400:
-        raise BadArguments("'delay' must be a number of seconds between 0 and 2592000")
-    result = enqueue(
-        app_store(current_app),
-        task,
-        kwargs,
-        queue,
-        idempotency_key=_idempotency_key(),
-        fingerprint=_fingerprint("jobs", request.get_data(as_text=True)),
-        delay=float(delay),
-    )
-    return _accepted(result, task.name)
+    check(schema, body)
+    kwargs = task.arguments(body.get("args"))
+    fingerprint = _fingerprint("jobs", request.get_data(as_text=True))
+    return _enqueue(task, kwargs, queue, fingerprint, delay=float(body.get("delay", 0)))
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(constant)
 
 
 @bp.get("/jobs/<job_id>")
 def job_status(job_id: str):
-    if not JOB_ID.match(job_id):
-        raise BadArguments("a job id is 1 to 64 letters, digits, '-' or '_'")
+    check(openapi.JOB_ID, job_id, "job_id")
     job = fetch_job(app_store(current_app), job_id)
     if job is None:
         response = jsonify({"error": f"no job {job_id}", "status": 404})
@@ -175,6 +165,6 @@ def metrics():
     return body, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
 
 
-@bp.get("/openapi.json")
-def openapi():
-    return jsonify(document(current_app.config))
+@bp.get("/openapi.json", endpoint="openapi")
+def openapi_document():
+    return jsonify(openapi.document(current_app.config))

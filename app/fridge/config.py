@@ -85,7 +85,6 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_CONNECTION_RETRIES": 30,
     # Requests
     "MAX_CONTENT_LENGTH": 64 * 1024,
-    "MAX_COMIDA_LENGTH": 64,
 }
 
 

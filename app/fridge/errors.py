@@ -9,8 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
 from .queueing import IdempotencyConflict, NotDurable
+from .schema import BadArguments
 from .store import Unavailable
-from .tasks import BadArguments
 
 log = logging.getLogger(__name__)
 

@@ -9,25 +9,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from rq import get_current_job
 
+from .schema import BadArguments, Schema, check
+
 log = logging.getLogger(__name__)
 
-# How long eating takes, set by the worker from its config (EAT_SECONDS).
-EAT_SECONDS = 0.2
+# How long eating takes: the worker sets it around each job from its constructor's setting.
+EAT_SECONDS: ContextVar[float] = ContextVar("EAT_SECONDS", default=0.2)
 
-
-class BadArguments(ValueError):
-    """The arguments do not fit the task (answered as 400, nothing enqueued)."""
+__all__ = ["TASKS", "BadArguments", "Task", "offered", "validate_comida"]
 
 
 def eat(comida: str) -> str:
     """The original notes' job: a worker takes food out of the fridge and eats it."""
     log.info("eating %s", comida)
-    time.sleep(EAT_SECONDS)
+    time.sleep(EAT_SECONDS.get())
     return f"ate {comida}"
 
 
@@ -55,34 +56,27 @@ def flaky(failures: int) -> int:
 
 
 def add(a: float, b: float) -> float:
+    """Add two numbers."""
     return a + b
 
 
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadArguments(f"'{name}' must be a number")
-    if not low <= value <= high:
-        raise BadArguments(f"'{name}' must be between {low} and {high}")
-    return value
+# The arguments' JSON Schemas: the API checks requests against them and /openapi.json shows them.
+COMIDA: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 64,
+    "pattern": r"\S",
+    "format": "printable",
+    "description": "A food: 1 to 64 printable characters, not only spaces.",
+}
 
 
-def _text(value: Any, name: str, max_length: int = 200) -> str:
-    if not isinstance(value, str) or not value:
-        raise BadArguments(f"'{name}' must be a non-empty string")
-    if len(value) > max_length:
-        raise BadArguments(f"'{name}' is longer than {max_length} characters")
-    return value
+def _between(kind: str, low: float, high: float) -> Schema:
+    return {"type": kind, "minimum": low, "maximum": high}
 
 
-def validate_comida(value: Any, max_length: int = 64) -> str:
-    """1 to 64 printable characters, no control or separator characters."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadArguments("comida must not be empty")
-    if len(value) > max_length:
-        raise BadArguments(f"comida is longer than {max_length} characters")
-    if not value.isprintable():
-        raise BadArguments("comida contains non-printable characters")
-    return value
+def validate_comida(value: Any) -> str:
+    return check(COMIDA, value, "comida")
 
 
 @dataclass(frozen=True)
@@ -90,15 +84,29 @@ class Task:
     name: str
     func: Callable[..., Any]
     queue: str
-    params: tuple[str, ...]
-    check: Callable[[dict[str, Any]], dict[str, Any]]
-    description: str
+    # Each argument's name and JSON Schema, in the order a list of arguments gives them.
+    params: Mapping[str, Schema]
     # A demonstration or test task: the API offers it only with DEMO_TASKS on.
     demo: bool = False
 
     @property
     def path(self) -> str:
         return f"{self.func.__module__}.{self.func.__name__}"
+
+    @property
+    def description(self) -> str:
+        """The first line of the function's docstring."""
+        return (self.func.__doc__ or self.name).strip().splitlines()[0]
+
+    @property
+    def args_schema(self) -> Schema:
+        """The arguments as a JSON object."""
+        return {
+            "type": "object",
+            "properties": dict(self.params),
+            "required": list(self.params),
+            "additionalProperties": False,
+        }
 
     def arguments(self, args: Any) -> dict[str, Any]:
         """Turn a request's args (list or object) into checked keyword arguments."""
@@ -118,55 +126,19 @@ class Task:
             raise BadArguments(f"task '{self.name}' has no argument(s) {', '.join(sorted(unknown))}")
         if missing:
             raise BadArguments(f"task '{self.name}' needs argument(s) {', '.join(sorted(missing))}")
-        return self.check(args)
+        return check(self.args_schema, args)
 
 
+NUMBER = _between("number", -1e12, 1e12)
+MESSAGE: Schema = {"type": "string", "minLength": 1, "maxLength": 200}
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(
-            "eat",
-            eat,
-            "default",
-            ("comida",),
-            lambda a: {"comida": validate_comida(a["comida"])},
-            "Eat one food from the fridge.",
-        ),
-        Task(
-            "sleep",
-            sleep,
-            "low",
-            ("seconds",),
-            lambda a: {"seconds": _number(a["seconds"], "seconds", 0, 3600)},
-            "Sleep for a number of seconds.",
-            demo=True,
-        ),
-        Task(
-            "fail",
-            fail,
-            "default",
-            ("message",),
-            lambda a: {"message": _text(a["message"], "message")},
-            "Always fail with the given message.",
-            demo=True,
-        ),
-        Task(
-            "flaky",
-            flaky,
-            "default",
-            ("failures",),
-            lambda a: {"failures": int(_number(a["failures"], "failures", 0, 10))},
-            "Fail a number of times, then succeed.",
-            demo=True,
-        ),
-        Task(
-            "add",
-            add,
-            "default",
-            ("a", "b"),
-            lambda a: {"a": _number(a["a"], "a", -1e12, 1e12), "b": _number(a["b"], "b", -1e12, 1e12)},
-            "Add two numbers.",
-        ),
+        Task("eat", eat, "default", {"comida": COMIDA}),
+        Task("sleep", sleep, "low", {"seconds": _between("number", 0, 3600)}, demo=True),
+        Task("fail", fail, "default", {"message": MESSAGE}, demo=True),
+        Task("flaky", flaky, "default", {"failures": _between("integer", 0, 10)}, demo=True),
+        Task("add", add, "default", {"a": NUMBER, "b": NUMBER}),
     )
 }
 

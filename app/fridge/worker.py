@@ -50,11 +50,17 @@ class FridgeWorker(Worker):
     """RQ's forking worker with failover-aware dequeueing and a shorter abandonment window."""
 
     def __init__(
-        self, *args: Any, heartbeat_grace: int = 30, stats_prefix: str = "fridge", **kwargs: Any
+        self,
+        *args: Any,
+        heartbeat_grace: int = 30,
+        stats_prefix: str = "fridge",
+        eat_seconds: float = 0.2,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
         self.stats_prefix = stats_prefix
+        self.eat_seconds = eat_seconds
         # RQ's backoff after a connection error grows to 60 s; a failover is over in seconds.
         self.max_connection_wait_time = 1.0
 
@@ -92,6 +98,14 @@ class FridgeWorker(Worker):
     def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
         # Every queue is read through its intermediate list (fetch.py), not only single ones.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def perform_job(self, job, queue, *args: Any, **kwargs: Any) -> bool:
+        """Runs the job; the tasks' own settings hold for this job only."""
+        pause = tasks.EAT_SECONDS.set(self.eat_seconds)
+        try:
+            return super().perform_job(job, queue, *args, **kwargs)
+        finally:
+            tasks.EAT_SECONDS.reset(pause)
 
     def handle_job_success(self, job, queue, *args: Any, **kwargs: Any):
         result = super().handle_job_success(job, queue, *args, **kwargs)
@@ -171,6 +185,7 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> FridgeWorke
         [make_queue(store, q, queue_class) for q in queue_names],
         heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
         stats_prefix=store.key_prefix,
+        eat_seconds=float(config["EAT_SECONDS"]),
         name=name,
         connection=store.redis,
         job_class=FridgeJob,
@@ -195,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = for_worker(load_config())
     store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
-    tasks.EAT_SECONDS = float(config["EAT_SECONDS"])
     queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])
     unknown = [q for q in queue_names if q not in config["QUEUES"]]
     if unknown:

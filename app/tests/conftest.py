@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fridge.web import create_app
-from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, Cluster, env_for
+from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, Cluster, env_for, wait_until
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -176,11 +176,13 @@ def workers(cluster, settings) -> Iterator[Workers]:
 
 
 def wait_for_status(client, job_id: str, wanted: set[str], timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").get_json()
-        if body.get("status") in wanted:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not {wanted} after {timeout}s: {body}")
+    seen: list[dict] = [{}]
+
+    def reached() -> dict | None:
+        seen[0] = client.get(f"/jobs/{job_id}").get_json()
+        return seen[0] if seen[0].get("status") in wanted else None
+
+    try:
+        return wait_until(reached, timeout, f"job {job_id} to be {wanted}")
+    except AssertionError as late:
+        raise AssertionError(f"{late}; last seen: {seen[0]}") from None

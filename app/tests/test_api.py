@@ -111,7 +111,7 @@ def test_job_status_of_unknown_or_malformed_ids(client):
     assert client.get("/jobs/does-not-exist").status_code == 404
     response = client.get("/jobs/" + "x" * 65)
     assert response.status_code == 400
-    assert "job id" in response.get_json()["error"]
+    assert "'job_id' must be 1 to 64 letters" in response.get_json()["error"]
 
 
 def test_a_job_that_cannot_reach_enough_replicas_is_not_acknowledged(cluster, settings):

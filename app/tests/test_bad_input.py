@@ -29,6 +29,46 @@ JOB_BODIES = st.one_of(
         },
     ),
 )
+# Bodies close to valid ones: a real task, its arguments by name or in order (sometimes one too
+# many or too few), values around each limit; a tenth or so are valid.
+PARAMS = {
+    "eat": ["comida"],
+    "sleep": ["seconds"],
+    "fail": ["message"],
+    "flaky": ["failures"],
+    "add": ["a", "b"],
+}
+VALUES = {
+    "comida": st.sampled_from(["pan", "platano", "x" * 64, "x" * 65, " ", "", "a\x01"])
+    | st.text(st.characters(codec="utf-8"), max_size=70),
+    "seconds": st.integers(-1, 3601) | st.sampled_from([0, 3600, 3600.5, 2.5]),
+    "message": st.sampled_from(["boom", "", "x" * 200, "x" * 201]) | st.text(max_size=10),
+    "failures": st.integers(-1, 11) | st.sampled_from([2.0, 2.5, True]),
+    "a": st.floats(-2e12, 2e12) | st.sampled_from([0, -1e12, 1e12 + 1, "1", None]),
+    "b": st.integers(-(10**13), 10**13) | st.sampled_from([1e12, 1e12 + 1]),
+}
+
+
+def _near_valid(task: str):
+    names = PARAMS[task]
+    ordered = st.tuples(*(VALUES[n] for n in names)).map(list)
+    args = st.one_of(
+        ordered,
+        ordered,
+        st.fixed_dictionaries({n: VALUES[n] for n in names}),
+        ordered.map(lambda values: [*values, 1]),
+        ordered.map(lambda values: values[1:]),
+    )
+    return st.fixed_dictionaries(
+        {"task": st.just(task), "args": args},
+        optional={
+            "queue": st.sampled_from(["default", "low", "default", "low", "critical", "urgent"]),
+            "delay": st.sampled_from([0, 0.5, 2592000, 2592000.5, -1, True]) | st.integers(0, 3 * 10**6),
+        },
+    )
+
+
+NEAR_VALID_BODIES = st.sampled_from(list(PARAMS)).flatmap(_near_valid)
 HYPOTHESIS = settings(
     max_examples=150,
     deadline=None,
@@ -99,3 +139,26 @@ def test_odd_headers_and_job_ids(quiet_app, key, job_id):
         return  # the test client itself refuses header values with newlines
     assert response.status_code < 500
     assert client.get("/jobs/" + job_id).status_code < 500 if job_id and "/" not in job_id else True
+
+
+@pytest.fixture
+def new_job_schema(quiet_app):
+    """What /openapi.json promises about POST /jobs's body, read by the reference implementation
+    of JSON Schema 2020-12 (not by the app's own validator)."""
+    from fridge.schema import FORMATS
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    formats = FormatChecker()
+    formats.checks("printable")(FORMATS["printable"])
+    doc = quiet_app.test_client().get("/openapi.json").get_json()
+    return Draft202012Validator(doc["components"]["schemas"]["NewJob"], format_checker=formats)
+
+
+@settings(HYPOTHESIS, max_examples=300)
+@given(body=st.one_of(NEAR_VALID_BODIES, NEAR_VALID_BODIES, JOB_BODIES))
+def test_the_api_accepts_a_body_exactly_when_its_openapi_document_says_so(quiet_app, new_job_schema, body):
+    """OpenAPI, validation and limits come from one definition: whatever the body, the API's
+    answer (202 or 400) and the published schema agree."""
+    response = quiet_app.test_client().post("/jobs", data=json.dumps(body), content_type="application/json")
+    valid = new_job_schema.is_valid(body)
+    assert response.status_code == (202 if valid else 400), (body, response.get_json())

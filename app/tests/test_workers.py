@@ -100,3 +100,18 @@ def test_a_worker_s_settings_stay_in_its_own_queue_class():
     assert (configured.wake_key, configured.intermediate_class.grace_seconds) == ("app:wake", 7.5)
     assert issubclass(configured, FridgeQueue)
     assert (FridgeQueue.wake_key, GracefulIntermediateQueue.grace_seconds) == ("fridge:wake", 30.0)
+
+
+def test_the_eat_pause_comes_from_the_worker_s_settings(client, workers):
+    """EAT_SECONDS reaches the eat task through the worker's constructor (no module global is
+    written): a worker configured with 0.8 s takes at least that long to eat."""
+    from datetime import datetime
+
+    from fridge import tasks
+
+    workers.start(1, EAT_SECONDS=0.8)
+    job_id = client.get("/comer/pan").get_json()["job_id"]
+    done = wait_for_status(client, job_id, {"finished"})
+    took = datetime.fromisoformat(done["ended_at"]) - datetime.fromisoformat(done["started_at"])
+    assert took.total_seconds() >= 0.8, done
+    assert tasks.EAT_SECONDS.get() == 0.2  # the module's default is left alone

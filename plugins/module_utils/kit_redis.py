@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 Reply = Any  # str | int | None | list[Reply]; errors raise ReplyError
@@ -256,3 +257,20 @@ def login(params: dict[str, Any], timeout: float = 2.0) -> Connection:
         tls_context(params["tls_ca_file"]),
         params["tls_server_name"],
     )
+
+
+def fail_naming_server(module: Any, error: Exception, result: dict[str, Any]) -> None:
+    """Fail the module with the error, naming the server it logged in to (login options)."""
+    module.fail_json(msg=f"{module.params['login_host']}:{module.params['login_port']}: {error}", **result)
+
+
+@contextlib.contextmanager
+def reporting(module: Any, result: dict[str, Any]) -> Iterator[None]:
+    """Run the block, then exit the module: changed when result["changes"] lists anything done
+    (or, in check mode, to do); failed, naming the server, when Redis or the network refused."""
+    try:
+        yield
+    except (OSError, ReplyError) as error:
+        fail_naming_server(module, error, result)
+    result["changed"] = bool(result["changes"])
+    module.exit_json(**result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_backup
 short_description: Take a consistent RDB snapshot of a data node and copy it to a file
+author: kit maintainers
 description:
 - Runs C(BGSAVE SCHEDULE) on the node (it waits for an AOF rewrite under way), waits until that save
   has finished and succeeded, then copies the node's RDB file to O(dest) and returns its SHA-256,
@@ -16,15 +17,14 @@ extends_documentation_fragment:
 - kit.jobqueue.login
 - kit.jobqueue.login.tls
 options:
-  dest:
-    description: Where to copy the snapshot on the node's host.
-    type: path
-    required: true
   timeout:
     description: Seconds to wait for the save.
     type: float
     default: 600
-author: kit maintainers
+  dest:
+    description: Where to copy the snapshot on the node's host.
+    type: path
+    required: true
 """
 
 EXAMPLES = r"""
@@ -64,12 +64,7 @@ import shutil
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    LOGIN_ARGUMENT_SPEC,
-    ReplyError,
-    login,
-    parse_info,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 
 def sha256(path: str) -> str:
@@ -81,13 +76,13 @@ def sha256(path: str) -> str:
 
 
 def snapshot(p: dict) -> dict:
-    with login(p, 5.0) as conn:
-        before = parse_info(conn.command("INFO", "persistence"))
+    with kit_redis.login(p, 5.0) as conn:
+        before = kit_redis.parse_info(conn.command("INFO", "persistence"))
         saves = int(before.get("rdb_saves", 0))
         started = time.monotonic()
         conn.command("BGSAVE", "SCHEDULE")
         while True:
-            now = parse_info(conn.command("INFO", "persistence"))
+            now = kit_redis.parse_info(conn.command("INFO", "persistence"))
             if now.get("rdb_bgsave_in_progress") == "0" and int(now.get("rdb_saves", 0)) > saves:
                 break
             if time.monotonic() - started > p["timeout"]:
@@ -118,7 +113,7 @@ def snapshot(p: dict) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **LOGIN_ARGUMENT_SPEC,
+            **kit_redis.LOGIN_ARGUMENT_SPEC,
             "dest": {"type": "path", "required": True},
             "timeout": {"type": "float", "default": 600},
         },
@@ -126,7 +121,7 @@ def main() -> None:
     )
     try:
         result = snapshot(module.params)
-    except (OSError, ReplyError, TimeoutError, RuntimeError) as error:
+    except (OSError, kit_redis.ReplyError, TimeoutError, RuntimeError) as error:
         module.fail_json(
             msg=f"backup of {module.params['login_host']}:{module.params['login_port']} failed: {error}"
         )

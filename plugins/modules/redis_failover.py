@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_failover
 short_description: Move the master of a Sentinel-managed group to a replica, on purpose
+author: kit maintainers
 description:
 - Asks every Sentinel who the master is and refuses to act when they disagree or fewer than a majority
   answer.
@@ -33,7 +34,6 @@ options:
     description: Seconds to wait for every Sentinel and both nodes to agree.
     type: float
     default: 60
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -54,14 +54,7 @@ seconds:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    SENTINEL_GROUP_ARGUMENT_SPEC,
-    ReplyError,
-    connect_first,
-    pairs,
-    parse_info,
-    tls_context,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 # Seconds the Sentinels may take to see a replica again (INFO every 10 s) before a refusal.
 SENTINEL_REFRESH = 12.0
@@ -74,15 +67,15 @@ class Refused(Exception):
 class Group:
     def __init__(self, p: dict) -> None:
         self.p = p
-        self.tls = tls_context(p["tls_ca_file"])
+        self.tls = kit_redis.tls_context(p["tls_ca_file"])
 
     def sentinel(self, address: str):
         passwords = [self.p["sentinel_password"], *self.p["sentinel_previous_passwords"]]
-        return connect_first(address, self.p["sentinel_port"], None, passwords, 2.0, self.tls)
+        return kit_redis.connect_first(address, self.p["sentinel_port"], None, passwords, 2.0, self.tls)
 
     def node(self, host: str, port: int):
         passwords = [self.p["node_password"], *self.p["node_previous_passwords"]]
-        return connect_first(host, port, self.p["node_user"], passwords, 2.0, self.tls)
+        return kit_redis.connect_first(host, port, self.p["node_user"], passwords, 2.0, self.tls)
 
     def named(self) -> dict[str, str | None]:
         """What each Sentinel says the master is ("ip:port"), None when it does not answer."""
@@ -90,9 +83,9 @@ class Group:
         for address in self.p["sentinels"]:
             try:
                 with self.sentinel(address) as conn:
-                    state = pairs(conn.command("SENTINEL", "MASTER", self.p["master_name"]))
+                    state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", self.p["master_name"]))
                 found[address] = f"{state['ip']}:{state['port']}"
-            except (OSError, ReplyError):
+            except (OSError, kit_redis.ReplyError):
                 found[address] = None
         return found
 
@@ -108,15 +101,18 @@ class Group:
         for address in self.p["sentinels"]:
             try:
                 with self.sentinel(address) as conn:
-                    return [pairs(r) for r in conn.command("SENTINEL", "REPLICAS", self.p["master_name"])]
-            except (OSError, ReplyError):
+                    return [
+                        kit_redis.pairs(r)
+                        for r in conn.command("SENTINEL", "REPLICAS", self.p["master_name"])
+                    ]
+            except (OSError, kit_redis.ReplyError):
                 continue
         raise Refused("no Sentinel listed the replicas")
 
     def info(self, where: str) -> dict[str, str]:
         host, port = where.rsplit(":", 1)
         with self.node(host, int(port)) as conn:
-            return parse_info(conn.command("INFO", "replication"))
+            return kit_redis.parse_info(conn.command("INFO", "replication"))
 
     def set_priority(self, where: str, value: str) -> str:
         """Set a node's replica-priority; return the one it had."""
@@ -214,7 +210,7 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
                 with group.sentinel(address) as conn:
                     conn.command("SENTINEL", "FAILOVER", group.p["master_name"])
                 break
-            except (OSError, ReplyError) as error:
+            except (OSError, kit_redis.ReplyError) as error:
                 result.setdefault("failover_errors", []).append(f"{address}: {error}")
         else:
             raise Refused(f"no Sentinel started the failover: {result['failover_errors']}")
@@ -222,7 +218,7 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
         while True:
             try:
                 now = agree(group, master, None if not group.p["target"] else target)
-            except (OSError, ReplyError):
+            except (OSError, kit_redis.ReplyError):
                 now = None
             if now:
                 break
@@ -235,7 +231,7 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
         for address, priority in lowered.items():
             try:
                 group.set_priority(address, priority)
-            except (OSError, ReplyError) as error:
+            except (OSError, kit_redis.ReplyError) as error:
                 result.setdefault("warnings", []).append(f"restore replica-priority on {address}: {error}")
     result.update(changed=True, new_master=now, seconds=round(time.monotonic() - started, 2))
 
@@ -243,7 +239,7 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **SENTINEL_GROUP_ARGUMENT_SPEC,
+            **kit_redis.SENTINEL_GROUP_ARGUMENT_SPEC,
             "target": {"type": "str"},
             "max_lag_bytes": {"type": "int", "default": 1048576},
             "timeout": {"type": "float", "default": 60},
@@ -255,7 +251,7 @@ def main() -> None:
         switch(module, Group(module.params), result)
     except Refused as error:
         module.fail_json(msg=str(error), **result)
-    except (OSError, ReplyError) as error:
+    except (OSError, kit_redis.ReplyError) as error:
         module.fail_json(msg=f"{type(error).__name__}: {error}", **result)
     module.exit_json(**result)
 

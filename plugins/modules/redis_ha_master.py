@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_ha_master
 short_description: Find the current master of a Sentinel-managed Redis or Valkey group
+author: kit maintainers
 description:
 - Asks every reachable Sentinel for the master of O(master_name) and keeps the answer with the highest
   configuration epoch, so that a re-run after a failover follows the new master.
@@ -45,7 +46,6 @@ options:
     description: Connect and reply timeout in seconds.
     type: float
     default: 1.0
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -74,22 +74,14 @@ not_answering:
 import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    SENTINEL_GROUP_ARGUMENT_SPEC,
-    ReplyError,
-    connect_any_auth,
-    connect_first,
-    pairs,
-    parse_info,
-    tls_context,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 
 def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
     answers = []
     for address in params["sentinels"]:
         try:
-            with connect_first(
+            with kit_redis.connect_first(
                 address,
                 params["sentinel_port"],
                 None,
@@ -97,8 +89,8 @@ def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
                 params["timeout"],
                 params["tls"],
             ) as conn:
-                state = pairs(conn.command("SENTINEL", "MASTER", params["master_name"]))
-        except ReplyError as error:
+                state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", params["master_name"]))
+        except kit_redis.ReplyError as error:
             if "no such master" in str(error).lower():
                 continue
             unreachable.append(f"{address}:{params['sentinel_port']} ({error})")
@@ -122,7 +114,7 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
     pointed_to: list[tuple[str, int]] = []
     for address in params["nodes"]:
         try:
-            with connect_any_auth(
+            with kit_redis.connect_any_auth(
                 address,
                 params["node_port"],
                 params["node_user"],
@@ -130,8 +122,8 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
                 params["timeout"],
                 params["tls"],
             ) as conn:
-                info = parse_info(conn.command("INFO", "replication"))
-        except (OSError, ReplyError) as error:
+                info = kit_redis.parse_info(conn.command("INFO", "replication"))
+        except (OSError, kit_redis.ReplyError) as error:
             unreachable.append(f"{address}:{params['node_port']} ({error})")
             continue
         if info.get("role") == "slave":
@@ -181,7 +173,7 @@ def foreign_master(params: dict, named: list[tuple[str, int, str]]) -> str | Non
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **SENTINEL_GROUP_ARGUMENT_SPEC,
+            **kit_redis.SENTINEL_GROUP_ARGUMENT_SPEC,
             "sentinels": {"type": "list", "elements": "str", "default": []},
             "nodes": {"type": "list", "elements": "str", "default": []},
             "node_port": {"type": "int", "default": 6379},
@@ -190,7 +182,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    params = dict(module.params, tls=tls_context(module.params["tls_ca_file"]))
+    params = dict(module.params, tls=kit_redis.tls_context(module.params["tls_ca_file"]))
     unreachable: list[str] = []
     answers = ask_sentinels(params, unreachable)
     result: dict = {"changed": False, "sentinels_answered": len(answers)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_ha_status
 short_description: Read who is master, each replica's lag and each Sentinel's view, and flag disagreements
+author: kit maintainers
 description:
 - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its configuration
   epoch and the replicas and Sentinels it knows; asks every data node in O(nodes) its role, the master
@@ -34,7 +35,6 @@ options:
     description: A replica further behind its master's offset than this is out of sync.
     type: int
     default: 1048576
-author: kit maintainers
 """
 
 EXAMPLES = r"""
@@ -74,26 +74,19 @@ problems:
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    SENTINEL_GROUP_ARGUMENT_SPEC,
-    ReplyError,
-    connect_first,
-    pairs,
-    parse_info,
-    tls_context,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 
 def read_sentinel(p: dict, address: str) -> dict[str, Any]:
     seen: dict[str, Any] = {"address": address}
     passwords = [p["sentinel_password"], *p["sentinel_previous_passwords"]]
     try:
-        with connect_first(
-            address, p["sentinel_port"], None, passwords, 2.0, tls_context(p["tls_ca_file"])
+        with kit_redis.connect_first(
+            address, p["sentinel_port"], None, passwords, 2.0, kit_redis.tls_context(p["tls_ca_file"])
         ) as conn:
-            state = pairs(conn.command("SENTINEL", "MASTER", p["master_name"]))
+            state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", p["master_name"]))
             replicas = conn.command("SENTINEL", "REPLICAS", p["master_name"])
-    except (OSError, ReplyError) as error:
+    except (OSError, kit_redis.ReplyError) as error:
         return {**seen, "error": str(error)}
     return {
         **seen,
@@ -102,7 +95,7 @@ def read_sentinel(p: dict, address: str) -> dict[str, Any]:
         "epoch": int(state.get("config-epoch", 0)),
         "quorum": int(state.get("quorum", 0)),
         "sentinels": int(state.get("num-other-sentinels", 0)) + 1,
-        "replicas": sorted(f"{r['ip']}:{r['port']}" for r in map(pairs, replicas)),
+        "replicas": sorted(f"{r['ip']}:{r['port']}" for r in map(kit_redis.pairs, replicas)),
     }
 
 
@@ -110,12 +103,12 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
     where = f"{address}:{p['node_port']}"
     passwords = [p["node_password"], *p["node_previous_passwords"]]
     try:
-        with connect_first(
-            address, p["node_port"], p["node_user"], passwords, 2.0, tls_context(p["tls_ca_file"])
+        with kit_redis.connect_first(
+            address, p["node_port"], p["node_user"], passwords, 2.0, kit_redis.tls_context(p["tls_ca_file"])
         ) as conn:
-            info = parse_info(conn.command("INFO", "replication"))
+            info = kit_redis.parse_info(conn.command("INFO", "replication"))
             keys = conn.command("DBSIZE")
-    except (OSError, ReplyError) as error:
+    except (OSError, kit_redis.ReplyError) as error:
         return {"address": where, "error": str(error)}
     seen: dict[str, Any] = {
         "address": where,
@@ -185,7 +178,7 @@ def assess(
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **SENTINEL_GROUP_ARGUMENT_SPEC,
+            **kit_redis.SENTINEL_GROUP_ARGUMENT_SPEC,
             "nodes": {"type": "list", "elements": "str", "required": True},
             "node_port": {"type": "int", "default": 6379},
             "max_lag_bytes": {"type": "int", "default": 1048576},

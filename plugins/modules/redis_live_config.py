@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_live_config
 short_description: Apply settings and replication to a running Redis or Valkey server
+author: kit maintainers
 description:
 - Compares each wanted setting with the live value (C(CONFIG GET)), applies only the ones that differ
   (C(CONFIG SET)) and persists them with C(CONFIG REWRITE). Reports a change only when a live value
@@ -51,7 +52,6 @@ options:
       paths does), for renewed files. Connections already open keep going; no restart.
     type: bool
     default: false
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -72,14 +72,7 @@ role:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    LOGIN_ARGUMENT_SPEC,
-    Connection,
-    ReplyError,
-    is_auth_error,
-    login,
-    parse_info,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 _UNITS = {"k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 _MEMORY = re.compile(r"^(\d+)(k|kb|m|mb|g|gb)$", re.IGNORECASE)
@@ -111,7 +104,7 @@ def write_setting(path: str, key: str, value: str) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def reconcile_config(module: AnsibleModule, conn: Connection, result: dict) -> bool:
+def reconcile_config(module: AnsibleModule, conn: kit_redis.Connection, result: dict) -> bool:
     wanted = dict(module.params["config"])
     secret_keys = set(module.params["secret_config"])
     wanted.update(module.params["secret_config"])
@@ -131,7 +124,7 @@ def reconcile_config(module: AnsibleModule, conn: Connection, result: dict) -> b
         try:
             conn.command("CONFIG", "SET", key, str(value))
             changed_live = True
-        except ReplyError as error:
+        except kit_redis.ReplyError as error:
             if "immutable" not in str(error).lower() or not module.params["config_file"]:
                 module.fail_json(msg=f"CONFIG SET {key} failed: {error}", **result)
             write_setting(module.params["config_file"], key, str(value))
@@ -139,8 +132,8 @@ def reconcile_config(module: AnsibleModule, conn: Connection, result: dict) -> b
     return changed_live
 
 
-def reconcile_replication(module: AnsibleModule, conn: Connection, result: dict) -> bool:
-    info = parse_info(conn.command("INFO", "replication"))
+def reconcile_replication(module: AnsibleModule, conn: kit_redis.Connection, result: dict) -> bool:
+    info = kit_redis.parse_info(conn.command("INFO", "replication"))
     role = info.get("role", "master")
     wanted = module.params["replicaof"]
     if wanted:
@@ -166,7 +159,7 @@ def reconcile_replication(module: AnsibleModule, conn: Connection, result: dict)
 TLS_FILES = ("tls-cert-file", "tls-key-file", "tls-ca-cert-file")
 
 
-def reload_tls(module: AnsibleModule, conn: Connection, result: dict) -> None:
+def reload_tls(module: AnsibleModule, conn: kit_redis.Connection, result: dict) -> None:
     """Setting a TLS file's path, even to the same value, reloads it (Redis 7+, Valkey)."""
     paths = [conn.command("CONFIG", "GET", name) for name in TLS_FILES]
     settings = [word for reply in paths for word in reply]
@@ -186,7 +179,7 @@ def _describe(info: dict[str, str]) -> str:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **LOGIN_ARGUMENT_SPEC,
+            **kit_redis.LOGIN_ARGUMENT_SPEC,
             "config": {"type": "dict", "default": {}},
             "secret_config": {"type": "dict", "default": {}, "no_log": True},
             "replicaof": {
@@ -206,30 +199,25 @@ def main() -> None:
     p = module.params
     result: dict = {"changed": False, "changes": [], "restart_required": [], "role": ""}
     try:
-        conn = login(p)
-    except ReplyError as error:
-        if p["acl_load"] and is_auth_error(error):
+        conn = kit_redis.login(p)
+    except kit_redis.ReplyError as error:
+        if p["acl_load"] and kit_redis.is_auth_error(error):
             result.update(changed=True, restart_required=["aclfile"])
             module.exit_json(**result)
-        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
+        kit_redis.fail_naming_server(module, error, result)
     except OSError as error:
-        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
-    try:
-        with conn:
-            if p["acl_load"]:
-                result["changes"].append({"acl": "reloaded"})
-                if not module.check_mode:
-                    conn.command("ACL", "LOAD")
-            if p["tls_reload"]:
-                reload_tls(module, conn, result)
-            config_changed = reconcile_config(module, conn, result)
-            replication_changed = reconcile_replication(module, conn, result)
-            if (config_changed or replication_changed) and not module.check_mode:
-                conn.command("CONFIG", "REWRITE")
-    except (OSError, ReplyError) as error:
-        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
-    result["changed"] = bool(result["changes"])
-    module.exit_json(**result)
+        kit_redis.fail_naming_server(module, error, result)
+    with kit_redis.reporting(module, result), conn:
+        if p["acl_load"]:
+            result["changes"].append({"acl": "reloaded"})
+            if not module.check_mode:
+                conn.command("ACL", "LOAD")
+        if p["tls_reload"]:
+            reload_tls(module, conn, result)
+        config_changed = reconcile_config(module, conn, result)
+        replication_changed = reconcile_replication(module, conn, result)
+        if (config_changed or replication_changed) and not module.check_mode:
+            conn.command("CONFIG", "REWRITE")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_replica_synced
 short_description: Wait until a data node is a replica in sync with its master
+author: kit maintainers
 description:
 - Polls C(INFO) on the node until it has loaded its data, reports the replica role, its link to the
   master is up, no sync is in progress and it is at most O(max_lag_bytes) behind the offset its master
@@ -23,7 +24,6 @@ options:
     description: Seconds to wait.
     type: float
     default: 120
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -44,23 +44,16 @@ seconds:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    LOGIN_ARGUMENT_SPEC,
-    ReplyError,
-    connect_first,
-    login,
-    parse_info,
-    tls_context,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 
 def state(p: dict) -> tuple[bool, str, dict]:
     """(in sync, what was seen, result fields)."""
-    tls = tls_context(p["tls_ca_file"])
+    tls = kit_redis.tls_context(p["tls_ca_file"])
     passwords = [p["login_password"], *p["login_previous_passwords"]]
-    with login(p) as conn:
-        info = parse_info(conn.command("INFO", "replication"))
-        loading = parse_info(conn.command("INFO", "persistence")).get("loading")
+    with kit_redis.login(p) as conn:
+        info = kit_redis.parse_info(conn.command("INFO", "replication"))
+        loading = kit_redis.parse_info(conn.command("INFO", "persistence")).get("loading")
     if loading != "0":
         return False, "still loading its data", {}
     if info.get("role") != "slave":
@@ -72,10 +65,10 @@ def state(p: dict) -> tuple[bool, str, dict]:
             f"link to {master} {info.get('master_link_status')}, sync {info.get('master_sync_in_progress')}",
             {},
         )
-    with connect_first(
+    with kit_redis.connect_first(
         info["master_host"], int(info["master_port"]), p["login_user"], passwords, 2.0, tls
     ) as conn:
-        offset = int(parse_info(conn.command("INFO", "replication")).get("master_repl_offset", 0))
+        offset = int(kit_redis.parse_info(conn.command("INFO", "replication")).get("master_repl_offset", 0))
     lag = max(0, offset - int(info.get("slave_repl_offset", 0)))
     if lag > p["max_lag_bytes"]:
         return False, f"{lag} bytes behind {master}", {}
@@ -85,7 +78,7 @@ def state(p: dict) -> tuple[bool, str, dict]:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **LOGIN_ARGUMENT_SPEC,
+            **kit_redis.LOGIN_ARGUMENT_SPEC,
             "max_lag_bytes": {"type": "int", "default": 1048576},
             "timeout": {"type": "float", "default": 120},
         },
@@ -97,7 +90,7 @@ def main() -> None:
     while time.monotonic() - started < p["timeout"]:
         try:
             synced, seen, fields = state(p)
-        except (OSError, ReplyError) as error:
+        except (OSError, kit_redis.ReplyError) as error:
             synced, seen, fields = False, f"{type(error).__name__}: {error}", {}
         if synced:
             module.exit_json(changed=False, seconds=round(time.monotonic() - started, 2), **fields)

@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_restore
 short_description: Replace the master's data with an RDB backup, live, so every replica follows
+author: kit maintainers
 description:
 - Loads O(src) into a temporary server (the host's own server binary, on 127.0.0.1 with a random port
   and password, as O(run_as)), then, on the master, deletes every key (C(FLUSHALL)) and writes each
@@ -38,7 +39,6 @@ options:
     description: Seconds for the temporary server to load the backup, and for the replicas.
     type: float
     default: 300
-author: kit maintainers
 """
 
 EXAMPLES = r"""
@@ -82,21 +82,15 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    LOGIN_ARGUMENT_SPEC,
-    Connection,
-    ReplyError,
-    login,
-    parse_info,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 BATCH = 500
 
 
-def keyspace(conn: Connection) -> dict[int, int]:
+def keyspace(conn: kit_redis.Connection) -> dict[int, int]:
     """Database number -> key count ("db0:keys=3,expires=0,avg_ttl=0")."""
     found = {}
-    for name, value in parse_info(conn.command("INFO", "keyspace")).items():
+    for name, value in kit_redis.parse_info(conn.command("INFO", "keyspace")).items():
         if name.startswith("db"):
             found[int(name[2:])] = int(dict(f.split("=") for f in value.split(","))["keys"])
     return found
@@ -108,7 +102,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_temporary(p: dict, workdir: str) -> tuple[subprocess.Popen, Connection]:
+def start_temporary(p: dict, workdir: str) -> tuple[subprocess.Popen, kit_redis.Connection]:
     account = pwd.getpwnam(p["run_as"])
     shutil.copyfile(p["src"], os.path.join(workdir, "dump.rdb"))
     for path in (workdir, os.path.join(workdir, "dump.rdb")):
@@ -143,11 +137,11 @@ def start_temporary(p: dict, workdir: str) -> tuple[subprocess.Popen, Connection
         if server.poll() is not None:
             raise RuntimeError(f"the temporary server could not read the backup: {tail(workdir)}")
         try:
-            conn = Connection("127.0.0.1", port, None, password, 2.0)
-            if parse_info(conn.command("INFO", "persistence")).get("loading") == "0":
+            conn = kit_redis.Connection("127.0.0.1", port, None, password, 2.0)
+            if kit_redis.parse_info(conn.command("INFO", "persistence")).get("loading") == "0":
                 return server, conn
             conn.close()
-        except (OSError, ReplyError):
+        except (OSError, kit_redis.ReplyError):
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"the temporary server did not load the backup within {p['timeout']:.0f} s")
@@ -162,7 +156,7 @@ def tail(workdir: str) -> str:
         return "no log"
 
 
-def copy_database(source: Connection, master: Connection, db: int) -> int:
+def copy_database(source: kit_redis.Connection, master: kit_redis.Connection, db: int) -> int:
     """Write every key of `db` on the master (lists last); return how many."""
     source.command("SELECT", db)
     master.command("SELECT", db)
@@ -188,7 +182,7 @@ def copy_database(source: Connection, master: Connection, db: int) -> int:
                 continue
             commands.append(("RESTORE", key, max(int(ttl), 0), payload, "REPLACE"))
         for reply in master.pipeline(commands):
-            if isinstance(reply, ReplyError):
+            if isinstance(reply, kit_redis.ReplyError):
                 raise RuntimeError(f"RESTORE refused on the master: {reply}")
         written += len(commands)
     return written
@@ -199,8 +193,8 @@ def restore(p: dict) -> dict:
     workdir = tempfile.mkdtemp(prefix="kit-restore-", dir=os.path.dirname(p["src"]))
     server = None
     try:
-        with login(p, 10.0) as master:
-            role = parse_info(master.command("INFO", "replication")).get("role")
+        with kit_redis.login(p, 10.0) as master:
+            role = kit_redis.parse_info(master.command("INFO", "replication")).get("role")
             if role != "master":
                 raise RuntimeError(f"{p['login_host']}:{p['login_port']} is a {role}, not the master")
             server, source = start_temporary(p, workdir)
@@ -234,7 +228,7 @@ def restore(p: dict) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **LOGIN_ARGUMENT_SPEC,
+            **kit_redis.LOGIN_ARGUMENT_SPEC,
             "src": {"type": "path", "required": True},
             "server_binary": {"type": "path", "required": True},
             "run_as": {"type": "str", "required": True},
@@ -245,7 +239,7 @@ def main() -> None:
     )
     try:
         result = restore(module.params)
-    except (OSError, ReplyError, TimeoutError, RuntimeError, KeyError) as error:
+    except (OSError, kit_redis.ReplyError, TimeoutError, RuntimeError, KeyError) as error:
         module.fail_json(msg=f"restore of {module.params['src']} failed: {error}")
     module.exit_json(changed=True, **result)
 

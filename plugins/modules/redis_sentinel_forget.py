@@ -6,6 +6,10 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_sentinel_forget
 short_description: Make a Sentinel forget replicas that are no longer data nodes
+author: kit maintainers
+extends_documentation_fragment:
+- kit.jobqueue.login
+- kit.jobqueue.login.tls
 description:
 - Lists the replicas the Sentinel knows for O(master_name). One whose address is not in O(nodes) (on
   O(node_port)) has left the group; Sentinel keeps it forever, shown down, and only C(SENTINEL RESET)
@@ -18,9 +22,6 @@ description:
 - Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the quorum
   meanwhile.
 - Reports no change when the Sentinel knows no such replica.
-extends_documentation_fragment:
-- kit.jobqueue.login
-- kit.jobqueue.login.tls
 options:
   login_host:
     description: Sentinel address.
@@ -52,7 +53,6 @@ options:
       group again after the reset.
     type: float
     default: 60
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -71,23 +71,17 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    LOGIN_ARGUMENT_SPEC,
-    Connection,
-    ReplyError,
-    login,
-    pairs,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 GONE = {"s_down", "o_down", "disconnected"}
 
 
-def view(conn: Connection, name: str) -> tuple[dict[str, Any], dict[str, set[str]]]:
+def view(conn: kit_redis.Connection, name: str) -> tuple[dict[str, Any], dict[str, set[str]]]:
     """(SENTINEL MASTER's fields, {replica ip:port: its flags})."""
-    master = {k: v for k, v in pairs(conn.command("SENTINEL", "MASTER", name)).items()}
+    master = {k: v for k, v in kit_redis.pairs(conn.command("SENTINEL", "MASTER", name)).items()}
     replicas = {}
     for entry in conn.command("SENTINEL", "REPLICAS", name):
-        fields = pairs(entry)
+        fields = kit_redis.pairs(entry)
         replicas[f"{fields['ip']}:{fields['port']}"] = set(str(fields["flags"]).split(","))
     return master, replicas
 
@@ -112,7 +106,7 @@ def missing_after_reset(
 def forget(p: dict, check_mode: bool = False) -> dict:
     """Forget the replicas that are not data nodes; RuntimeError names what stops it."""
     name, deadline = p["master_name"], time.monotonic() + p["timeout"]
-    with login(p) as conn:
+    with kit_redis.login(p) as conn:
         master, replicas = view(conn, name)
         leaving = strangers(replicas, p["nodes"], p["node_port"])
         if not leaving:
@@ -159,7 +153,7 @@ def forget(p: dict, check_mode: bool = False) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            **LOGIN_ARGUMENT_SPEC,
+            **kit_redis.LOGIN_ARGUMENT_SPEC,
             "login_port": {"type": "int", "default": 26379},
             "master_name": {"type": "str", "required": True},
             "nodes": {"type": "list", "elements": "str", "required": True},
@@ -173,7 +167,7 @@ def main() -> None:
         result = forget(module.params, module.check_mode)
     except RuntimeError as error:
         module.fail_json(msg=str(error))
-    except (OSError, ReplyError) as error:
+    except (OSError, kit_redis.ReplyError) as error:
         module.fail_json(msg=f"Sentinel {module.params['login_host']}:{module.params['login_port']}: {error}")
     module.exit_json(**result, seconds=round(time.monotonic() - started, 2))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: redis_sentinel_monitor
 short_description: Make a running Sentinel monitor a master group with the wanted settings
+author: kit maintainers
 description:
   - When the Sentinel does not monitor O(master_name) yet, starts monitoring it at
     O(master_host) with C(SENTINEL MONITOR) and applies every setting.
@@ -91,7 +92,6 @@ options:
     type: str
 extends_documentation_fragment:
 - kit.jobqueue.login.tls
-author: kit maintainers
 """
 
 RETURN = r"""
@@ -108,13 +108,7 @@ master:
 import hashlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis import (
-    Connection,
-    ReplyError,
-    connect_first,
-    pairs,
-    tls_context,
-)
+from ansible_collections.kit.jobqueue.plugins.module_utils import kit_redis
 
 PROBE = "kit-acl-probe"
 
@@ -146,9 +140,9 @@ def sentinel_pass(path: str) -> str | None:
     return None
 
 
-def acl_user(conn: Connection, name: str) -> dict | None:
+def acl_user(conn: kit_redis.Connection, name: str) -> dict | None:
     reply = conn.command("ACL", "GETUSER", name)
-    return pairs(reply) if reply else None
+    return kit_redis.pairs(reply) if reply else None
 
 
 def digests(passwords: list[str]) -> list[str]:
@@ -157,7 +151,7 @@ def digests(passwords: list[str]) -> list[str]:
 
 
 def client_user_differs(
-    conn: Connection, name: str, passwords: list[str], rules: str, check_mode: bool
+    conn: kit_redis.Connection, name: str, passwords: list[str], rules: str, check_mode: bool
 ) -> bool:
     """True when the user is missing, does not accept exactly these passwords or has other
     permissions. The rules are compared through a probe user, which check mode does not create."""
@@ -208,19 +202,19 @@ def main() -> None:
     result: dict = {"changed": False, "changes": [], "master": ""}
     wanted = {"quorum": str(p["quorum"])}
     wanted.update({k: str(v) for k, v in p["settings"].items()})
-    try:
+    with kit_redis.reporting(module, result):
         own = [p["login_password"], *p["login_previous_passwords"]]
-        with connect_first(
+        with kit_redis.connect_first(
             p["login_host"],
             p["login_port"],
             None,
             own,
-            tls=tls_context(p["tls_ca_file"]),
+            tls=kit_redis.tls_context(p["tls_ca_file"]),
             server_name=p["tls_server_name"],
         ) as conn:
             try:
-                state = pairs(conn.command("SENTINEL", "MASTER", name))
-            except ReplyError as error:
+                state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", name))
+            except kit_redis.ReplyError as error:
                 if "no such master" not in str(error).lower():
                     raise
                 state = None
@@ -278,10 +272,6 @@ def main() -> None:
                     rules = p["client_rules"].split()
                     conn.command("ACL", "SETUSER", user, "reset", "on", *hashes, *rules)
                     conn.command("SENTINEL", "FLUSHCONFIG")
-    except (OSError, ReplyError) as error:
-        module.fail_json(msg=f"{p['login_host']}:{p['login_port']}: {error}", **result)
-    result["changed"] = bool(result["changes"])
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":
