@@ -109,7 +109,7 @@ def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
         thread.start()
     try:
         recap = converge(
-            "--limit", "web-app1", "--tags", "wsgi_app,rq_workers", "-e", "kit_app_eat_seconds=0.1"
+            "--limit", "web-app1", "--tags", "wsgi_app,wsgi_site,rq_workers", "-e", "kit_app_eat_seconds=0.1"
         )
     finally:
         stop.set()
@@ -127,13 +127,13 @@ def test_a_new_app_version_is_deployed_without_failed_requests(http, host):
         assert after[i]["MainPID"] != before[i]["MainPID"]
     assert after[1]["ExecMainStartTimestampMonotonic"] < after[2]["ExecMainStartTimestampMonotonic"]
     # Put the scenario's own configuration back (and check it converges cleanly).
-    converge("--limit", "web-app1", "--tags", "wsgi_app,rq_workers")
+    converge("--limit", "web-app1", "--tags", "wsgi_app,wsgi_site,rq_workers")
 
 
 def test_a_broken_apache_config_never_takes_the_server_down(http):
     # A location with a space: Apache refuses "<Location /two words>" (it takes one argument).
-    locations = '{"wsgi_app_basic_auth_locations": [{"path": "/two words"}]}'
-    broken = run_playbook("--limit", "web-app1", "--tags", "wsgi_app", "-e", locations)
+    locations = '{"wsgi_site_basic_auth_locations": [{"path": "/two words"}]}'
+    broken = run_playbook("--limit", "web-app1", "--tags", "wsgi_site", "-e", locations)
     assert broken.returncode != 0, "a broken VirtualHost was accepted"
     said = " ".join((broken.stdout + broken.stderr).split())
     assert "configuration test failed, so Apache was NOT reloaded" in said, said[-3000:]
@@ -141,7 +141,7 @@ def test_a_broken_apache_config_never_takes_the_server_down(http):
     assert http.get("/healthz").status == 200
     assert http.get("/comer/pera").status == 202
     # A good run puts things right.
-    recap = converge("--limit", "web-app1", "--tags", "wsgi_app")
+    recap = converge("--limit", "web-app1", "--tags", "wsgi_site")
     assert recap["web-app1"]["failed"] == 0
     assert get_host("web-app1").run("apache2ctl configtest").rc == 0
 
