@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import importlib.util
+import json
 import shutil
 import socket
 import subprocess
@@ -107,9 +108,13 @@ class Server:
     def __init__(self, directory: Path, *extra: str) -> None:
         directory.mkdir()
         self.port = free_port()
+        # A configuration file (empty), so that CONFIG REWRITE works as on a deployed node.
+        self.conf = directory / "redis.conf"
+        self.conf.write_text("")
         self.proc = subprocess.Popen(
             [
                 "redis-server",
+                str(self.conf),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -143,7 +148,7 @@ class Server:
 def pair(tmp_path) -> Iterator[tuple[Server, Server]]:
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is needed (make test installs it with the app tests' tools/app-tests.sh)")
-    master = Server(tmp_path / "master")
+    master = Server(tmp_path / "master", "--masterauth", "pw")  # it can become a replica
     replica = Server(tmp_path / "replica", "--masterauth", "pw")
     replica("REPLICAOF", "127.0.0.1", master.port)
     deadline = time.monotonic() + 10
@@ -321,3 +326,138 @@ def test_a_replica_that_still_answers_is_not_forgotten(group):
         forget.forget(sentinel_params(port, nodes, timeout=2))
     with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
         assert len(forget.view(conn, "kit")[1]) == 2, "nothing was reset"
+
+
+# --- every module as Ansible runs it: a Python process given its arguments as JSON ----------
+
+
+def run_module(name: str, tmp_path: Path, check_mode: bool = False, **args) -> dict:
+    """Run plugins/modules/<name>.py the way Ansible does on a host (arguments in a JSON file,
+    the result as JSON on stdout), importing kit_redis by its collection name."""
+    args_file = tmp_path / f"{name}-args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / ".collections"), "HOME": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "plugins/modules" / f"{name}.py"), str(args_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    try:
+        return json.loads(run.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"{name} printed no JSON: {run.stdout[-2000:]} {run.stderr[-2000:]}") from None
+
+
+def login(port: int) -> dict:
+    return {"login_host": "127.0.0.1", "login_port": port, "login_password": "pw"}
+
+
+def test_the_client_logs_in_with_the_first_password_the_server_takes(pair):
+    master, _ = pair
+    with kit_redis.connect_first("127.0.0.1", master.port, None, ["old-one", "pw"]) as conn:
+        assert conn.command("PING") == "PONG"
+    with pytest.raises(kit_redis.ReplyError) as refused:
+        kit_redis.connect_first("127.0.0.1", master.port, None, ["old-one", "older"])
+    assert kit_redis.is_auth_error(refused.value)
+    with pytest.raises(ConnectionRefusedError):
+        kit_redis.connect_first("127.0.0.1", free_port(), None, ["pw"], timeout=0.5)
+    info = kit_redis.parse_info(master("INFO", "replication"))
+    assert info["role"] == "master"
+    assert info["connected_slaves"] == "1"
+
+
+def test_live_config_changes_what_differs_once_and_check_mode_changes_nothing(pair, tmp_path):
+    master, _ = pair
+    first = run_module("redis_live_config", tmp_path, config={"maxmemory": "64mb"}, **login(master.port))
+    assert first["changed"] is True, first
+    assert first["changes"] == [{"maxmemory": {"before": "0", "after": "67108864"}}], first
+    assert master("CONFIG", "GET", "maxmemory") == ["maxmemory", "67108864"]
+    assert "maxmemory 64mb" in master.conf.read_text(), "the change is written to the file (CONFIG REWRITE)"
+    again = run_module("redis_live_config", tmp_path, config={"maxmemory": "64mb"}, **login(master.port))
+    assert again["changed"] is False, again
+    dry = run_module("redis_live_config", tmp_path, True, config={"maxmemory": "32mb"}, **login(master.port))
+    assert dry["changed"] is True
+    assert master("CONFIG", "GET", "maxmemory") == ["maxmemory", "67108864"]
+
+
+def test_live_config_names_the_server_when_the_password_is_wrong(pair, tmp_path):
+    master, _ = pair
+    refused = run_module(
+        "redis_live_config", tmp_path, config={}, **{**login(master.port), "login_password": "wrong"}
+    )
+    assert refused["failed"] is True
+    assert refused["msg"].startswith(f"127.0.0.1:{master.port}: "), refused["msg"]
+    assert "wrong" not in json.dumps(refused), "the password is not echoed"
+
+
+def group_args(sentinel_port: int, **extra) -> dict:
+    return {
+        "master_name": "kit",
+        "sentinels": ["127.0.0.1"],
+        "sentinel_port": sentinel_port,
+        "node_password": "pw",
+        **extra,
+    }
+
+
+def test_ha_master_follows_the_sentinel_and_refuses_a_master_outside_the_nodes(group, tmp_path):
+    master, _, _, port = group
+    found = run_module(
+        "redis_ha_master", tmp_path, **group_args(port, nodes=["127.0.0.1"], bootstrap_master="10.9.9.9")
+    )
+    assert (found["master_host"], found["master_port"], found["changed"]) == (
+        "127.0.0.1",
+        master.port,
+        False,
+    ), found
+    planted = run_module(
+        "redis_ha_master", tmp_path, **group_args(port, nodes=["10.0.0.11"], bootstrap_master="10.0.0.11")
+    )
+    assert planted["failed"] is True
+    assert "127.0.0.1" in planted["msg"], planted["msg"]
+
+
+def test_sentinel_monitor_sets_what_differs_once(group, tmp_path):
+    master, _, _, port = group
+    args = {
+        "login_port": port,
+        "master_name": "kit",
+        "master_host": "127.0.0.1",
+        "master_port": master.port,
+        "auth_pass": "pw",
+        "config_file": str(tmp_path / "sentinel.conf"),
+    }
+
+    def quorum() -> str:
+        with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
+            return kit_redis.pairs(conn.command("SENTINEL", "MASTER", "kit"))["quorum"]
+
+    dry = run_module("redis_sentinel_monitor", tmp_path, True, quorum=2, **args)
+    assert dry["changed"] is True, dry
+    assert quorum() == "1", "check mode sets nothing"
+    done = run_module("redis_sentinel_monitor", tmp_path, quorum=2, **args)
+    assert done["changed"] is True, done
+    assert {"quorum": {"before": "1", "after": "2"}} in done["changes"], done
+    assert quorum() == "2"
+    assert run_module("redis_sentinel_monitor", tmp_path, quorum=2, **args)["changed"] is False
+
+
+def test_failover_promotes_a_replica_in_sync_and_then_changes_nothing(group, tmp_path):
+    master, replica, leaving, port = group
+    leaving.proc.terminate()  # a stopped replica is never chosen
+    leaving.proc.wait()
+    args = group_args(port, timeout=60)
+    done = run_module("redis_failover", tmp_path, **args)
+    assert done["changed"] is True, done.get("msg")
+    assert (done["old_master"], done["new_master"]) == (
+        f"127.0.0.1:{master.port}",
+        f"127.0.0.1:{replica.port}",
+    )
+    # Sentinel closes the clients of a node it reconfigures: ask on a new connection.
+    with kit_redis.Connection("127.0.0.1", replica.port, None, "pw", 2.0) as conn:
+        assert kit_redis.parse_info(conn.command("INFO", "replication"))["role"] == "master"
+    again = run_module("redis_failover", tmp_path, **{**args, "target": "127.0.0.1"})
+    assert again["changed"] is False, again
