@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -69,9 +70,43 @@ def tls_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _client_tls(config: dict[str, Any]) -> dict[str, Any]:
-    """`tls_kwargs` for a `redis.Redis(...)`, which uses the ssl_* arguments only with ssl=True."""
+    """`tls_kwargs` for a `redis.Redis(...)`, which uses the ssl_* arguments only with ssl=True
+    (then `_shared_context` gives it KitSSLConnection's handshake)."""
     tls = tls_kwargs(config)
     return {"ssl": True, **tls} if tls else {}
+
+
+_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
+
+
+def tls_context(ca: str | None) -> ssl.SSLContext:
+    """The client TLS context for a CA (PEM text; None: the system's trust store), made once per
+    process and inherited by forked work horses: TLS 1.2 or newer, the certificate verified and
+    its name checked, and only that CA trusted."""
+    context = _CONTEXTS.get(ca)
+    if context is None:
+        context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _CONTEXTS[ca] = context
+    return context
+
+
+class KitSSLConnection(SSLConnection):
+    """redis-py's SSLConnection makes a new SSLContext for every connection, loading the
+    system's trust store first (about 15 ms, and those CAs are then trusted besides
+    REDIS_TLS_CA); an RQ work horse reconnects for every job. This one wraps the socket with the
+    shared context of `tls_context`, so a reconnection costs the handshake alone."""
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> ssl.SSLSocket:
+        return tls_context(self.ca_data).wrap_socket(sock, server_hostname=self.host)
+
+
+def _shared_context(client: redis.Redis) -> redis.Redis:
+    """A client made with ssl=True connects with KitSSLConnection (redis.Redis chooses
+    SSLConnection itself when ssl is on); its pool has made no connection yet."""
+    if client.connection_pool.connection_class is SSLConnection:
+        client.connection_pool.connection_class = KitSSLConnection
+    return client
 
 
 class Unavailable(Exception):
@@ -209,12 +244,12 @@ class FollowingConnection(SentinelManagedConnection):
         super().send_packed_command(command, check_health)
 
 
-class FollowingSSLConnection(FollowingConnection, SSLConnection):
+class FollowingSSLConnection(FollowingConnection, KitSSLConnection):
     """FollowingConnection over TLS, built as redis-py builds SentinelManagedSSLConnection:
     SentinelManagedConnection's `connect` (ask the Sentinels), SSLConnection's `_connect` (wrap
-    the socket and verify the certificate). SentinelConnectionPool picks its SSL class from an
-    `ssl` argument only when no connection_class is given, and drops `ssl` either way: the
-    Store chooses the class itself."""
+    the socket and verify the certificate, with KitSSLConnection's shared context).
+    SentinelConnectionPool picks its SSL class from an `ssl` argument only when no
+    connection_class is given, and drops `ssl` either way: the Store chooses the class itself."""
 
 
 def _flags(state: dict[str, Any]) -> set[str]:
@@ -280,6 +315,8 @@ class Store:
                 **_client_tls(config),
             },
         )
+        for sentinel in self.sentinel.sentinels:
+            _shared_context(sentinel)
         self.master_name = config["MASTER_NAME"]
         self.redis = self.sentinel.master_for(
             self.master_name,
@@ -309,16 +346,18 @@ class Store:
     def node(self, address: Address) -> redis.Redis:
         """A client of one Redis server, not through Sentinel: one try, short timeouts. The
         caller closes it."""
-        return redis.Redis(
-            host=address[0],
-            port=address[1],
-            username=self.config["REDIS_USERNAME"],
-            password=self.config["REDIS_PASSWORD"],
-            socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
-            socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
-            retry=Retry(NoBackoff(), 0),
-            **_client_tls(self.config),
-            **QUIET_HANDSHAKE,
+        return _shared_context(
+            redis.Redis(
+                host=address[0],
+                port=address[1],
+                username=self.config["REDIS_USERNAME"],
+                password=self.config["REDIS_PASSWORD"],
+                socket_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+                socket_connect_timeout=float(self.config["SENTINEL_TIMEOUT"]),
+                retry=Retry(NoBackoff(), 0),
+                **_client_tls(self.config),
+                **QUIET_HANDSHAKE,
+            )
         )
 
     def sole_master_doubt(self, address: Address, me: Replication) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ import redis
 from conftest import wait_for_status
 from fridge.config import BadSetting
 from fridge.config import load as load_config
-from fridge.store import FollowingSSLConnection, Store, pinned_connection
+from fridge.store import FollowingSSLConnection, Store, pinned_connection, tls_context
 from fridge.web import create_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -123,3 +124,29 @@ def test_a_failover_over_tls_is_followed(cluster, client):
     response = client.get("/comer/despues")
     assert response.status_code == 202, response.get_json()
     assert cluster.admin(new).exists(f"rq:job:{response.get_json()['job_id']}")
+
+
+def test_every_tls_connection_shares_one_context_that_trusts_only_the_kit_ca(cluster, store):
+    """redis-py makes a TLS context for each connection, loading the system's trust store first
+    (15 ms per connection here; an RQ work horse reconnects for every job) and trusting it
+    besides REDIS_TLS_CA. The Store's master pool, its Sentinel clients and its direct node
+    clients all wrap their sockets with one context, holding the kit's CA alone."""
+    shared = tls_context(cluster.tls.ca)
+    assert shared.cert_store_stats()["x509_ca"] == 1, "only the kit's CA is trusted"
+    store.redis.ping()
+    store.master_address()
+    replica = next(p for p in cluster.data_ports if p != cluster.master_port())
+    with store.node(("127.0.0.1", replica)) as node:
+        node.ping()
+        clients = [store.redis, node, *store.sentinel.sentinels]
+        pools = [c.connection_pool._available_connections for c in clients]
+        sockets = [available[0]._sock for available in pools if available]
+        assert len(sockets) >= 3
+        assert all(sock.context is shared for sock in sockets), [type(s) for s in sockets]
+    started = time.perf_counter()
+    for _ in range(20):  # what 20 jobs' work horses do: a new connection each
+        store.redis.connection_pool.disconnect()
+        store.redis.ping()
+    per_connection = (time.perf_counter() - started) / 20
+    print(f"TLS reconnection and PING: {per_connection * 1000:.1f} ms")
+    assert per_connection < 0.012, "a reconnection should cost a handshake, not a trust store load"
