@@ -101,9 +101,14 @@ _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\
 
 
 def run_playbook(
-    *extra_args: str, playbook: str = "converge.yml", inventory: str = INVENTORY
+    *extra_args: str, playbook: str = "converge.yml", inventory: str | None = None
 ) -> subprocess.CompletedProcess:
-    """Run one of the scenario's playbooks (converge by default) with Molecule's settings."""
+    """Run one of the scenario's playbooks (converge by default) with Molecule's settings.
+    The inventory is read at each call (`make chaos` sets INVENTORY after importing this
+    module): an empty -i would make Ansible run every executable of the directory as one."""
+    inventory = inventory or INVENTORY
+    if not inventory:
+        raise RuntimeError("no inventory: run under Molecule or set kit_checks.INVENTORY")
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
     cmd = ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, playbook), *extra_args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
