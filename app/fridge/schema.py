@@ -59,7 +59,9 @@ def explain(error: fastjsonschema.JsonSchemaValueException, subject: str = "") -
         return f"{what} must be between {node.get('minimum')} and {node.get('maximum')}"
     if rule == "maxLength":
         return f"{what} is longer than {node['maxLength']} characters"
-    if rule in ("minLength", "pattern") and node.get("minLength", 0) <= 1 and node.get("pattern") == r"\S":
+    if rule == "minLength" and node["minLength"] > 1:
+        return f"{what} is shorter than {node['minLength']} characters"
+    if rule == "minLength" or (rule == "pattern" and node.get("pattern") == r"\S"):
         return f"{what} must not be empty"
     if rule == "pattern" and "description" in node:
         return f"{what} must be {node['description']}"
@@ -74,4 +76,5 @@ def explain(error: fastjsonschema.JsonSchemaValueException, subject: str = "") -
     if rule == "additionalProperties":
         unknown = sorted(set(value) - set(node.get("properties", {})))
         return f"{what if field else 'the object'} has no field(s) {', '.join(map(str, unknown))}"
-    return error.message.replace("data", what, 1)
+    # Any other keyword: fastjsonschema's sentence, with its name for the value replaced by ours.
+    return error.message.replace(error.name or "data", what, 1)

@@ -95,9 +95,13 @@ class KitSSLConnection(SSLConnection):
     """redis-py's SSLConnection makes a new SSLContext for every connection, loading the
     system's trust store first (about 15 ms, and those CAs are then trusted besides
     REDIS_TLS_CA); an RQ work horse reconnects for every job. This one wraps the socket with the
-    shared context of `tls_context`, so a reconnection costs the handshake alone."""
+    shared context of `tls_context`, so a reconnection costs the handshake alone. The kit's
+    servers ask no client certificate (tls-auth-clients no: ACL passwords authenticate); a
+    connection given one anyway is made by redis-py's own code, which presents it."""
 
     def _wrap_socket_with_ssl(self, sock: socket.socket) -> ssl.SSLSocket:
+        if self.certfile:
+            return super()._wrap_socket_with_ssl(sock)
         return tls_context(self.ca_data).wrap_socket(sock, server_hostname=self.host)
 
 

@@ -32,6 +32,15 @@ OBJECT = {
         (OBJECT, {"n": 1, "k": "c"}, "body", "'body.k' must be one of: a, b"),
         ({"type": "string", "pattern": "^x+$", "description": "only x"}, "y", "id", "'id' must be only x"),
         ({"type": ["array", "object"]}, 1, "args", "'args' must be a list or an object"),
+        # A field inside an object, with keywords the sentences above do not word themselves.
+        ({"properties": {"m": TEXT}}, {"m": ""}, "", "'m' must not be empty"),
+        ({"properties": {"m": {"minLength": 2}}}, {"m": "a"}, "a", "'a.m' is shorter than 2 characters"),
+        (
+            {"properties": {"l": {"maxItems": 1}}},
+            {"l": [1, 2]},
+            "",
+            "'l' must contain less than or equal to 1 items",
+        ),  # noqa: E501
     ],
 )
 def test_each_refusal_names_the_field_and_the_rule(schema, value, subject, sentence):

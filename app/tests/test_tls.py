@@ -143,10 +143,13 @@ def test_every_tls_connection_shares_one_context_that_trusts_only_the_kit_ca(clu
         sockets = [available[0]._sock for available in pools if available]
         assert len(sockets) >= 3
         assert all(sock.context is shared for sock in sockets), [type(s) for s in sockets]
-    started = time.perf_counter()
-    for _ in range(20):  # what 20 jobs' work horses do: a new connection each
-        store.redis.connection_pool.disconnect()
-        store.redis.ping()
-    per_connection = (time.perf_counter() - started) / 20
+    rounds = []
+    for _ in range(3):  # the best of 3 rounds: a busy machine slows one round, not the three
+        started = time.perf_counter()
+        for _ in range(10):  # what 10 jobs' work horses do: a new connection each
+            store.redis.connection_pool.disconnect()
+            store.redis.ping()
+        rounds.append((time.perf_counter() - started) / 10)
+    per_connection = min(rounds)
     print(f"TLS reconnection and PING: {per_connection * 1000:.1f} ms")
     assert per_connection < 0.012, "a reconnection should cost a handshake, not a trust store load"
