@@ -80,6 +80,10 @@ DEFAULTS: dict[str, Any] = {
     # this long (see fetch.py).
     "WORKER_INTERMEDIATE_GRACE": 30,
     "WORKER_TTL": 60,
+    # Each worker runs its jobs in one forked work horse (prefork.py), replaced after this many
+    # jobs, or when its resident memory passes this many MiB after a job (1: a fork per job).
+    "WORKER_MAX_JOBS": 1000,
+    "WORKER_MAX_MEMORY_MB": 512,
     # A worker's Redis commands reconnect and retry this often (backoff up to 0.5 s, plus a
     # socket timeout each) before it gives up and systemd restarts it: a failover is ridden out.
     "WORKER_CONNECTION_RETRIES": 30,

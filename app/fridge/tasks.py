@@ -6,7 +6,9 @@ is not registered here, whatever a job stored in Redis says.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -45,6 +47,7 @@ def fail(message: str) -> None:
 
 def flaky(failures: int) -> int:
     """Fail the first `failures` attempts, then succeed; returns the attempt that worked."""
+    failures = int(failures)  # JSON may say 2.0 for the integer 2
     job = get_current_job()
     attempt = int(job.meta.get("attempt", 0)) + 1 if job else 1
     if job:
@@ -53,6 +56,25 @@ def flaky(failures: int) -> int:
     if attempt <= failures:
         raise RuntimeError(f"attempt {attempt} of {failures + 1} fails on purpose")
     return attempt
+
+
+def crash(how: str) -> None:
+    """Kill the process running the job, as a broken extension or a stray exit does."""
+    if how == "exit":
+        os._exit(3)
+    if how == "abort":
+        os.abort()
+    ctypes.string_at(0)  # "segfault": read address 0
+
+
+# What `hog` keeps: memory a job leaves behind for the next jobs of the same process.
+_HOARD: list[bytes] = []
+
+
+def hog(mib: int) -> int:
+    """Keep `mib` MiB allocated after the job (a leak); returns the process's total kept."""
+    _HOARD.append(os.urandom(int(mib) * 2**20))
+    return sum(map(len, _HOARD)) // 2**20
 
 
 def add(a: float, b: float) -> float:
@@ -130,7 +152,7 @@ class Task:
 
 
 NUMBER = _between("number", -1e12, 1e12)
-MESSAGE: Schema = {"type": "string", "minLength": 1, "maxLength": 200}
+MESSAGE: Schema = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -138,6 +160,8 @@ TASKS: dict[str, Task] = {
         Task("sleep", sleep, "low", {"seconds": _between("number", 0, 3600)}, demo=True),
         Task("fail", fail, "default", {"message": MESSAGE}, demo=True),
         Task("flaky", flaky, "default", {"failures": _between("integer", 0, 10)}, demo=True),
+        Task("crash", crash, "default", {"how": {"enum": ["exit", "abort", "segfault"]}}, demo=True),
+        Task("hog", hog, "default", {"mib": _between("integer", 1, 1024)}, demo=True),
         Task("add", add, "default", {"a": NUMBER, "b": NUMBER}),
     )
 }

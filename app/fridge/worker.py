@@ -1,9 +1,11 @@
 """The worker systemd runs (`fridge-worker`): an RQ worker that follows Sentinel through a
-failover, runs only registered tasks, schedules delayed and recurring jobs, and stops warm.
+failover, runs only registered tasks in a preforked work horse (prefork.py), schedules delayed
+and recurring jobs, and stops warm.
 
 Signals (RQ's contract): SIGTERM or SIGINT finishes the running job and exits; a second one
 kills the job. The process title shows what the worker does, as Resque's procline does:
-`rq:worker:<name>: Listening on critical,default,low` or `... Processing <task> from <queue>`.
+`rq:worker:<name>: Listening on critical,default,low` (the worker) and `... Processing <task>
+from <queue>` (its horse, while it runs a job).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import time
 from typing import Any
 
 import redis
-from rq import Worker
 from rq.serializers import JSONSerializer
 
 from . import tasks
 from .config import for_worker
 from .config import load as load_config
 from .fetch import FridgeQueue
+from .prefork import PreforkWorker
 from .queueing import FridgeJob, NotDurable, enqueue, make_queue
 from .store import Store, Unavailable, is_transient
 
@@ -46,8 +48,9 @@ def sd_notify(message: str) -> None:
         log.warning("could not notify systemd: %s", error)
 
 
-class FridgeWorker(Worker):
-    """RQ's forking worker with failover-aware dequeueing and a shorter abandonment window."""
+class FridgeWorker(PreforkWorker):
+    """RQ's worker with a preforked horse, failover-aware dequeueing and a shorter abandonment
+    window."""
 
     def __init__(
         self,
@@ -72,7 +75,8 @@ class FridgeWorker(Worker):
 
     def procline(self, message: str) -> None:
         super().procline(message)
-        sd_notify(f"STATUS={message}")
+        if not self.is_horse:  # systemd hears the main process only (NotifyAccess=main)
+            sd_notify(f"STATUS={message}")
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a running job stays "started" without a heartbeat before it counts as
@@ -186,6 +190,8 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> FridgeWorke
         heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
         stats_prefix=store.key_prefix,
         eat_seconds=float(config["EAT_SECONDS"]),
+        max_jobs=int(config["WORKER_MAX_JOBS"]),
+        max_memory_mb=float(config["WORKER_MAX_MEMORY_MB"]),
         name=name,
         connection=store.redis,
         job_class=FridgeJob,

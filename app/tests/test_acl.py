@@ -128,7 +128,9 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
                 "job_id"
             ]
             assert client.get(f"/jobs/{delayed}").get_json()["status"] == "scheduled"
-        jobs = [ok.get_json()["job_id"], delayed, failing]
+            # A job that kills its work horse: the worker reads its status (HGET) to record it.
+            crashing = client.post("/jobs", json={"task": "crash", "args": ["exit"]}).get_json()["job_id"]
+        jobs = [ok.get_json()["job_id"], delayed, failing, crashing]
         with watch.window(WORKER_USER):
             # A recurring job too: the workers enqueue it durably themselves.
             tick = {"name": "tick", "task": "add", "args": [1, 1], "every": 1, "queue": "critical"}
@@ -136,7 +138,7 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
             wait_until(
                 lambda: (
                     [watch.admin.hget(f"rq:job:{j}", "status") for j in jobs]
-                    == [b"finished", b"finished", b"failed"]
+                    == [b"finished", b"finished", b"failed", b"failed"]
                     and int(watch.admin.get("fridge:stats:finished") or 0) >= 3
                 ),
                 30,

@@ -190,6 +190,8 @@ def test_openapi_document_describes_the_routes(client):
         "sleep",
         "fail",
         "flaky",
+        "crash",
+        "hog",
         "add",
     ]
 

@@ -1,0 +1,138 @@
+"""Drain speed and memory of the kit's worker against RQ's, in the same run, on the same Redis.
+
+Run where the app is installed, with its configuration (FRIDGE_CONFIG and the environment the
+worker units get), by the app's Python:
+
+    python bench/drain.py --jobs 600 --workers 1,2,4 > drain.json
+
+For each kind of worker and each number of workers: a queue of its own is filled with no-op
+jobs (fridge.tasks.add), that many worker processes start in burst mode, and the rate is the
+number of jobs over the time from the first job's start to the last one's end (process start-up
+is not counted). Memory: the proportional set size (PSS) of one worker with its children
+(its horse), sampled every 50 ms while it drains: the mean and the peak. Kinds:
+- fridge: the kit's worker (one preforked work horse runs many jobs);
+- rq: RQ's stock forking `Worker` (a fork for every job);
+- rq-simple: RQ's `SimpleWorker` (no fork at all: no crash isolation; the ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+CHILD = """
+import sys
+from rq import SimpleWorker, Worker
+from rq.serializers import JSONSerializer
+from fridge.config import for_worker, load
+from fridge.store import Store
+from fridge.worker import build_worker
+
+kind, queue, name = sys.argv[1:4]
+store = Store(for_worker(load()))
+if kind == "fridge":
+    worker = build_worker(store, [queue], name)
+else:
+    from rq import Queue
+    cls = Worker if kind == "rq" else SimpleWorker
+    worker = cls([Queue(queue, connection=store.redis, serializer=JSONSerializer)],
+                 connection=store.redis, serializer=JSONSerializer, name=name)
+worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+"""
+
+KINDS = ("fridge", "rq", "rq-simple")
+
+
+def pss_mib(pid: int) -> float:
+    """PSS of a process and its descendants, in MiB (0 when it is gone)."""
+    total = 0
+    pids, seen = [pid], set()
+    while pids:
+        current = pids.pop()
+        seen.add(current)
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        pids += [int(k) for k in kids if int(k) not in seen]
+    return total / 1024
+
+
+def drain(store, kind: str, jobs: int, workers: int) -> dict:
+    from fridge.tasks import add
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    name = f"bench-{kind}-{workers}-{uuid.uuid4().hex[:6]}"
+    queue = Queue(name, connection=store.redis, serializer=JSONSerializer)
+    with store.redis.pipeline() as pipe:
+        data = [Queue.prepare_data(add, (1, 2), result_ttl=600, ttl=600) for _ in range(jobs)]
+        enqueued = queue.enqueue_many(data, pipeline=pipe)
+        pipe.execute()
+    ids = [job.id for job in enqueued]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD, kind, name, f"{name}-{n}"], env=os.environ)  # noqa: S603
+        for n in range(workers)
+    ]
+    samples: list[float] = []
+    while any(p.poll() is None for p in procs):
+        samples += [m for m in (pss_mib(p.pid) for p in procs if p.poll() is None) if m]
+        time.sleep(0.05)
+    with store.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hgetall(f"rq:job:{job_id}")
+        hashes = pipe.execute()
+    rows = [[h.get(k, h.get(k.encode())) for k in ("status", "started_at", "ended_at")] for h in hashes]
+    finished = [r for r in rows if r[0] in (b"finished", "finished")]
+    starts = [datetime.fromisoformat(_text(r[1])) for r in finished]
+    ends = [datetime.fromisoformat(_text(r[2])) for r in finished]
+    seconds = (max(ends) - min(starts)).total_seconds() if finished else float("nan")
+    store.redis.delete(*[f"rq:job:{job_id}" for job_id in ids])
+    return {
+        "kind": kind,
+        "workers": workers,
+        "jobs": jobs,
+        "finished": len(finished),
+        "seconds": round(seconds, 3),
+        "jobs_per_second": round(len(finished) / seconds, 1) if finished else 0.0,
+        "pss_mib_mean": round(sum(samples) / len(samples), 1) if samples else 0.0,
+        "pss_mib_peak": round(max(samples, default=0.0), 1),
+    }
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=600)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    args = parser.parse_args()
+    from fridge.config import for_worker, load
+    from fridge.store import Store
+
+    store = Store(for_worker(load()))
+    results = []
+    for workers in map(int, args.workers.split(",")):
+        for kind in args.kinds.split(","):
+            result = drain(store, kind, args.jobs * workers, workers)
+            print(json.dumps(result), file=sys.stderr)
+            results.append(result)
+    json.dump(results, sys.stdout, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
