@@ -23,6 +23,8 @@ from .tasks import ALLOWED_PATHS, Task
 
 log = logging.getLogger(__name__)
 
+Commands = tuple[tuple[Any, ...], ...]
+
 
 class UnknownTask(Exception):
     """A stored job names a function that is not a registered task."""
@@ -78,7 +80,7 @@ def fetch_job(store: Store, job_id: str) -> Job | None:
     return store.retrying(fetch)
 
 
-def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
+def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: Commands = ()) -> None:
     """Acknowledge only what will survive a failover: the job on this master and on
     ACK_REPLICAS replicas (WAIT), or on this master alone when the Sentinels say no replica
     could replace it (ACK_POLICY "available", see QuorumSentinel.sole_master_doubt).
@@ -88,30 +90,48 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False) -> None:
     it are what WAIT waits for, and replication is ordered, so a replica that has them has the
     job. WAIT waits only for the replicas INFO shows in sync: a lost replica host keeps its
     link "online" until repl-timeout, but its lag grows, and waiting for it could only time out.
+    The WAIT goes in the same round trip as the rest, for as many replicas as were in sync at
+    this process's last acknowledgement; when INFO now shows more in sync than that, a second
+    WAIT asks for them (fewer: the first WAIT may have waited its timeout, once).
 
     ACK_POLICY "strict" needs ACK_REPLICAS acknowledgements. "available" (the default) also
     accepts fewer when every replica in sync acknowledged, and none at all when the Sentinel
     majority confirms this master and sees no other node it could promote (the only replica is
     down); that last case is counted in fridge_jobs_unreplicated_total.
+
+    `first`: commands that go ahead of these in the same round trip (RQ's own bookkeeping).
     """
     wanted = int(store.config["ACK_REPLICAS"])
+    timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
+    guess = min(wanted, store.replicas_in_sync or 0)
+    commands = [
+        *first,
+        ("EXISTS", f"{FridgeJob.redis_job_namespace_prefix}{job_id}"),
+        ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), 1),  # as incr()
+        ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
+        ("LTRIM", store.key("wake"), 0, 99),
+        ("INFO", "replication"),
+    ]
+    if guess:
+        commands.append(("WAIT", guess, timeout_ms))
     with pinned_connection(store) as conn:
-        exists, *_writes, info = conn.run(
-            ("EXISTS", f"{FridgeJob.redis_job_namespace_prefix}{job_id}"),
-            ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), 1),  # as incr()
-            ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
-            ("LTRIM", store.key("wake"), 0, 99),
-            ("INFO", "replication"),
-        )
+        replies = conn.run(*commands, raising=False)
+        exists, info = replies[len(first)], replies[len(first) + 4]
+        if isinstance(info, Exception):
+            raise info
         replication = Replication.parse(info)
         if not exists or replication.role != "master":
             raise StaleMaster(f"job {job_id} is not on {conn.address_text} (role {replication.role})")
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
         if wanted <= 0:
             return
         in_sync = replication.in_sync(int(store.config["REPLICA_MAX_LAG"]))
-        acked = 0
-        if in_sync:
-            acked = int(conn.run(("WAIT", min(wanted, in_sync), int(store.config["ACK_TIMEOUT_MS"])))[0])
+        store.replicas_in_sync = in_sync
+        acked = int(replies[-1]) if guess else 0
+        if acked < min(wanted, in_sync):
+            acked = max(acked, int(conn.run(("WAIT", min(wanted, in_sync), timeout_ms))[0]))
         address = conn.address
     if acked >= wanted:
         return
@@ -168,9 +188,12 @@ def enqueue(
     retries = int(store.config["JOB_RETRIES"])
     retry = Retry(max=retries, interval=list(store.config["JOB_RETRY_INTERVALS"])) if retries else None
 
-    def put() -> None:
+    def put() -> Commands:
+        """Write the job (RQ's atomic unique enqueue); return the commands RQ would have sent
+        in a round trip of their own, for _confirm_durable's."""
         if replayed and FridgeJob.exists(job_id, connection=store.redis):
-            return
+            return ()
+        deferred = store.redis.pipeline(transaction=False)
         options = {
             "job_id": job_id,
             "unique": True,
@@ -187,16 +210,18 @@ def enqueue(
                 at = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
                 queue.enqueue_at(at, task.func, **options)
             else:
-                queue.enqueue(task.func, **options)
+                # With unique=True, RQ writes the job with a script on its connection and puts
+                # only the queue's registration (SADD rq:queues) in the pipeline given.
+                queue.enqueue(task.func, pipeline=deferred, **options)
         except DuplicateJobError:
             pass  # an earlier attempt of this very request got through before the error
+        return tuple(args for args, _options in deferred.command_stack)
 
     def put_durably() -> None:
         nonlocal job_id, replayed
         if idempotency_key:
             job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
-        put()
-        _confirm_durable(store, job_id, replayed)
+        _confirm_durable(store, job_id, replayed, put())
 
     # One unit, under one retry budget: when the confirmation finds the job missing (it went to
     # a master that has been replaced since), the retry claims the key and writes the job again

@@ -340,6 +340,9 @@ class Store:
             **QUIET_HANDSHAKE,
         )
         self.key_prefix = config["KEY_PREFIX"]
+        # Replicas in sync at this process's last acknowledgement: the next one sends its WAIT
+        # with its other commands (see queueing._confirm_durable). None: none made yet.
+        self.replicas_in_sync: int | None = None
 
     def key(self, *parts: str) -> str:
         return ":".join((self.key_prefix, *parts))
@@ -431,19 +434,19 @@ class PinnedConnection:
     def address_text(self) -> str:
         return f"{self.connection.host}:{self.connection.port}"
 
-    def run(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send `commands` in one round trip and return their raw replies, in order."""
+    def run(self, *commands: tuple[Any, ...], raising: bool = True) -> list[Any]:
+        """Send `commands` in one round trip and return their raw replies, in order. An error
+        reply is raised once every reply is read (`raising`), or returned in its place."""
         conn = self.connection
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
-        failed: redis.ResponseError | None = None
         for _ in commands:
             try:
                 replies.append(conn.read_response())
             except redis.ResponseError as error:  # read every reply before raising
-                failed = failed or error
                 replies.append(error)
-        if failed is not None:
+        failed = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
+        if raising and failed is not None:
             raise failed
         return replies
 

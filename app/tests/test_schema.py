@@ -40,7 +40,7 @@ OBJECT = {
             {"l": [1, 2]},
             "",
             "'l' must contain less than or equal to 1 items",
-        ),  # noqa: E501
+        ),
     ],
 )
 def test_each_refusal_names_the_field_and_the_rule(schema, value, subject, sentence):
