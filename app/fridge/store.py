@@ -11,10 +11,12 @@ Two rules keep a failover or a partition from losing acknowledged jobs:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -144,6 +146,17 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def _new_locks_after_fork() -> None:
+    """A forked child (a worker's horse) has only the thread that forked: a lock another thread
+    held at that moment would never be released there."""
+    for sentinel in _QUORUM_SENTINELS:
+        sentinel._order_lock = threading.Lock()
+
+
+_QUORUM_SENTINELS: weakref.WeakSet[QuorumSentinel] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 class QuorumSentinel(Sentinel):
     """redis-py's Sentinel client, asking for a majority instead of the first answer.
 
@@ -156,6 +169,7 @@ class QuorumSentinel(Sentinel):
         super().__init__(sentinels, **kwargs)
         self.majority = len(self.sentinels) // 2 + 1
         self._order_lock = threading.Lock()
+        _QUORUM_SENTINELS.add(self)
 
     def _unanswered(self, sentinel: redis.Redis) -> None:
         with self._order_lock:

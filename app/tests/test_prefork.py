@@ -4,6 +4,7 @@ the job's failure as RQ does, starts a new horse and carries on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -118,3 +119,112 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def counted(admin, name: str) -> int:
+    return int(admin.get(f"fridge:stats:{name}") or 0)
+
+
+def zombies(worker) -> list[int]:
+    return [pid for pid in children(worker.pid) if not _alive(pid)]
+
+
+def test_timeouts_that_coincide_with_heartbeats_are_recorded_once(settings, workers, admin):
+    """The job timeout (2 s) is a multiple of the heartbeat interval (1 s): the worker's alarm
+    lands while the horse records the timeout and retires. Each attempt is still recorded once
+    (2 jobs x 3 attempts = 6 failures, no fourth attempt) and every old horse is reaped."""
+    client = create_app({**settings, "JOB_TIMEOUT": 2}).test_client()
+    (worker,) = workers.start(1)
+    ids = [client.post("/jobs", json={"task": "sleep", "args": [30]}).get_json()["job_id"] for _ in range(2)]
+    for job_id in ids:
+        failed = wait_for_status(client, job_id, {"failed", "finished"}, timeout=60)
+        assert (failed["status"], failed["retries_left"]) == ("failed", 0), failed
+    time.sleep(1)  # any extra attempt would have started by now
+    assert counted(admin, "failures") == 6
+    assert zombies(worker) == []
+
+
+def test_a_horse_per_job_runs_each_job_once(client, workers, admin):
+    """WORKER_MAX_JOBS=1 (RQ's fork per job): every answer is followed by the horse's exit."""
+    workers.start(1, WORKER_MAX_JOBS=1)
+    assert run(client, "flaky", [1])["result"] == 2
+    for n in range(5):
+        assert run(client, "add", [n, n])["result"] == 2 * n
+    assert (counted(admin, "failures"), counted(admin, "finished")) == (1, 6)
+
+
+def test_a_stop_command_stops_the_job_and_a_new_horse_takes_the_next(client, workers, admin):
+    from rq.command import send_stop_job_command
+    from rq.serializers import JSONSerializer
+
+    (worker,) = workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [30]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"})
+    first = the_horse(worker)
+    send_stop_job_command(admin, job_id, serializer=JSONSerializer)
+    assert wait_for_status(client, job_id, {"stopped", "failed", "finished"})["status"] == "stopped"
+    assert a_new_horse(worker, first) != first
+    assert run(client, "add", [1, 2])["result"] == 3
+
+
+def test_a_cold_shutdown_kills_the_job_and_a_new_worker_runs_it_again(client, workers):
+    """A second SIGTERM (RQ's cold shutdown) kills the horse mid-job and the worker exits at
+    once; the abandoned job is retried by the next worker."""
+    (worker,) = workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [3]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"})
+    horse = the_horse(worker)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(1.2)  # RQ ignores a second signal within a second of the first
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) is not None
+    assert not _alive(horse)
+    workers.start(1)
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=60)
+    assert (done["status"], done["retries_left"]) == ("finished", 1), done
+
+
+def test_a_wait_for_the_horse_interrupted_by_a_heartbeat_loses_nothing(admin, monkeypatch):
+    """RQ's monitor interrupts wait_for_horse every job_monitoring_interval (an exception from
+    its alarm) and calls it again. Interrupted while reaping a horse that answered "retiring",
+    the next call still reports that answer and reaps it (it used to return "no horse": the job
+    was recorded twice, as failed by a dead horse, and the horse was left a zombie)."""
+    from fridge.prefork import RETIRING, PreforkWorker
+    from rq import Queue
+    from rq.timeouts import HorseMonitorTimeoutException
+
+    def answer_then_linger(self, parent, jobs, answers):
+        os.read(jobs, 100)
+        os.write(answers, RETIRING)
+        time.sleep(0.3)  # a big process takes a while to exit
+        return 0
+
+    monkeypatch.setattr(PreforkWorker, "_run_horse", answer_then_linger)
+    worker = PreforkWorker([Queue("q", connection=admin)], connection=admin)
+    horse = worker._start_horse()
+    os.write(horse.jobs, b"job\n")
+    real_wait4, interrupted = os.wait4, []
+
+    def wait4(pid, options):
+        if not interrupted:
+            interrupted.append(pid)
+            raise HorseMonitorTimeoutException("heartbeat due")
+        return real_wait4(pid, options)
+
+    monkeypatch.setattr(os, "wait4", wait4)
+    with pytest.raises(HorseMonitorTimeoutException):
+        worker.wait_for_horse()
+    pid, status, _ = worker.wait_for_horse()  # as RQ's monitor calls it again
+    assert (pid, status) == (horse.pid, 0)
+    assert worker._horse is None
+    assert not os.path.exists(f"/proc/{horse.pid}"), "reaped, no zombie left"
+
+
+def test_a_timeout_marks_its_horse_even_when_the_job_swallows_it():
+    from fridge.prefork import RetiringDeathPenalty
+    from rq.timeouts import JobTimeoutException
+
+    RetiringDeathPenalty.struck = False
+    with RetiringDeathPenalty(1, JobTimeoutException, job_id="x"), contextlib.suppress(Exception):
+        time.sleep(3)  # a task that catches every Exception
+    assert RetiringDeathPenalty.struck, "its horse is replaced after this job"
