@@ -80,8 +80,10 @@ molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" t
 	  echo "==> scenario $$s passed in $$(( $$(date +%s) - start ))s"; \
 	done
 
-bench: venv images ## Speed and memory benchmarks (numbers, not pass/fail)
-	@if [ -x tools/bench.sh ]; then tools/bench.sh; else echo "no benchmarks yet"; fi
+bench: venv images ## Speed and memory, each beside a baseline of the same run (BENCH_DEPLOY=0, BENCH_DRILLS=N): bench/results/
+	@tools/need.sh wrk:wrk iptables:iptables nsenter:util-linux
+	@tools/venv.sh .venv-bench bench/requirements.txt
+	@python tools/bench.py
 
 chaos: venv images ## Every fault drill CHAOS_DRILLS times (5) on the dev topology: table, JSON in bench/results/
 	@tools/need.sh iptables:iptables nsenter:util-linux

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""`make bench`: speed and memory of the development platform (`make dev`), each figure beside
+a baseline measured in the same run. Numbers, never pass/fail.
+
+- Deploy: the first `site.yml` on new containers against a no-op re-run (BENCH_DEPLOY=0 keeps
+  the running platform and times the re-run only).
+- Enqueue through Apache (wrk at 8, 32 and 128 connections) against a bare WSGI hello-world
+  deployed beside the app with the kit's own roles (bench/hello.yml), the workers stopped.
+- Enqueue to start: jobs sent one by one to idle workers.
+- Drain: the kit's worker against RQ's `Worker` and `SimpleWorker`, 1, 2 and 4 of each, on the
+  same Redis (bench/drain.py, run on the worker host).
+- Memory of every daemon (RSS and PSS).
+- Failover write gap: tools/chaos.py, BENCH_DRILLS (5) drills of each fault; BENCH_DRILLS=0
+  reports the latest chaos results instead.
+
+Writes bench/results/<UTC time>.json, bench/results/latest.md (also put in the README between
+its bench markers) and bench/results/latest.png (bench/chart.py, in .venv-bench).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as host_platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "molecule" / "resources" / "tests"), str(ROOT / "plugins" / "module_utils")]
+
+import kit_checks  # noqa: E402
+import kit_faults  # noqa: E402
+
+INVENTORY = ROOT / "inventories" / "dev"
+RESULTS = ROOT / "bench" / "results"
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+CONNECTIONS = (8, 32, 128)
+HELLO = "hello.bench"
+
+
+def run(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, **kwargs)  # noqa: S603
+
+
+def playbook(*args: str) -> tuple[float, int]:
+    """Run ansible-playbook on the development inventory: (seconds, tasks changed)."""
+    started = time.monotonic()
+    env = dict(os.environ, ANSIBLE_NOCOLOR="true")
+    proc = run("ansible-playbook", "-i", str(INVENTORY), *args, env=env)
+    if proc.returncode:
+        sys.exit(f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+    changed = sum(r["changed"] for r in kit_checks.play_recap(proc.stdout).values())
+    return round(time.monotonic() - started, 1), changed
+
+
+def deploy(fresh: bool) -> dict:
+    result: dict = {"first_seconds": None, "first_changed": None}
+    if fresh:
+        print("==> Deploy: new containers, then site.yml twice", flush=True)
+        run(str(ROOT / "tools" / "dev.sh"), "down")
+        playbook("playbooks/dev_containers.yml")
+        result["first_seconds"], result["first_changed"] = playbook("site.yml")
+    else:
+        print("==> Deploy: a no-op re-run of site.yml on the running platform", flush=True)
+    result["noop_seconds"], result["noop_changed"] = playbook("site.yml")
+    if result["first_seconds"]:
+        result["noop_over_first"] = round(result["noop_seconds"] / result["first_seconds"], 2)
+    return result
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return round(float(number) * _UNITS[unit], 2)
+
+
+def wrk(url: str, connections: int, host: str | None = None) -> dict:
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{SECONDS}s", "--latency", url]
+    if host:
+        args[1:1] = ["-H", f"Host: {host}"]
+    out = run(*args).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])),
+        "p50_ms": _ms(latency["50"]),
+        "p99_ms": _ms(latency["99"]),
+        "non_2xx": int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+    }
+
+
+def workers(platform: kit_faults.Platform, action: str) -> None:
+    for host in platform.workers:
+        kit_faults.sh(host, f"systemctl {action} {platform.worker_target}")
+
+
+def purge(platform: kit_faults.Platform, *queues: str) -> None:
+    """Drop the jobs waiting in these queues (wrk's thousands of eat jobs)."""
+    script = (
+        "local n = 0 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do "
+        "redis.call('DEL', 'rq:job:' .. id) n = n + 1 end redis.call('DEL', KEYS[1]) return n"
+    )
+    with platform.group.node(platform.group.current_master()) as conn:
+        for queue in queues:
+            conn.command("EVAL", script, "1", f"rq:queue:{queue}")
+
+
+def http(platform: kit_faults.Platform) -> list[dict]:
+    print("==> Enqueue through Apache against the hello-world app (workers stopped)", flush=True)
+    playbook(str(ROOT / "bench" / "hello.yml"))
+    workers(platform, "stop")
+    rows = []
+    try:
+        for connections in CONNECTIONS:
+            hello = wrk(f"{platform.url}/", connections, HELLO)
+            enqueue = wrk(f"{platform.url}/comer/bench", connections)
+            purge(platform, "default")
+            row = {"connections": connections, "hello": hello, "enqueue": enqueue}
+            row["enqueue_over_hello"] = round(enqueue["rps"] / hello["rps"], 2)
+            rows.append(row)
+            print(f"  {connections:4} connections: {json.dumps(row)}", flush=True)
+    finally:
+        workers(platform, "start")
+    return rows
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(  # noqa: S310
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        return json.load(answer)
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310
+        return json.load(answer)
+
+
+def enqueue_to_start(platform: kit_faults.Platform, jobs: int = 200) -> dict:
+    print(f"==> Enqueue to start: {jobs} jobs, one at a time, idle workers", flush=True)
+    platform.wait_healthy()
+    ids = []
+    for n in range(jobs):
+        ids.append(_post(f"{platform.url}/jobs", {"task": "add", "args": [n, 1]})["job_id"])
+        time.sleep(0.05)
+    waits = []
+    for job_id in ids:
+        job = kit_checks.wait_for(
+            lambda job_id=job_id: (j := _get(f"{platform.url}/jobs/{job_id}"))["status"] == "finished" and j,
+            30,
+            f"job {job_id} to finish",
+        )
+        started, enqueued = (datetime.fromisoformat(job[k]) for k in ("started_at", "enqueued_at"))
+        waits.append((started - enqueued).total_seconds() * 1000)
+    waits.sort()
+    return {
+        "jobs": jobs,
+        "p50_ms": round(statistics.median(waits), 1),
+        "p99_ms": round(waits[int(len(waits) * 0.99) - 1], 1),
+    }
+
+
+def drain(platform: kit_faults.Platform) -> list[dict]:
+    host = platform.workers[0]
+    unit = platform.worker_units.replace("*", "1")
+    print(f"==> Drain on {host}: the kit's worker, RQ's Worker and SimpleWorker", flush=True)
+    env = kit_faults.sh(host, f"systemctl show -p Environment --value {unit}").split()
+    python = kit_faults.sh(host, f"systemctl show -p ExecStart --value {unit}")
+    python = re.search(r"path=(\S+)/[^/ ]+-worker ", python)[1] + "/python"
+    workers(platform, "stop")
+    try:
+        proc = run(
+            "docker",
+            "exec",
+            "-i",
+            *[a for e in env for a in ("-e", e)],
+            host,
+            python,
+            "-",
+            "--jobs",
+            os.environ.get("BENCH_DRAIN_JOBS", "600"),
+            "--workers",
+            "1,2,4",
+            input=(ROOT / "bench" / "drain.py").read_text(),
+        )
+    finally:
+        workers(platform, "start")
+    if proc.returncode:
+        sys.exit(f"bench/drain.py failed:\n{proc.stderr[-4000:]}")
+    results = json.loads(proc.stdout)
+    rows = []
+    for count in sorted({r["workers"] for r in results}):
+        by_kind = {r["kind"]: r for r in results if r["workers"] == count}
+        kit, rq, simple = by_kind["fridge"], by_kind["rq"], by_kind["rq-simple"]
+        rows.append(
+            {
+                "workers": count,
+                **{f"{k}_jobs_per_second": v["jobs_per_second"] for k, v in by_kind.items()},
+                **{f"{k}_pss_mib": v["pss_mib_mean"] for k, v in by_kind.items()},
+                "kit_over_rq": round(kit["jobs_per_second"] / rq["jobs_per_second"], 2),
+                "kit_over_simple": round(kit["jobs_per_second"] / simple["jobs_per_second"], 2),
+            }
+        )
+        print(f"  {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
+MEMORY = r"""
+import collections, os, re
+kinds = collections.defaultdict(lambda: [0, 0, 0])
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+        pss = rss = 0
+        for row in open(f"/proc/{pid}/smaps_rollup"):
+            if row.startswith("Pss:"): pss = int(row.split()[1])
+            if row.startswith("Rss:"): rss = int(row.split()[1])
+    except OSError:
+        continue
+    for pattern, name in PATTERNS:
+        if re.search(pattern, line):
+            kinds[name][0] += 1; kinds[name][1] += rss; kinds[name][2] += pss
+            break
+for name, (n, rss, pss) in sorted(kinds.items()):
+    print(f"{name}\t{n}\t{rss / 1024:.1f}\t{pss / 1024:.1f}")
+"""
+PATTERNS = [
+    (r"redis-server|valkey-server", "redis-server"),
+    (r"redis-sentinel|valkey-sentinel|\[sentinel\]", "sentinel"),
+    (r"^\(wsgi:", "mod_wsgi daemons"),
+    (r"apache2", "apache2"),
+    (r"Horse waiting|Processing ", "worker horses"),
+    (r"^rq:worker:", "workers"),
+    (r"^rq:scheduler|Scheduler", "schedulers"),
+]
+
+
+def memory(platform: kit_faults.Platform) -> list[dict]:
+    print("==> Memory of every daemon (RSS and PSS)", flush=True)
+    code = f"PATTERNS = {PATTERNS!r}\n{MEMORY}"
+    rows = []
+    for host in sorted(platform.addresses):
+        out = kit_faults.docker("exec", "-i", host, "python3", "-c", code)
+        for line in out.splitlines():
+            name, count, rss, pss = line.split("\t")
+            rows.append(
+                {
+                    "host": host,
+                    "daemon": name,
+                    "processes": int(count),
+                    "rss_mib": float(rss),
+                    "pss_mib": float(pss),
+                }
+            )
+    return rows
+
+
+def failover() -> dict:
+    drills = os.environ.get("BENCH_DRILLS", "5")
+    if drills != "0":
+        print(f"==> Failover write gap: tools/chaos.py, {drills} drills of each fault", flush=True)
+        chaos = [sys.executable, str(ROOT / "tools" / "chaos.py")]
+        subprocess.run(chaos, check=False, env=dict(os.environ, CHAOS_DRILLS=drills))  # noqa: S603
+    latest = max(RESULTS.glob("chaos-2*.json"), key=lambda p: p.name)
+    report = json.loads(latest.read_text())
+    keys = ("fault", "drills", "acknowledged", "lost", "write_gap_median", "write_gap_max")
+    rows = [{k: r[k] for k in keys} for r in report["summary"]]
+    return {"source": latest.name, "date": report["date"], "faults": rows}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Measured by `make bench` on {report['date']} ({report['machine']['cpus']} cores, "
+        "inventories/dev: every host a container on one machine).",
+        "",
+        "| Drain, no-op jobs | Kit's worker | RQ `Worker` | RQ `SimpleWorker` | Kit / `Worker` "
+        "| Kit / `SimpleWorker` | PSS per worker: kit, `Worker` (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["drain"]:
+        lines.append(
+            f"| {r['workers']} worker(s) | {r['fridge_jobs_per_second']:.0f} jobs/s | "
+            f"{r['rq_jobs_per_second']:.0f} | {r['rq-simple_jobs_per_second']:.0f} | "
+            f"**{r['kit_over_rq']:.2f}x** | {r['kit_over_simple']:.2f}x | "
+            f"{r['fridge_pss_mib']:.1f}, {r['rq_pss_mib']:.1f} |"
+        )
+    lines += [
+        "",
+        "| Connections | Enqueue (`GET /comer/x`) | p50 / p99 | Hello-world | p50 / p99 | Enqueue / hello |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["http"]:
+        e, h = r["enqueue"], r["hello"]
+        lines.append(
+            f"| {r['connections']} | {e['rps']} req/s | {e['p50_ms']} / **{e['p99_ms']} ms** | "
+            f"{h['rps']} req/s | {h['p50_ms']} / {h['p99_ms']} ms | **{r['enqueue_over_hello']:.2f}** |"
+        )
+    s, d = report["enqueue_to_start"], report["deploy"]
+    lines += [
+        "",
+        f"Enqueue to start ({s['jobs']} jobs, idle workers): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms.",
+    ]
+    first = f"{d['first_seconds']} s ({d['first_changed']} changes)" if d["first_seconds"] else "not measured"
+    ratio = f", **{d['noop_over_first']:.2f}** of the first" if d.get("noop_over_first") else ""
+    lines += [
+        "",
+        f"Deploy (`site.yml`): first {first}; no-op re-run {d['noop_seconds']} s "
+        f"({d['noop_changed']} changes){ratio}.",
+    ]
+    f = report["failover"]
+    lines += [
+        "",
+        f"| Fault ({f['source']}) | Drills | Acknowledged | Lost | Write gap median / max (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in f["faults"]:
+        lines.append(
+            f"| {r['fault']} | {r['drills']} | {r['acknowledged']} | {r['lost']} | "
+            f"{r['write_gap_median']} / {r['write_gap_max']} |"
+        )
+    lines += ["", "| Host | Daemon | Processes | RSS (MiB) | PSS (MiB) |", "|---|---|---|---|---|"]
+    for r in report["memory"]:
+        lines.append(f"| {r['host']} | {r['daemon']} | {r['processes']} | {r['rss_mib']} | {r['pss_mib']} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme(summary: str) -> None:
+    path = ROOT / "README.md"
+    text = path.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        path.write_text(f"{head}{begin}\n{summary}{end}{rest.split(end, 1)[1]}")
+
+
+def main() -> int:
+    kit_checks.INVENTORY = str(INVENTORY)
+    run(str(ROOT / "tools" / "need.sh"), "wrk:wrk")
+    fresh = os.environ.get("BENCH_DEPLOY", "1") != "0"
+    if not fresh and kit_faults.http_status("http://localhost:8080/healthz") != 200:
+        fresh = True
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    report: dict = {"date": stamp, "machine": {"cpus": os.cpu_count(), "system": host_platform.platform()}}
+    report["deploy"] = deploy(fresh)
+    platform = kit_faults.Platform.from_inventory()
+    platform.wait_healthy()
+    report["http"] = http(platform)
+    report["enqueue_to_start"] = enqueue_to_start(platform)
+    report["drain"] = drain(platform)
+    report["memory"] = memory(platform)
+    report["failover"] = failover()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    summary = markdown(report)
+    (RESULTS / "latest.md").write_text(summary)
+    readme(summary)
+    chart = run(
+        str(ROOT / ".venv-bench" / "bin" / "python"),
+        str(ROOT / "bench" / "chart.py"),
+        str(out),
+        str(RESULTS / "latest.png"),
+    )
+    drawn = "ok" if chart.returncode == 0 else chart.stderr.strip()[-300:]
+    print(f"\n{summary}\n==> Written {out.relative_to(ROOT)}, bench/results/latest.md and latest.png")
+    print(f"    (chart: {drawn}); the README shows the summary")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
