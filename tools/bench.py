@@ -86,8 +86,10 @@ def wrk(url: str, connections: int, host: str | None = None) -> dict:
     args = ["wrk", "-t2", f"-c{connections}", f"-d{SECONDS}s", "--latency", url]
     if host:
         args[1:1] = ["-H", f"Host: {host}"]
+    # Warm-up: the daemons load the app on their first request.
+    run(*["-d2s" if a.startswith("-d") else a for a in args])
     out = run(*args).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])),
@@ -149,6 +151,11 @@ def _get(url: str) -> dict:
 def enqueue_to_start(platform: kit_faults.Platform, jobs: int = 200) -> dict:
     print(f"==> Enqueue to start: {jobs} jobs, one at a time, idle workers", flush=True)
     platform.wait_healthy()
+    for n in range(10):  # until the workers (just started) have taken jobs and forked their horses
+        warm = _post(f"{platform.url}/jobs", {"task": "add", "args": [n, 0]})["job_id"]
+        kit_checks.wait_for(
+            lambda warm=warm: _get(f"{platform.url}/jobs/{warm}")["status"] == "finished", 60, "a job"
+        )
     ids = []
     for n in range(jobs):
         ids.append(_post(f"{platform.url}/jobs", {"task": "add", "args": [n, 1]})["job_id"])
@@ -219,6 +226,8 @@ MEMORY = r"""
 import collections, os, re
 kinds = collections.defaultdict(lambda: [0, 0, 0])
 for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
     try:
         line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
         pss = rss = 0
@@ -235,8 +244,8 @@ for name, (n, rss, pss) in sorted(kinds.items()):
     print(f"{name}\t{n}\t{rss / 1024:.1f}\t{pss / 1024:.1f}")
 """
 PATTERNS = [
-    (r"redis-server|valkey-server", "redis-server"),
     (r"redis-sentinel|valkey-sentinel|\[sentinel\]", "sentinel"),
+    (r"redis-server|valkey-server", "redis-server"),
     (r"^\(wsgi:", "mod_wsgi daemons"),
     (r"apache2", "apache2"),
     (r"Horse waiting|Processing ", "worker horses"),
@@ -357,6 +366,7 @@ def main() -> int:
     report["http"] = http(platform)
     report["enqueue_to_start"] = enqueue_to_start(platform)
     report["drain"] = drain(platform)
+    enqueue_to_start(platform, jobs=10)  # the restarted workers have their horses again
     report["memory"] = memory(platform)
     report["failover"] = failover()
     RESULTS.mkdir(parents=True, exist_ok=True)
