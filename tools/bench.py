@@ -53,6 +53,9 @@ def playbook(*args: str) -> tuple[float, int]:
     started = time.monotonic()
     env = dict(os.environ, ANSIBLE_NOCOLOR="true")
     proc = run("ansible-playbook", "-i", str(INVENTORY), *args, env=env)
+    log = ROOT / ".cache" / f"bench-{Path(args[-1]).stem}-{int(time.time())}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(proc.stdout)
     if proc.returncode:
         sys.exit(f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
     changed = sum(r["changed"] for r in kit_checks.play_recap(proc.stdout).values())
@@ -214,6 +217,7 @@ def drain(platform: kit_faults.Platform) -> list[dict]:
                 "workers": count,
                 **{f"{k}_jobs_per_second": v["jobs_per_second"] for k, v in by_kind.items()},
                 **{f"{k}_pss_mib": v["pss_mib_mean"] for k, v in by_kind.items()},
+                **{f"{k}_pss_mib_peak": v["pss_mib_peak"] for k, v in by_kind.items()},
                 "kit_over_rq": round(kit["jobs_per_second"] / rq["jobs_per_second"], 2),
                 "kit_over_simple": round(kit["jobs_per_second"] / simple["jobs_per_second"], 2),
             }
@@ -293,7 +297,7 @@ def markdown(report: dict) -> str:
         "inventories/dev: every host a container on one machine).",
         "",
         "| Drain, no-op jobs | Kit's worker | RQ `Worker` | RQ `SimpleWorker` | Kit / `Worker` "
-        "| Kit / `SimpleWorker` | PSS per worker: kit, `Worker` (MiB) |",
+        "| Kit / `SimpleWorker` | PSS per worker, mean (peak): kit, `Worker` (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["drain"]:
@@ -301,7 +305,8 @@ def markdown(report: dict) -> str:
             f"| {r['workers']} worker(s) | {r['fridge_jobs_per_second']:.0f} jobs/s | "
             f"{r['rq_jobs_per_second']:.0f} | {r['rq-simple_jobs_per_second']:.0f} | "
             f"**{r['kit_over_rq']:.2f}x** | {r['kit_over_simple']:.2f}x | "
-            f"{r['fridge_pss_mib']:.1f}, {r['rq_pss_mib']:.1f} |"
+            f"{r['fridge_pss_mib']:.1f} ({r['fridge_pss_mib_peak']:.1f}), "
+            f"{r['rq_pss_mib']:.1f} ({r['rq_pss_mib_peak']:.1f}) |"
         )
     lines += [
         "",
