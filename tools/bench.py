@@ -58,7 +58,8 @@ def playbook(*args: str) -> tuple[float, int]:
     log.write_text(proc.stdout)
     if proc.returncode:
         sys.exit(f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
-    changed = sum(r["changed"] for r in kit_checks.play_recap(proc.stdout).values())
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # make may force Ansible's colours
+    changed = sum(r["changed"] for r in kit_checks.play_recap(plain).values())
     return round(time.monotonic() - started, 1), changed
 
 
