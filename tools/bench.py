@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -139,38 +138,20 @@ def http(platform: kit_faults.Platform) -> list[dict]:
     return rows
 
 
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(  # noqa: S310
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-        return json.load(answer)
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310
-        return json.load(answer)
-
-
 def enqueue_to_start(platform: kit_faults.Platform, jobs: int = 200) -> dict:
     print(f"==> Enqueue to start: {jobs} jobs, one at a time, idle workers", flush=True)
     platform.wait_healthy()
+    http = kit_checks.Http(platform.addresses[platform.web])
     for n in range(10):  # until the workers (just started) have taken jobs and forked their horses
-        warm = _post(f"{platform.url}/jobs", {"task": "add", "args": [n, 0]})["job_id"]
-        kit_checks.wait_for(
-            lambda warm=warm: _get(f"{platform.url}/jobs/{warm}")["status"] == "finished", 60, "a job"
-        )
+        warm = http.post("/jobs", {"task": "add", "args": [n, 0]}).json()["job_id"]
+        http.wait_for_job(warm, {"finished"}, 60)
     ids = []
     for n in range(jobs):
-        ids.append(_post(f"{platform.url}/jobs", {"task": "add", "args": [n, 1]})["job_id"])
+        ids.append(http.post("/jobs", {"task": "add", "args": [n, 1]}).json()["job_id"])
         time.sleep(0.05)
     waits = []
     for job_id in ids:
-        job = kit_checks.wait_for(
-            lambda job_id=job_id: (j := _get(f"{platform.url}/jobs/{job_id}"))["status"] == "finished" and j,
-            30,
-            f"job {job_id} to finish",
-        )
+        job = http.wait_for_job(job_id, {"finished"}, 30)
         started, enqueued = (datetime.fromisoformat(job[k]) for k in ("started_at", "enqueued_at"))
         waits.append((started - enqueued).total_seconds() * 1000)
     waits.sort()
