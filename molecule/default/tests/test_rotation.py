@@ -8,22 +8,29 @@ tier and the workers switch to the new one. Run 2 (`*_previous` gone, `--tags re
 the kit CA's host certificates due for renewal): the old password is refused, every server
 presents its new certificate; the data nodes reloaded theirs live (same process: no restart,
 no failover), the Sentinels restarted one at a time.
-Not one request may fail in between. Last in the scenario: the passwords stay rotated.
+Not one request may fail in between, and both runs, made at -vvv, print none of the passwords.
+Last in the scenario: the passwords stay rotated.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 import time
 import tomllib
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from kit_checks import ReplyError, converge, hosts_in, hostvars, pairs, rendered, resolve, wait_for
-from kit_faults import executed, server_pid, sh, under_load
+from kit_checks import ReplyError, hosts_in, hostvars, pairs, play_recap, resolve, run_playbook, wait_for
+from kit_faults import (
+    executed,
+    make_certificates_due,
+    sentinel_pids,
+    served_certificates,
+    server_pid,
+    sh,
+    under_load,
+)
 
 # Every password the playbook sets but the dashboard's: the app's (web, workers, Sentinel
 # client) and the data tier's own (admin, replication, Sentinels' login on the nodes, Sentinels'
@@ -40,28 +47,18 @@ ROTATED = (
 
 
 def _run(values: dict[str, str], *args: str) -> dict[str, dict[str, int]]:
-    return converge(*args, "-e", json.dumps(values))
-
-
-def served(group) -> dict[str, str]:
-    """The certificate (PEM) each data node and Sentinel presents, by "address:port"."""
-    targets = [(a, 6379) for a in group.nodes.values()] + [(a, 26379) for a in group.sentinels.values()]
-    return {f"{a}:{p}": ssl.get_server_certificate((a, p), timeout=2) for a, p in targets}
-
-
-def sentinel_pids(group) -> dict[str, str]:
-    service = group.service.replace("-server", "-sentinel")
-    return {h: sh(h, f"systemctl show -p MainPID --value {service}").strip() for h in group.sentinels}
-
-
-def due_for_renewal(group) -> None:
-    """Make the kit CA's host certificates due: the next run issues new ones (as it does when
-    fewer than kit_redis_tls_renew_days remain)."""
-    host = next(iter(group.nodes))
-    assert rendered(host, "kit_redis_tls_ca") == "kit", "the default scenario uses the kit's CA"
-    pki = Path(str(rendered(host, "kit_redis_tls_dir")))
-    for name in {*group.nodes, *group.sentinels}:
-        (pki / f"{name}.crt").unlink()
+    """A run that changes the passwords, at -vvv (every module's arguments and results are
+    printed): no password, old or new, may be in its output."""
+    run = run_playbook(*args, "-vvv", "-e", json.dumps(values))
+    said = run.stdout + run.stderr
+    recap = play_recap(run.stdout)
+    assert run.returncode == 0, said[-20000:]
+    assert recap, said[-5000:]
+    assert any(counts["changed"] for counts in recap.values()), "the run changed nothing"
+    assert len(said) > 200_000  # really verbose
+    leaked = sorted(name for name, value in values.items() if value in said)
+    assert leaked == [], f"printed by ansible-playbook -vvv while rotating: {leaked}"
+    return recap
 
 
 def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_request(platform, group):
@@ -81,10 +78,10 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
         assert new["vault_redis_web_password"] in config
         assert new["vault_redis_sentinel_client_password"] in config
         if tls:
-            certificates = served(group)
+            certificates = served_certificates(group)
             redis_pids = {h: server_pid(group, h) for h in group.nodes}
             sentinels_before = sentinel_pids(group)
-            due_for_renewal(group)
+            make_certificates_due(group)
         _run(new, "--tags", "redis,sentinel")  # retiring the old ones touches the data tier only
         now = time.monotonic()
         while not load.acked_since(now):
@@ -102,7 +99,7 @@ def test_app_passwords_rotate_and_certificates_renew_under_load_with_no_failed_r
     assert unfinished == []
 
     if tls:
-        renewed = served(group)
+        renewed = served_certificates(group)
         assert all(renewed[t] != certificates[t] for t in certificates), "a server kept its old certificate"
         assert {h: server_pid(group, h) for h in group.nodes} == redis_pids, "a data node restarted"
         after = sentinel_pids(group)

@@ -65,6 +65,22 @@ def test_fifty_jobs_through_apache_are_all_eaten():
     assert http.get("/healthz").json()["workers"] == 2
 
 
+def test_production_defaults_keep_the_demo_tasks_and_critical_private():
+    """inventories/prod as shipped, through Apache: the demo tasks (which tie up workers on
+    request) are not offered, and the critical queue takes no job from the public API."""
+    http = _https()
+    for task, args in {"sleep": [100], "fail": ["x"], "flaky": [3], "crash": ["exit"]}.items():
+        reply = http.post("/jobs", body={"task": task, "args": args})
+        assert reply.status == 400, (task, reply.body)
+        assert reply.json()["error"].startswith(f"unknown task '{task}'"), reply.body
+    reply = http.post("/jobs", body={"task": "eat", "args": ["pan"], "queue": "critical"})
+    assert reply.status == 400, reply.body
+    assert "not open to requests" in reply.json()["error"]
+    assert http.get("/comer/pan?queue=critical").status == 400
+    # The same request on a public queue is taken: the refusals above are the defaults at work.
+    assert http.post("/jobs", body={"task": "eat", "args": ["pan"], "queue": "low"}).status == 202
+
+
 def test_production_timings_are_applied():
     v = hostvars(hosts_in("redis")[0])
     assert v["redis_sentinel_down_after_ms"] == 5000

@@ -264,10 +264,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 class Http:
     """A tiny HTTP client for the app's VirtualHost (no redirects, no retries). With `cafile`,
-    HTTPS that trusts only that certificate (checked against the address)."""
+    HTTPS that trusts only that certificate (checked against the address). With `token`, every
+    request carries it as the API's bearer token unless it names its own Authorization."""
 
-    def __init__(self, address: str, cafile: str | None = None) -> None:
+    def __init__(self, address: str, cafile: str | None = None, token: str | None = None) -> None:
         self.base = f"https://{address}" if cafile else f"http://{address}"
+        self.token = token
         handlers: list = [_NoRedirect]
         if cafile:
             handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)))
@@ -277,6 +279,8 @@ class Http:
         data = json.dumps(body).encode() if body is not None else None
         url = self.base + path  # always the test host
         request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
+        if self.token and not request.has_header("Authorization"):
+            request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import ssl
 import statistics
 import subprocess
 import threading
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit_checks import Group, hosts_in, hostvars, load_group, run_playbook, wait_for
+from kit_checks import Group, hosts_in, hostvars, load_group, rendered, run_playbook, wait_for
 from kit_redis import ReplyError, parse_info
 
 # --- The platform ---------------------------------------------------------------------------
@@ -175,6 +176,27 @@ def revive_server(group: Group, host: str) -> None:
 
 def server_pid(group: Group, host: str) -> str:
     return sh(host, f"systemctl show -p MainPID --value {group.service}").strip()
+
+
+def sentinel_pids(group: Group) -> dict[str, str]:
+    service = group.service.replace("-server", "-sentinel")
+    return {h: sh(h, f"systemctl show -p MainPID --value {service}").strip() for h in group.sentinels}
+
+
+def served_certificates(group: Group) -> dict[str, str]:
+    """The certificate (PEM) each data node and Sentinel presents, by "address:port"."""
+    targets = [(a, 6379) for a in group.nodes.values()] + [(a, 26379) for a in group.sentinels.values()]
+    return {f"{a}:{p}": ssl.get_server_certificate((a, p), timeout=2) for a, p in targets}
+
+
+def make_certificates_due(group: Group) -> None:
+    """Make the kit CA's host certificates due: the next run issues new ones, as it does when
+    fewer than kit_redis_tls_renew_days remain (the CA itself is kept)."""
+    host = next(iter(group.nodes))
+    assert rendered(host, "kit_redis_tls_ca") == "kit", "only the kit's CA renews certificates itself"
+    pki = Path(str(rendered(host, "kit_redis_tls_dir")))
+    for name in {*group.nodes, *group.sentinels}:
+        (pki / f"{name}.crt").unlink()
 
 
 def loaded(group: Group, address: str) -> bool:

@@ -13,4 +13,5 @@ def app_host_vars() -> dict:
 
 @pytest.fixture(scope="module")
 def http(app_host_vars) -> Http:
-    return Http(app_host_vars["kit_address"])
+    # The scenario turns the API's tokens on (host_vars): requests carry the first.
+    return Http(app_host_vars["kit_address"], token=app_host_vars["kit_app_api_tokens"][0])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import testinfra.utils.ansible_runner
-from kit_checks import converge, exposure, get_host, run_playbook, wait_for
+from kit_checks import Http, converge, exposure, get_host, run_playbook, wait_for
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -187,6 +187,25 @@ def test_bad_encodings_and_form_bodies_are_4xx_through_apache(http):
     assert reply.json()["error"] == "the path is not valid UTF-8"
     form = http.request("POST", "/jobs", headers={"Content-Type": "text/plain"})
     assert form.status == 415
+
+
+def test_enqueueing_needs_an_api_token_and_apache_passes_it_to_the_app(app_host_vars):
+    """kit_app_api_tokens on: mod_wsgi hands the Authorization header to the API's paths (it
+    drops it by default, which would refuse every token), and to no other path."""
+    first, second = app_host_vars["kit_app_api_tokens"]
+    address = app_host_vars["kit_address"]
+    job = {"task": "add", "args": [1, 2]}
+    anonymous = Http(address)
+    assert anonymous.post("/jobs", body=job).status == 401
+    assert anonymous.get("/comer/pan").status == 401
+    wrong = {"Authorization": "Bearer " + "x" * len(first)}
+    assert anonymous.post("/jobs", body=job, headers=wrong).status == 401
+    assert anonymous.post("/jobs", body=job, headers=basic("admin", first)).status == 401
+    accepted = Http(address, token=first).post("/jobs", body=job)
+    assert accepted.status == 202, accepted.body
+    assert Http(address, token=second).get("/comer/pan").status == 202
+    # Reading a job needs no token: its id, given only to whoever enqueued it, is the secret.
+    assert anonymous.get(accepted.headers["Location"]).status == 200
 
 
 def test_demo_tasks_and_critical_follow_the_inventory(http):
