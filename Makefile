@@ -15,7 +15,7 @@ export PY_COLORS ?= $(if $(CI),0,1)
 export COLUMNS ?= 160
 
 # Molecule scenarios run by `make test`, in order (fast feedback first).
-SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
+SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/harness/molecule.yml molecule/roles/molecule.yml molecule/redis_ha/molecule.yml molecule/web/molecule.yml molecule/default/molecule.yml molecule/prod/molecule.yml)))
 PLAYBOOKS := $(wildcard site.yml playbooks/*.yml)
 
 .PHONY: help venv engine images dev status down test lint syntax test-roles test-app molecule bench chaos lock clean

@@ -1,6 +1,7 @@
-"""The kit's modules' own logic, on the controller: what redis_ha_status calls a problem, and a
-backup and restore round trip (redis_backup, redis_restore) against real redis-server processes
-(a master and its replica on 127.0.0.1)."""
+"""The kit's modules on the controller, against real redis-server and Sentinel processes on
+loopback addresses: what redis_ha_status calls a problem (its logic alone, then a real group),
+a backup and restore round trip (redis_backup, redis_restore), and every other module as
+Ansible runs it."""
 
 from __future__ import annotations
 
@@ -105,9 +106,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(
+        self, directory: Path, *extra: str, address: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         directory.mkdir()
-        self.port = free_port()
+        self.address = address
+        self.port = port or free_port()
         # A configuration file (empty), so that CONFIG REWRITE works as on a deployed node.
         self.conf = directory / "redis.conf"
         self.conf.write_text("")
@@ -118,7 +122,7 @@ class Server:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                address,
                 "--dir",
                 str(directory),
                 "--save",
@@ -134,7 +138,7 @@ class Server:
         deadline = time.monotonic() + 10
         while True:
             try:
-                self.conn = kit_redis.Connection("127.0.0.1", self.port, None, "pw", 2.0)
+                self.conn = kit_redis.Connection(address, self.port, None, "pw", 2.0)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "redis-server did not start"
@@ -241,6 +245,20 @@ def test_replica_synced_sees_a_replica_in_sync_and_not_a_master(pair):
 # --- a Sentinel forgets a replica that left the group --------------------------------------
 
 
+def start_sentinel(directory: Path, master: Server) -> tuple[subprocess.Popen, int]:
+    """A Sentinel on 127.0.0.1 (no password) watching `master` as "kit" (quorum 1, down after
+    1 s); returns its process and port."""
+    conf = directory / "sentinel.conf"
+    conf.write_text(
+        f"sentinel monitor kit {master.address} {master.port} 1\n"
+        "sentinel auth-pass kit pw\n"
+        "sentinel down-after-milliseconds kit 1000\n"
+    )
+    port = free_port()
+    command = ["redis-server", str(conf), "--sentinel", "--port", str(port), "--bind", "127.0.0.1"]
+    return subprocess.Popen([*command, "--dir", str(directory)], stdout=subprocess.DEVNULL), port
+
+
 @pytest.fixture
 def group(pair, tmp_path) -> Iterator[tuple[Server, Server, Server, Server]]:
     """The pair, a second replica (the one to remove) and a Sentinel watching them (quorum 1,
@@ -248,27 +266,7 @@ def group(pair, tmp_path) -> Iterator[tuple[Server, Server, Server, Server]]:
     master, replica = pair
     leaving = Server(tmp_path / "leaving", "--masterauth", "pw")
     leaving("REPLICAOF", "127.0.0.1", master.port)
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"sentinel monitor kit 127.0.0.1 {master.port} 1\n"
-        "sentinel auth-pass kit pw\n"
-        "sentinel down-after-milliseconds kit 1000\n"
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            str(conf),
-            "--sentinel",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    proc, port = start_sentinel(tmp_path, master)
     deadline = time.monotonic() + 20
     while True:  # the Sentinel knows both replicas, up
         try:
@@ -461,3 +459,68 @@ def test_failover_promotes_a_replica_in_sync_and_then_changes_nothing(group, tmp
         assert kit_redis.parse_info(conn.command("INFO", "replication"))["role"] == "master"
     again = run_module("redis_failover", tmp_path, **{**args, "target": "127.0.0.1"})
     assert again["changed"] is False, again
+
+
+# --- redis_ha_status against a real group ----------------------------------------------------
+
+
+@pytest.fixture
+def inventory_group(tmp_path) -> Iterator[tuple[Server, Server, int]]:
+    """A master and its replica on one port at two loopback addresses, as an inventory's data
+    nodes are (the module asks every node on one port), and a Sentinel that knows both."""
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is needed (make test installs it with the app tests' tools/app-tests.sh)")
+    port = free_port()
+    master = Server(tmp_path / "master", address="127.0.0.2", port=port)
+    # The master lists a replica at its connection's source address (127.0.0.1) unless told.
+    replica = Server(tmp_path / "replica", "--masterauth", "pw", "--replica-announce-ip", "127.0.0.3",
+                     address="127.0.0.3", port=port)  # fmt: skip
+    replica("REPLICAOF", master.address, port)
+    proc, sentinel_port = start_sentinel(tmp_path, master)
+    deadline = time.monotonic() + 20
+    while True:  # the replica is in sync and the Sentinel knows it
+        try:
+            with kit_redis.Connection("127.0.0.1", sentinel_port, None, None, 2.0) as conn:
+                known = conn.command("SENTINEL", "REPLICAS", "kit")
+            if known and "master_link_status:up" in replica("INFO", "replication"):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the replica did not sync or the Sentinel did not find it"
+        time.sleep(0.1)
+    yield master, replica, sentinel_port
+    for process in (proc, master.proc, replica.proc):
+        process.terminate()
+        process.wait()
+
+
+def test_status_reads_a_real_group_and_names_what_is_wrong(inventory_group, tmp_path):
+    master, replica, sentinel_port = inventory_group
+    at = {server: f"{server.address}:{server.port}" for server in (master, replica)}
+    args = group_args(sentinel_port, nodes=[master.address, replica.address], node_port=master.port)
+    master("SET", "fridge:k", "v")
+    assert master("WAIT", 1, 2000) == 1
+
+    state = run_module("redis_ha_status", tmp_path, **args)
+    assert (state["changed"], state["problems"], state["master"]) == (False, [], at[master]), state
+    nodes = {n["address"]: n for n in state["nodes"]}
+    assert (nodes[at[master]]["role"], nodes[at[master]]["key_count"]) == ("master", 1)
+    seen = nodes[at[replica]]
+    assert (seen["role"], seen["master"], seen["link"], seen["key_count"]) == ("replica", at[master], "up", 1)
+    assert 0 <= seen["lag_bytes"] <= 1048576
+    (sentinel,) = state["sentinels"]
+    assert (sentinel["master"], sentinel["replicas"], sentinel["sentinels"]) == (at[master], [at[replica]], 1)
+
+    # An inventory that lacks the master: the module names it instead of following it.
+    outside = run_module("redis_ha_status", tmp_path, **{**args, "nodes": [replica.address]})
+    assert outside["master"] is None
+    assert (
+        f"the Sentinels' master {at[master]} is not one of the inventory's data nodes" in outside["problems"]
+    )
+
+    # A replica that stops: named, and the module still reports (the caller decides).
+    replica.proc.terminate()
+    replica.proc.wait()
+    down = run_module("redis_ha_status", tmp_path, **args)
+    assert "failed" not in down, down
+    assert [p for p in down["problems"] if p.startswith(f"data node {at[replica]} does not answer")], down

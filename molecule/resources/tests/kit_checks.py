@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TypeVar
 
 import testinfra
@@ -304,3 +305,26 @@ class Http:
                 return job
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} not {wanted} within {timeout}s: {job}")
+
+
+def installed_collection() -> Path:
+    """The collection kit.jobqueue as the scenario's dependency step installed it
+    (tools/install-collection.sh), checked to be the only one Ansible finds, a copy (not a link
+    to the work tree) with its manifest, shipping neither tests nor inventories."""
+    installed = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "collections"
+    assert os.environ["ANSIBLE_COLLECTIONS_PATH"] == str(installed)
+    listed = subprocess.run(
+        ["ansible-galaxy", "collection", "list", "kit.jobqueue", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = {path: names for path, names in json.loads(listed.stdout).items() if "kit.jobqueue" in names}
+    assert list(found) == [str(installed / "ansible_collections")], found
+    collection = installed / "ansible_collections/kit/jobqueue"
+    assert not collection.is_symlink(), "a link to the work tree, not an installed copy"
+    manifest = json.loads((collection / "MANIFEST.json").read_text())
+    assert manifest["collection_info"]["name"] == "jobqueue"
+    assert not (collection / "molecule").exists(), "tests are not shipped"
+    assert not (collection / "inventories").exists(), "inventories (and their secrets) are not shipped"
+    return collection
