@@ -5,8 +5,8 @@ same network, as a compromised neighbour would be) and from the app host itself.
 from __future__ import annotations
 
 import pytest
-from kit_attacks import assert_no_command_without_login, probe_from, probe_from_outside, redis_targets, tls_ca
-from kit_checks import get_host, hosts_in, hostvars
+from kit_attacks import assert_no_command_without_login, probe_from, probe_from_outside, redis_targets
+from kit_checks import get_host, hosts_in, hostvars, tls_ca
 
 NETWORK = "kit-default"
 OUTSIDER = "172.28.30.99"  # on the platform's network, in no group of the inventory

@@ -10,7 +10,7 @@ import json
 import shlex
 
 import testinfra
-from kit_checks import hosts_in, hostvars, rendered
+from kit_checks import hosts_in, hostvars
 from kit_faults import docker
 
 REDIS_PORT = 6379
@@ -184,13 +184,6 @@ def redis_targets() -> list[tuple[str, int]]:
     data = [(hostvars(h)["kit_address"], REDIS_PORT) for h in hosts_in("redis")]
     sentinels = [(hostvars(h)["kit_address"], SENTINEL_PORT) for h in hosts_in("redis_sentinel")]
     return data + sentinels
-
-
-def tls_ca() -> str:
-    """The CA of the Redis and Sentinel certificates, when they speak TLS ('' when not)."""
-    return str(
-        rendered(hosts_in("redis")[0], "redis_tls_ca_certificate if redis_tls | default(false) else ''")
-    )
 
 
 def probe_from_outside(network: str, address: str, targets: list[tuple[str, int]]) -> dict[str, str]:

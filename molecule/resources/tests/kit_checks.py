@@ -218,6 +218,13 @@ class Group:
         return next(h for h, a in self.nodes.items() if a == address)
 
 
+def tls_ca(host: str | None = None) -> str:
+    """The CA (PEM) of the Redis and Sentinel certificates as `host` (the first data node by
+    default) sees it, when they speak TLS ('' when not)."""
+    expression = "redis_tls_ca_certificate if redis_tls | default(false) else ''"
+    return str(rendered(host or hosts_in("redis")[0], expression))
+
+
 def load_group(
     members: list[str], data_group: str = "redis", sentinel_group: str = "redis_sentinel"
 ) -> Group:
@@ -243,8 +250,7 @@ def load_group(
         ),
         app=(resolve(v, app["name"]), resolve(v, app["password"])),
         down_after_ms=int(resolve(v, v["redis_sentinel_down_after_ms"])),
-        tls_ca=str(rendered(data[0], "redis_tls_ca_certificate if redis_tls | default(false) else ''"))
-        or None,
+        tls_ca=tls_ca(data[0]) or None,
     )
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import tomllib
 
-from kit_attacks import assert_no_command_without_login, probe_from, redis_targets, tls_ca
-from kit_checks import converge, get_host, hosts_in, load_group
+from kit_attacks import assert_no_command_without_login, probe_from, redis_targets
+from kit_checks import converge, get_host, hosts_in, load_group, tls_ca
 from kit_faults import make_certificates_due, sentinel_pids, served_certificates, server_pid
 
 
