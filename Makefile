@@ -44,7 +44,7 @@ down: venv ## Remove the development containers, network and volumes
 test: lint test-app test-roles molecule ## Every check: lint, app tests, role and module checks, every Molecule scenario
 	@echo "==> make test: all checks passed"
 
-lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax check
+lint: venv ## ansible-lint (production profile), yamllint, ruff, promtool on monitoring/, playbook syntax check
 	yamllint --strict .
 	@# Molecule platforms share settings through YAML merge keys, which yamllint checks
 	@# correctly but Ansible's loader reports as duplicate keys: silence only that warning here.
@@ -57,6 +57,8 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, playbook syntax
 	done; echo "ansible-doc ok: $$(ls plugins/modules/*.py | wc -l) modules"
 	@# The repository is the collection kit.jobqueue: it must build (molecule/redis_ha installs it).
 	ansible-galaxy collection build --force --output-path .cache/collection >/dev/null && echo "collection builds: $$(ls .cache/collection)"
+	@# Alert rules (promtool check and unit tests), the example Prometheus config, the Grafana dashboard.
+	python tools/check-monitoring.py
 	@$(MAKE) syntax
 
 syntax: venv ## Syntax-check the playbooks

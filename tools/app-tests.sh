@@ -23,6 +23,8 @@ if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/nul
   fi
 fi
 
+# test_monitoring.py runs the alert rules with Prometheus's promtool.
+tools/promtool.sh --version >/dev/null
 tools/venv.sh .venv-app app/requirements-test.lock
 cd app
 PYTHONPATH=$PWD exec ../.venv-app/bin/python -m pytest "$@"

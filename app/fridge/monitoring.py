@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -123,33 +124,124 @@ def overview(store: Store) -> dict[str, Any]:
     }
 
 
+def sentinel_view(store: Store) -> list[dict[str, Any]]:
+    """What each configured Sentinel says of the master: whether it answered, the master it
+    names, whether it sees that master down, how many replicas and Sentinels it knows. One
+    question per Sentinel (a lost one costs SENTINEL_TIMEOUT), in the configuration's order."""
+    view = []
+    for sentinel in sorted(store.sentinel.sentinels, key=_address):
+        entry: dict[str, Any] = {"sentinel": _address(sentinel), "up": False}
+        try:
+            state = sentinel.sentinel_master(store.master_name)
+        except redis.RedisError as error:
+            log.info("Sentinel %s did not answer: %s", entry["sentinel"], error)
+        else:
+            entry.update(
+                up=True,
+                master=f"{state['ip']}:{state['port']}",
+                master_down=bool(state["is_sdown"] or state["is_odown"]),
+                replicas=int(state["num-slaves"]),
+                sentinels=int(state["num-other-sentinels"]) + 1,
+            )
+        view.append(entry)
+    return view
+
+
+def _address(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def replication(store: Store) -> dict[str, Any]:
+    """The master's own view of its replicas (INFO replication): each one's state, the
+    seconds since its last acknowledgement and how many bytes it is behind."""
+    info = store.redis.info("replication")
+    offset = int(info.get("master_repl_offset", 0))
+    replicas = []
+    for index in range(int(info.get("connected_slaves", 0))):
+        replica = info.get(f"slave{index}")
+        if not isinstance(replica, dict):
+            continue
+        replicas.append(
+            {
+                "replica": f"{replica['ip']}:{replica['port']}",
+                "online": replica.get("state") == "online",
+                "lag_seconds": int(replica.get("lag", 0)),
+                "lag_bytes": max(offset - int(replica.get("offset", 0)), 0),
+            }
+        )
+    return {"role": info.get("role"), "replicas": replicas}
+
+
+def _gauge(name: str, help_text: str, samples: list[tuple[str, Any]]) -> list[str]:
+    """One metric in the text format: HELP, TYPE and `name{labels} value` per sample."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    return lines + [f"{name}{labels} {int(value)}" for labels, value in samples]
+
+
 def prometheus(store: Store) -> str:
     try:
         data = store.retrying(lambda: overview(store), budget=2.0)
+        copies = store.retrying(lambda: replication(store), budget=2.0)
         up = 1
     except Unavailable:
-        data, up = {"queues": [], "workers": [], "counters": {}}, 0
+        data, copies, up = None, None, 0
     lines = [
         "# HELP fridge_redis_up Whether the Redis master answered through Sentinel.",
         "# TYPE fridge_redis_up gauge",
         f"fridge_redis_up {up}",
     ]
-    gauges = {
-        "fridge_queue_depth": ("Jobs waiting in the queue.", "depth"),
-        "fridge_jobs_started": ("Jobs being run.", "started"),
-        "fridge_jobs_scheduled": ("Jobs scheduled for later.", "scheduled"),
-        "fridge_jobs_failed": ("Jobs in the failed-job registry.", "failed"),
-    }
-    for metric, (help_text, field) in gauges.items():
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-        lines += [f'{metric}{{queue="{q["name"]}"}} {q[field]}' for q in data["queues"]]
+    view = sentinel_view(store)
+    answered = [s for s in view if s["up"]]
+    lines += _gauge(
+        "fridge_sentinel_up",
+        "Whether this Sentinel answered the app.",
+        [(f'{{sentinel="{s["sentinel"]}"}}', s["up"]) for s in view],
+    )
+    lines += _gauge(
+        "fridge_sentinel_master_info",
+        "The master each Sentinel names (1); Sentinels that name different masters disagree.",
+        [(f'{{sentinel="{s["sentinel"]}",master="{s["master"]}"}}', 1) for s in answered],
+    )
+    for metric, field, help_text in (
+        ("fridge_sentinel_master_down", "master_down", "Whether this Sentinel sees the master down."),
+        ("fridge_sentinel_known_replicas", "replicas", "Replicas this Sentinel knows of the master."),
+        ("fridge_sentinel_known_sentinels", "sentinels", "Sentinels this one knows, itself included."),
+    ):
+        lines += _gauge(metric, help_text, [(f'{{sentinel="{s["sentinel"]}"}}', s[field]) for s in answered])
+    if data is None or copies is None:
+        # Nothing is known of queues, workers or replicas: report nothing rather than zeros
+        # (zero workers would page for the wrong fault).
+        return "\n".join(lines) + "\n"
+    replicas = copies["replicas"]
+    lines += _gauge(
+        "fridge_replicas_online",
+        "Replicas connected to the master and in sync (INFO replication, state=online).",
+        [("", sum(1 for r in replicas if r["online"]))],
+    )
+    lines += _gauge(
+        "fridge_replica_lag_seconds",
+        "Seconds since the replica last acknowledged the master's stream.",
+        [(f'{{replica="{r["replica"]}"}}', r["lag_seconds"]) for r in replicas],
+    )
+    lines += _gauge(
+        "fridge_replica_lag_bytes",
+        "Bytes of the master's stream the replica has not acknowledged.",
+        [(f'{{replica="{r["replica"]}"}}', r["lag_bytes"]) for r in replicas],
+    )
+    for metric, field, help_text in (
+        ("fridge_queue_depth", "depth", "Jobs waiting in the queue."),
+        ("fridge_jobs_started", "started", "Jobs being run."),
+        ("fridge_jobs_scheduled", "scheduled", "Jobs scheduled for later."),
+        ("fridge_jobs_failed", "failed", "Jobs in the failed-job registry."),
+    ):
+        lines += _gauge(metric, help_text, [(f'{{queue="{q["name"]}"}}', q[field]) for q in data["queues"]])
     busy = sum(1 for w in data["workers"] if w["state"] == "busy")
-    lines += [
-        "# HELP fridge_workers Live workers by state.",
-        "# TYPE fridge_workers gauge",
-        f'fridge_workers{{state="busy"}} {busy}',
-        f'fridge_workers{{state="idle"}} {len(data["workers"]) - busy}',
-    ]
+    lines += _gauge(
+        "fridge_workers",
+        "Live workers by state.",
+        [('{state="busy"}', busy), ('{state="idle"}', len(data["workers"]) - busy)],
+    )
     for name, help_text in (
         ("enqueued", "Jobs accepted (202) since the counters began."),
         ("finished", "Jobs finished successfully."),

@@ -317,7 +317,7 @@ class Store:
         that met a connection error or timeout. 0 for web requests, whose RETRY_BUDGET
         `retrying` owns; workers, which have no caller waiting, ride out a failover with it."""
         self.config = config
-        sentinels = [_host_port(s) for s in config["SENTINELS"]]
+        sentinels = [host_port(s) for s in config["SENTINELS"]]
         timeout = float(config["SENTINEL_TIMEOUT"])
         self.sentinel = QuorumSentinel(
             sentinels,
@@ -515,6 +515,6 @@ class Replication:
         )
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def host_port(address: str) -> tuple[str, int]:
     host, _, port = str(address).rpartition(":")
     return (host or str(address)), int(port or 26379)

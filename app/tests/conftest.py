@@ -186,3 +186,16 @@ def wait_for_status(client, job_id: str, wanted: set[str], timeout: float = 15) 
         return wait_until(reached, timeout, f"job {job_id} to be {wanted}")
     except AssertionError as late:
         raise AssertionError(f"{late}; last seen: {seen[0]}") from None
+
+
+def fridge_cli(env: dict[str, str], *args: str, **options) -> subprocess.CompletedProcess:
+    """The `fridge` console script, as a process with the settings in `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "fridge.cli", *args],
+        env={**env, "PYTHONPATH": str(APP_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **options,
+    )

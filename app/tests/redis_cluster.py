@@ -324,6 +324,12 @@ class Cluster:
         self._spawn(port, ["redis-server", str(data / "redis.conf")], data)
         wait_until(lambda: self.admin(port).ping(), 10, f"redis on {port} to restart")
 
+    def restart_sentinel(self, port: int) -> None:
+        """Start a Sentinel again with its own (Sentinel-rewritten) config."""
+        data = self.workdir / f"sentinel-{port}"
+        self._spawn(port, ["redis-sentinel", str(data / "sentinel.conf")], data)
+        wait_until(lambda: self.sentinel(port).ping(), 10, f"sentinel on {port} to restart")
+
     def kill(self, port: int) -> None:
         proc = self.processes.pop(port)
         proc.send_signal(signal.SIGKILL)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
-from conftest import wait_for_status
-from redis_cluster import PASSWORDS, WEB_USER, WORKER_USER, Cluster, app_commands, wait_until
+from conftest import fridge_cli, wait_for_status
+from redis_cluster import PASSWORDS, WEB_USER, WORKER_USER, Cluster, app_commands, env_for, wait_until
 
 # Listed, yet a short run cannot show them through MONITOR; each says why it is needed.
 UNSEEN = {
@@ -156,6 +156,10 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
             assert client.get("/dashboard/api/overview").status_code == 200
             assert client.get("/metrics").status_code == 200
             client.get("/healthz")
+            # The CLI, as an operator on a web host: failed jobs newest first, a queue emptied.
+            as_web = env_for(cluster, REDIS_USERNAME=WEB_USER, REDIS_PASSWORD=PASSWORDS["web"])
+            assert failing in fridge_cli(as_web, "failed").stdout
+            assert fridge_cli(as_web, "empty", "low", "--yes").returncode == 0
             assert client.post(f"/dashboard/failed/{failing}/requeue", headers=SAME_SITE).status_code == 303
             assert client.get(f"/jobs/{failing}").get_json()["status"] == "queued"
             assert client.post(f"/dashboard/failed/{failing}/delete", headers=SAME_SITE).status_code in (

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import APP_DIR, FAST
+from conftest import fridge_cli as fridge
 from redis_cluster import PASSWORDS, WEB_USER, env_for
-
-
-def fridge(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fridge.cli", *args],
-        env={**env, "PYTHONPATH": str(APP_DIR)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_status_counts_queues_and_workers_per_host(cluster, client, workers):
@@ -49,7 +44,7 @@ def test_status_counts_queues_and_workers_per_host(cluster, client, workers):
 def test_status_with_the_workers_user_says_to_use_a_web_host(cluster):
     done = fridge(env_for(cluster, **FAST), "status")  # the workers' user: no LLEN, no SCAN
     assert done.returncode == 3
-    assert "may not read the queues" in done.stderr, done.stderr
+    assert "may not do this" in done.stderr, done.stderr
     assert "web host" in done.stderr
 
 
@@ -59,3 +54,180 @@ def test_status_says_redis_is_unreachable_and_exits_3(cluster):
     assert done.returncode == 3
     assert "unreachable through Sentinel" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+@pytest.fixture
+def as_web(cluster) -> dict[str, str]:
+    """The environment of an operator on a web host: the web tier's Redis user."""
+    return env_for(cluster, **FAST, REDIS_USERNAME=WEB_USER, REDIS_PASSWORD=PASSWORDS["web"])
+
+
+def run_json(env: dict[str, str], *args: str) -> Any:
+    done = fridge(env, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def show_when(env: dict[str, str], job_id: str, status: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := run_json(env, "show", job_id))["status"] != status:
+        assert time.monotonic() < deadline, f"job {job_id} not {status}: {job}"
+        time.sleep(0.2)
+    return job
+
+
+def test_a_job_from_enqueue_to_failed_requeued_and_deleted(as_web, workers):
+    workers.start(1)
+    eaten = run_json(as_web, "enqueue", "eat", '["pera"]')
+    assert eaten["queue"] == "default"
+    assert eaten["replayed"] is False
+    job = show_when(as_web, eaten["job_id"], "finished")
+    assert job["result"] == "ate pera" or "pera" in str(job["result"]), job
+    assert job["task"] == "eat"
+    assert job["args"] == {"comida": "pera"}
+
+    failing = run_json(as_web, "enqueue", "fail", '{"message": "boom"}', "--queue", "low")["job_id"]
+    job = show_when(as_web, failing, "failed")
+    assert "boom" in job["error"], job
+    assert "Traceback" in job["traceback"], job
+    assert job["queue"] == "low"
+    assert job["retries_left"] == 0
+    text = fridge(as_web, "show", failing).stdout
+    assert "traceback:" in text, text
+    assert "boom" in text, text
+    listed = run_json(as_web, "failed")
+    assert [j["job_id"] for j in listed] == [failing], listed
+    assert failing in fridge(as_web, "failed", "--queue", "low").stdout
+
+    workers.stop(workers.procs[0])
+    assert run_json(as_web, "requeue", failing) == {"requeued": [failing]}
+    assert run_json(as_web, "show", failing)["status"] == "queued"
+    assert run_json(as_web, "failed") == []
+    assert {q["name"]: q["depth"] for q in run_json(as_web, "queues")}["low"] == 1
+    # Not failed any more: neither requeued twice nor deleted as a failed job.
+    again = fridge(as_web, "requeue", failing)
+    assert again.returncode == 1, again.stderr
+    assert "is not failed" in again.stderr, again.stderr
+
+    workers.start(1)
+    show_when(as_web, failing, "failed")
+    assert run_json(as_web, "delete", failing) == {"deleted": [failing]}
+    gone = fridge(as_web, "show", failing)
+    assert gone.returncode == 1
+    assert f"no job {failing}" in gone.stderr
+    assert run_json(as_web, "workers")[0]["state"] in ("idle", "busy")
+
+
+def test_requeue_all_pages_through_more_failed_jobs_than_one_read(as_web, workers):
+    no_retry = {**as_web, "FRIDGE_JOB_RETRIES": "0"}
+    ids = {run_json(no_retry, "enqueue", "fail", '["x"]')["job_id"] for _ in range(130)}
+    workers.start(1)
+    deadline = time.monotonic() + 60
+    while (failed := {q["name"]: q["failed"] for q in run_json(as_web, "queues")})["default"] < 130:
+        assert time.monotonic() < deadline, failed
+        time.sleep(0.5)
+    workers.stop(workers.procs[0])
+    assert len(run_json(as_web, "failed", "--limit", "500")) == 130
+    page = run_json(as_web, "failed", "--limit", "20", "--start", "20")
+    assert len(page) == 20
+    requeued = run_json(as_web, "requeue", "--all", "--queue", "default")["requeued"]
+    assert sorted(requeued) == sorted(ids)
+    queues = {q["name"]: q for q in run_json(as_web, "queues")}
+    assert (queues["default"]["depth"], queues["default"]["failed"]) == (130, 0)
+
+
+def test_empty_deletes_waiting_jobs_only_once_confirmed(as_web):
+    for _ in range(5):
+        run_json(as_web, "enqueue", "eat", '["kiwi"]', "--queue", "low")
+    depth = lambda: {q["name"]: q["depth"] for q in run_json(as_web, "queues")}["low"]  # noqa: E731
+    unconfirmed = fridge(as_web, "empty", "low")  # stdin is not a terminal
+    assert unconfirmed.returncode == 2
+    assert "--yes" in unconfirmed.stderr
+    assert depth() == 5
+    # At a terminal it asks for the queue's name.
+    assert typed(as_web, "default\n", "empty", "low").returncode == 2
+    assert depth() == 5
+    answered = typed(as_web, "low\n", "empty", "low")
+    assert answered.returncode == 0
+    assert "deleted 5 waiting job(s) of low" in answered.stdout
+    assert depth() == 0
+    run_json(as_web, "enqueue", "eat", '["kiwi"]', "--queue", "low")
+    assert run_json(as_web, "empty", "low", "--yes") == {"queue": "low", "deleted": 1}
+
+
+def typed(env: dict[str, str], answer: str, *args: str) -> subprocess.CompletedProcess:
+    """Run fridge with a terminal as its stdin, typing `answer`."""
+    leader, follower = pty.openpty()
+    os.write(leader, answer.encode())
+    try:
+        return fridge(env, *args, stdin=follower)
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("enqueue", "teleport"), 2, "unknown task 'teleport' (tasks: eat, sleep"),
+        (("enqueue", "eat", "[pera"), 2, "ARGS is not JSON"),
+        (("enqueue", "eat", '["a", "b"]'), 2, "task 'eat' takes 1 argument(s): comida"),
+        (("enqueue", "eat", '["pera"]', "--queue", "nowhere"), 2, "no queue 'nowhere' (queues: critical"),
+        (("enqueue", "eat", '["pera"]', "--delay", "-1"), 2, "--delay must be between 0"),
+        (("show", "0123456789abcdef"), 1, "no job 0123456789abcdef"),
+        (("delete", "0123456789abcdef"), 1, "no job 0123456789abcdef"),
+        (("requeue",), 2, "give job ids or --all"),
+        (("failed", "--queue", "nowhere"), 2, "no queue 'nowhere'"),
+        (("empty", "nowhere", "--yes"), 2, "no queue 'nowhere'"),
+    ],
+)
+def test_bad_input_gets_a_message_and_an_exit_code(as_web, args, code, message):
+    done = fridge(as_web, *args)
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
+    assert message in done.stderr, done.stderr
+
+
+def test_a_finished_job_is_not_deleted_as_a_failed_one(as_web, workers):
+    workers.start(1)
+    job_id = run_json(as_web, "enqueue", "eat", '["uva"]')["job_id"]
+    show_when(as_web, job_id, "finished")
+    done = fridge(as_web, "delete", job_id)
+    assert done.returncode == 1, done.stderr
+    assert "is not failed (status: finished)" in done.stderr, done.stderr
+    assert run_json(as_web, "show", job_id)["status"] == "finished"
+
+
+def test_enqueue_when_redis_is_unreachable_exits_3_and_enqueues_nothing(cluster, as_web, admin):
+    env = {**as_web, "FRIDGE_SENTINELS": json.dumps(["127.0.0.1:1"]), "FRIDGE_RETRY_BUDGET": "1.0"}
+    done = fridge(env, "enqueue", "eat", '["pera"]')
+    assert done.returncode == 3, done.stderr
+    assert "unreachable through Sentinel" in done.stderr, done.stderr
+    assert admin.llen("rq:queue:default") == 0
+
+
+def test_rq_info_works_with_the_shipped_settings(as_web, workers):
+    """RQ's own `rq info`, through Sentinel with the app's configuration and web user."""
+    rq = Path(sys.executable).with_name("rq")
+
+    def rq_info() -> str:
+        done = subprocess.run(
+            [str(rq), "info", "-c", "fridge.rq_settings"],
+            env={**as_web, "PYTHONPATH": str(APP_DIR)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for _ in range(3):
+        run_json(as_web, "enqueue", "eat", '["mango"]', "--queue", "low")
+    assert re.search(r"^low\s+\|\S* 3, 0 executing", rq_info(), re.MULTILINE), rq_info()
+    workers.start(1)
+    deadline = time.monotonic() + 20
+    while not re.search(r"^1 workers,", text := rq_info(), re.MULTILINE) or not re.search(
+        r"^low\s+\| 0, 0 executing, 3 finished", text, re.MULTILINE
+    ):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)

@@ -235,3 +235,28 @@ def test_the_app_host_holds_only_the_client_credentials(host, app_host_vars):
         "vault_redis_sentinel_acl_password",
     ):
         assert v[other] not in config, other
+
+
+def test_the_cli_and_rq_info_work_on_the_app_host(host):
+    """An operator on the app host (root, as with sudo): `fridge` and RQ's own `rq info` reach
+    the queue through Sentinel over TLS with the app's configuration; a user outside the app's
+    group cannot read that configuration and is told so."""
+    queued = host.run("""fridge --json enqueue eat '["higo"]' --queue low""")
+    assert queued.rc == 0, queued.stderr
+    job_id = json.loads(queued.stdout)["job_id"]
+
+    def finished() -> bool:
+        shown = host.run(f"fridge --json show {job_id}")
+        assert shown.rc == 0, shown.stderr
+        return json.loads(shown.stdout)["status"] == "finished"
+
+    assert wait_for(finished, 15, f"job {job_id} to finish")
+    status = host.run("fridge status")
+    assert status.rc == 0, status.stderr
+    assert status.stdout.splitlines()[0].split() == ["queue", "waiting", "started", "scheduled", "failed"]
+    info = host.run("rq info -c fridge.rq_settings")
+    assert info.rc == 0, info.stderr
+    assert "workers," in info.stdout, info.stdout
+    outsider = host.run("runuser -u nobody -- fridge status")
+    assert outsider.rc == 3, outsider.stdout
+    assert "cannot read the configuration" in outsider.stderr, outsider.stderr
