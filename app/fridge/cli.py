@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError, NoPermissionError, TimeoutError
 from rq.exceptions import InvalidJobOperation
 from rq.registry import FailedJobRegistry
 
+from . import browse
 from . import config as config_module
 from .monitoring import describe_job, overview
 from .queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
@@ -153,18 +154,13 @@ def cmd_show(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
     job = fetch_job(store, args.job_id)
     if job is None:
         raise Failure(NOT_FOUND, f"no job {args.job_id}")
-    data = describe_job(job)
-    latest = job.latest_result()
-    data["traceback"] = latest.exc_string if data["status"] == "failed" and latest is not None else None
+    data = browse.details(job)
     return data, job_text(data)
 
 
 def cmd_failed(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
     names = [_queue_name(store, args.queue)] if args.queue else store.config["QUEUES"]
-    found = []
-    for name in names:
-        ids = _registry(store, name).get_job_ids(args.start, args.start + args.limit - 1, desc=True)
-        found += [describe_job(job) for job in filter(None, (fetch_job(store, i) for i in ids))]
+    found = [job for name in names for job in browse.page(store, "failed", name, args.start, args.limit).jobs]
     found.sort(key=lambda j: j["ended_at"] or "", reverse=True)
     return found[: args.limit], jobs_table(found[: args.limit])
 
@@ -174,17 +170,8 @@ def cmd_requeue(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
         raise Failure(USAGE, "give job ids or --all, not both nor neither")
     done: list[str] = []
     if args.all:
-        for name in [_queue_name(store, args.queue)] if args.queue else store.config["QUEUES"]:
-            registry = _registry(store, name)
-            # A page at a time: a failed list of any length is never read whole.
-            while ids := registry.get_job_ids(0, 99):
-                for job_id in ids:
-                    try:
-                        registry.requeue(job_id)
-                    except InvalidJobOperation:
-                        registry.remove(job_id)  # its job expired: nothing to requeue
-                        continue
-                    done.append(job_id)
+        names = [_queue_name(store, args.queue)] if args.queue else store.config["QUEUES"]
+        done = browse.requeue_all_failed(store, names)
     else:
         for job_id in args.job_ids:
             job = _failed_job(store, job_id)

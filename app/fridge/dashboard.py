@@ -1,22 +1,27 @@
-"""The dashboard (resque-web's role): queues, workers and failed jobs, with requeue and
-delete. It reads Redis through the same Sentinel-aware connection as the API, so it follows a
-failover and logs in as the app's ACL user (rq-dashboard can do neither: its Sentinel URL
-has no user name). Apache puts it behind HTTP Basic auth; the POST actions also refuse
-requests that another site makes a browser send (cross-site request forgery)."""
+"""The dashboard (resque-web's and Sidekiq's role): jobs finished and failed per minute and per
+hour, queues and their registries a page at a time, a page per job, workers, the Redis group as
+the Sentinels and the master report it; requeue, delete and requeue all failed. It reads Redis
+through the same Sentinel-aware connection as the API, so it follows a failover and logs in as
+the app's ACL user (rq-dashboard can do neither: its Sentinel URL has no user name). Apache puts
+it behind HTTP Basic auth; the POST actions also refuse requests that another site makes a
+browser send (cross-site request forgery). Nothing is read whole: a queue of 100,000 jobs costs
+a page (browse.py)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlparse
 
+import redis
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from rq.registry import FailedJobRegistry
 
-from . import monitoring
+from . import browse, monitoring, stats
 from .queueing import fetch_job, make_queue
-from .store import app_store
+from .store import Store, Unavailable, app_store
 
-bp = Blueprint("dashboard", __name__, template_folder="templates")
-FAILED_SHOWN = 50
+bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
+FAILED_SHOWN = 10
 
 
 def _same_origin() -> None:
@@ -41,30 +46,73 @@ def _same_origin() -> None:
         abort(403, "dashboard actions must come from the dashboard page (or send X-Requested-With)")
 
 
-def _failed_jobs(store) -> list[dict]:
-    found = []
-    for name in store.config["QUEUES"]:
-        registry = FailedJobRegistry(queue=make_queue(store, name))
-        for job_id in registry.get_job_ids(0, FAILED_SHOWN - 1):
-            job = fetch_job(store, job_id)
-            if job is not None:
-                found.append(monitoring.describe_job(job))
-    return found
+def _queue(store: Store, name: str) -> str:
+    if name not in store.config["QUEUES"]:
+        abort(404, f"no queue {name!r}")
+    return name
+
+
+def _newest_failed(store: Store) -> list[dict[str, Any]]:
+    pages = [browse.page(store, "failed", q, 0, FAILED_SHOWN) for q in store.config["QUEUES"]]
+    found = [job for page in pages for job in page.jobs]
+    return sorted(found, key=lambda j: j["ended_at"] or "", reverse=True)[:FAILED_SHOWN]
+
+
+def _group(store: Store) -> dict[str, Any]:
+    """The Sentinels' view and the master's replicas; the replicas are unknown (None) when the
+    master does not answer."""
+    try:
+        copies = monitoring.replication(store)
+    except (redis.RedisError, Unavailable):
+        copies = None
+    return {"sentinels": monitoring.sentinel_view(store), "replication": copies}
 
 
 @bp.get("/")
 def index():
     store = app_store(current_app)
     data = store.retrying(lambda: monitoring.overview(store))
-    failed = store.retrying(lambda: _failed_jobs(store))
-    return render_template("dashboard.html", data=data, failed=failed)
+    failed = store.retrying(lambda: _newest_failed(store))
+    activity = store.retrying(lambda: stats.activity(store.redis, store.key_prefix))
+    return render_template(
+        "dashboard.html", data=data, failed=failed, activity=activity, group=_group(store), here=_here()
+    )
+
+
+@bp.get("/jobs/<state>/<queue>")
+def jobs(state: str, queue: str):
+    store = app_store(current_app)
+    if state not in browse.STATES:
+        abort(404, f"no job state {state!r}")
+    number = request.args.get("page", default=1, type=int) or 1
+    found = store.retrying(
+        lambda: browse.page(store, state, _queue(store, queue), (max(number, 1) - 1) * browse.PAGE)
+    )
+    return render_template("jobs.html", page=found, states=browse.STATES, here=_here())
+
+
+@bp.get("/job/<job_id>")
+def job(job_id: str):
+    store = app_store(current_app)
+    found = fetch_job(store, job_id)
+    if found is None:
+        abort(404, f"no job {job_id}")
+    return render_template("job.html", job=browse.details(found), here=_here())
+
+
+@bp.get("/find")
+def find():
+    job_id = request.args.get("job_id", "").strip()
+    return redirect(url_for("dashboard.job", job_id=job_id) if job_id else url_for("dashboard.index"))
 
 
 @bp.get("/api/overview")
 def overview_json():
     store = app_store(current_app)
     data = store.retrying(lambda: monitoring.overview(store))
-    data["failed_jobs"] = store.retrying(lambda: _failed_jobs(store))
+    data["failed_jobs"] = store.retrying(lambda: _newest_failed(store))
+    data["activity"] = store.retrying(lambda: stats.activity(store.redis, store.key_prefix))
+    data["group"] = _group(store)
     return jsonify(data)
 
 
@@ -74,10 +122,10 @@ def failed_action(job_id: str, action: str):
     if action not in ("requeue", "delete"):
         abort(404)
     store = app_store(current_app)
-    job = fetch_job(store, job_id)
-    if job is None:
+    found = fetch_job(store, job_id)
+    if found is None:
         abort(404)
-    registry = FailedJobRegistry(queue=make_queue(store, job.origin))
+    registry = FailedJobRegistry(queue=make_queue(store, found.origin))
 
     def act() -> None:
         if action == "requeue":
@@ -86,6 +134,31 @@ def failed_action(job_id: str, action: str):
             registry.remove(job_id, delete_job=True)
 
     store.retrying(act)
+    return _done({"job_id": job_id, "action": action})
+
+
+@bp.post("/failed/requeue-all")
+def requeue_all():
+    _same_origin()
+    store = app_store(current_app)
+    queue = request.form.get("queue")
+    names = [_queue(store, queue)] if queue else store.config["QUEUES"]
+    done = browse.requeue_all_failed(store, names)
+    return _done({"action": "requeue", "requeued": len(done)})
+
+
+def _here() -> str:
+    """This page's path and query: where an action's form returns to."""
+    query = request.query_string.decode()
+    return request.script_root + request.path + (f"?{query}" if query else "")
+
+
+def _done(answer: dict[str, Any]):
+    """JSON for scripts; for a browser, back to the dashboard page the form was on."""
     if request.accept_mimetypes.best == "application/json":
-        return jsonify({"job_id": job_id, "action": action})
-    return redirect(url_for("dashboard.index"), code=303)
+        return jsonify(answer)
+    back = request.form.get("next", "")
+    home = url_for("dashboard.index")
+    if not back.startswith(home) or "//" in back or "\\" in back:
+        back = home
+    return redirect(back, code=303)

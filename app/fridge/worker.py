@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from rq.serializers import JSONSerializer
 
-from . import tasks
+from . import stats, tasks
 from .config import for_worker
 from .config import load as load_config
 from .fetch import FridgeQueue
@@ -123,7 +123,7 @@ class FridgeWorker(PreforkWorker):
 
     def _count(self, name: str) -> None:
         try:
-            self.connection.incr(f"{self.stats_prefix}:stats:{name}")
+            stats.count(self.connection, self.stats_prefix, name)
         except redis.RedisError as error:
             log.warning("could not count %s: %s", name, error)
 

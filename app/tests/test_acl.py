@@ -154,6 +154,12 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
             wait_for_status(client, failing, {"failed"})
             assert client.get("/dashboard/").status_code == 200
             assert client.get("/dashboard/api/overview").status_code == 200
+            for path in (
+                "/dashboard/jobs/waiting/default",
+                "/dashboard/jobs/failed/default",
+                f"/dashboard/job/{failing}",
+            ):
+                assert client.get(path).status_code == 200, path
             assert client.get("/metrics").status_code == 200
             client.get("/healthz")
             # The CLI, as an operator on a web host: failed jobs newest first, a queue emptied.

@@ -1,6 +1,7 @@
-"""The dashboard in a real browser (headless Chromium through Apache): Requeue and Delete work
-from the page, and a form on another site that makes the browser POST to the dashboard (with
-the Basic credentials the browser holds) is refused."""
+"""The dashboard in a real browser (headless Chromium through Apache): the charts are drawn,
+the job pages and lists work, Requeue, Delete and Requeue all work from the page, and a form on
+another site that makes the browser POST to the dashboard (with the Basic credentials the
+browser holds) is refused."""
 
 from __future__ import annotations
 
@@ -137,3 +138,51 @@ def test_a_forged_cross_site_post_is_refused(browser, context, http, failed_jobs
     wait_for(lambda: browser.current_url.startswith(http.base), 15, "the forged form to be posted")
     assert f"dashboard actions must come from the dashboard page {CONTEXTS[context]}" in browser.page_source
     assert http.get(f"/jobs/{victim}").json()["status"] == "failed"  # still there
+
+
+def test_the_front_page_charts_jobs_and_every_list_pages_through_them(browser, http, failed_jobs):
+    """The overview draws its two charts (uPlot, served by the app: no CDN, no inline script),
+    links each failed job to its page (the traceback), and the finished list pages through
+    more than one page; the screenshot is the README's."""
+    for _ in range(30):
+        assert http.get("/comer/fresa").status == 202
+    browser.get(f"{http.base}/dashboard/")
+    wait_for(
+        lambda: all(
+            browser.find_element(By.ID, c).get_attribute("data-drawn")
+            for c in ("chart-minutes", "chart-hours")
+        ),
+        15,
+        "both charts to be drawn",
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".uplot canvas")) == 2
+    shot = os.environ.get("KIT_DASHBOARD_SCREENSHOT") or os.path.join(
+        os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "dashboard.png"
+    )
+    browser.set_window_size(1280, 1500)
+    assert browser.save_screenshot(shot)
+    with open(shot, "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    print(f"\nscreenshot: {shot} ({os.path.getsize(shot)} bytes)")
+
+    browser.find_element(By.LINK_TEXT, failed_jobs[0]).click()
+    wait_for(lambda: f"/dashboard/job/{failed_jobs[0]}" in browser.current_url, 15, "the job's page")
+    assert "Traceback (most recent call last)" in browser.page_source
+    assert browser.find_element(By.CSS_SELECTOR, "td.status").text == "failed"
+
+    browser.get(f"{http.base}/dashboard/jobs/finished/default")
+    assert "Page 1 of " in browser.page_source
+    browser.find_element(By.CSS_SELECTOR, "a[rel=next]").click()
+    wait_for(lambda: "page=2" in browser.current_url, 15, "the second page")
+    assert "Page 2 of " in browser.page_source
+    assert browser.find_elements(By.CSS_SELECTOR, "#jobs a[href*='/dashboard/job/']")
+
+
+def test_requeue_all_failed_from_the_page(browser, http, failed_jobs):
+    browser.get(f"{http.base}/dashboard/")
+    button = browser.find_element(By.XPATH, "//button[text()='Requeue all failed']")
+    button.click()
+    WebDriverWait(browser, 15).until(staleness_of(button))
+    assert "must come from the dashboard page" not in browser.page_source
+    for job_id in failed_jobs:
+        assert http.wait_for_job(job_id, {"finished"}, timeout=30)["result"] == FAILURES + 1

@@ -260,3 +260,14 @@ def test_the_cli_and_rq_info_work_on_the_app_host(host):
     outsider = host.run("runuser -u nobody -- fridge status")
     assert outsider.rc == 3, outsider.stdout
     assert "cannot read the configuration" in outsider.stderr, outsider.stderr
+
+
+def test_a_second_app_may_not_take_the_first_apps_commands(host):
+    """Both apps on this host apply wsgi_app; given the same command name, the second stops with
+    a message naming the file instead of overwriting the first app's command on every run."""
+    before = host.file("/usr/local/bin/fridge").content_string
+    run = run_playbook("--tags", "wsgi_app_config", "--check", "-e", '{"wsgi_app_commands": ["fridge"]}')
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "/usr/local/bin/fridge exists and is not pantry's" in run.stdout, run.stdout[-3000:]
+    assert host.file("/usr/local/bin/fridge").content_string == before
+    assert "wsgi_app command of fridge" in before

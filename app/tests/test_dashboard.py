@@ -1,0 +1,150 @@
+"""The dashboard's pages through Flask's test client against real Redis and Sentinels (the
+real browser, through Apache, is molecule/web's test_dashboard_browser.py): the chart's
+counters, the Redis group, a page per job, lists a page at a time over a queue of 100,000 jobs,
+requeue all failed, and where an action's form may send the browser back to."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+
+from conftest import wait_for_status
+from fridge import stats
+from fridge.queueing import make_queue
+from rq import Queue
+
+SAME_SITE = {"Sec-Fetch-Site": "same-origin"}
+
+
+def series(page: str, chart: str) -> dict:
+    found = re.search(rf'id="{chart}" data-series="([^"]*)"', page)
+    assert found, page
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_the_overview_charts_finished_and_failed_jobs_and_shows_the_redis_group(client, workers, cluster):
+    workers.start(1)
+    done = [client.get(f"/comer/{fruit}").get_json()["job_id"] for fruit in ("uva", "pera", "kiwi")]
+    failing = client.post("/jobs", json={"task": "fail", "args": ["boom"]}).get_json()["job_id"]
+    for job_id in done:
+        wait_for_status(client, job_id, {"finished"})
+    wait_for_status(client, failing, {"failed"})
+    page = client.get("/dashboard/")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    minutes, hours = series(text, "chart-minutes"), series(text, "chart-hours")
+    assert len(minutes["t"]) == 60
+    assert len(hours["t"]) == 24
+    # A minute may have turned during the test: the last two buckets hold every count.
+    assert sum(minutes["finished"][-2:]) == 3
+    assert sum(minutes["failures"][-2:]) == 3  # the first run and its 2 retries (FAST)
+    assert hours["finished"][-1] + hours["finished"][-2] == 3
+    master = cluster.master_port()
+    for sentinel in cluster.sentinels:
+        assert re.search(rf"<td>{sentinel}</td><td>yes</td><td>127.0.0.1:{master}</td>", text), text
+    replica = next(p for p in cluster.data_ports if p != master)
+    assert f"<tr><td>127.0.0.1:{replica}</td><td>online</td>" in text
+    assert f'href="/dashboard/job/{failing}"' in text
+    assert "Requeue all failed" in text
+
+
+def test_each_job_has_a_page_with_its_arguments_times_and_traceback(client, workers):
+    workers.start(1)
+    failing = client.post("/jobs", json={"task": "fail", "args": ["no hay fruta"]}).get_json()["job_id"]
+    eaten = client.get("/comer/mango").get_json()["job_id"]
+    wait_for_status(client, failing, {"failed"})
+    wait_for_status(client, eaten, {"finished"})
+    page = client.get(f"/dashboard/job/{failing}").get_data(as_text=True)
+    for shown in (
+        "<th>Task</th><td>fail</td>",
+        '<code>{"message": "no hay fruta"}</code>',
+        "<th>Retries left</th><td>0</td>",
+        "RuntimeError: no hay fruta",
+        "Traceback (most recent call last)",
+        ">Requeue</button>",
+    ):
+        assert shown in page, (shown, page)
+    page = client.get(f"/dashboard/job/{eaten}").get_data(as_text=True)
+    assert '<th>Result</th><td><code>"ate mango"</code>' in page, page
+    assert re.search(r"<th>Ran for</th><td>[0-9.]+ s</td>", page)
+    assert ">Requeue</button>" not in page
+    found = client.get(f"/dashboard/find?job_id={eaten}")
+    assert (found.status_code, found.headers["Location"]) == (302, f"/dashboard/job/{eaten}")
+    assert client.get("/dashboard/job/0123456789abcdef").status_code == 404
+
+
+def test_lists_page_through_a_queue_of_100000_jobs(client, store):
+    queue = make_queue(store, "low")
+    started = time.monotonic()
+    for _ in range(20):  # RQ's own bulk enqueue, 5,000 jobs a round trip
+        queue.enqueue_many(
+            [Queue.prepare_data("fridge.tasks.eat", kwargs={"comida": "pan"}) for _ in range(5000)]
+        )
+    print(f"\n100,000 jobs enqueued in {time.monotonic() - started:.1f}s")
+    assert queue.count == 100_000
+    for path, expected in (
+        ("/dashboard/", '<a href="/dashboard/jobs/waiting/low">100000</a>'),
+        ("/dashboard/jobs/waiting/low", "Page 1 of 4000"),
+        ("/dashboard/jobs/waiting/low?page=2345", "Page 2345 of 4000"),
+        ("/dashboard/jobs/waiting/low?page=4000", "Page 4000 of 4000"),
+    ):
+        started = time.monotonic()
+        page = client.get(path)
+        took = time.monotonic() - started
+        print(f"{path}: {took * 1000:.0f} ms")
+        assert page.status_code == 200
+        text = page.get_data(as_text=True)
+        assert expected in text, text[:2000]
+        assert took < 1.0, f"{path} took {took:.2f}s with 100,000 jobs waiting"
+    last = client.get("/dashboard/jobs/waiting/low?page=4000").get_data(as_text=True)
+    assert '<td class="num">100000</td>' in last
+    assert 'rel="next"' not in last
+    assert 'rel="prev"' in last
+
+
+def test_requeue_all_failed_and_the_form_returns_only_to_the_dashboard(client, workers, store):
+    no_retry = {"JOB_RETRIES": 0}
+    ids = []
+    for _ in range(30):
+        ids.append(
+            client.post("/jobs", json={"task": "fail", "args": ["x"], "queue": "low"}).get_json()["job_id"]
+        )
+    workers.start(1, **no_retry)
+    for job_id in ids:
+        wait_for_status(client, job_id, {"failed"})
+    workers.stop(workers.procs[0])
+    failed = client.get("/dashboard/jobs/failed/low?page=2").get_data(as_text=True)
+    assert "Page 2 of 2" in failed
+    assert failed.count(">Delete</button>") == 5
+    answer = client.post(
+        "/dashboard/failed/requeue-all",
+        data={"queue": "low", "next": "/dashboard/jobs/failed/low?page=2"},
+        headers=SAME_SITE,
+    )
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/dashboard/jobs/failed/low?page=2")
+    assert make_queue(store, "low").count == 30
+    assert "0 failed jobs" in client.get("/dashboard/jobs/failed/low").get_data(as_text=True)
+    for elsewhere in ("https://evil.example/", "//evil.example/dashboard/", "/jobs", "/dashboard/\\\\evil"):
+        moved = client.post("/dashboard/failed/requeue-all", data={"next": elsewhere}, headers=SAME_SITE)
+        assert moved.headers["Location"] == "/dashboard/", elsewhere
+
+
+def test_the_counters_fill_the_minute_and_hour_buckets_and_expire(admin):
+    now = 1_800_000_000.0  # a fixed clock: the buckets are the key names
+    for offset in (0, 0, 61, 3599, 3600):
+        stats.count(admin, "fridge", "finished", now + offset)
+    stats.count(admin, "fridge", "failures", now + 61)
+    seen = stats.activity(admin, "fridge", now + 3600)
+    minutes, hours = seen["minutes"], seen["hours"]
+    assert minutes["t"][-1] == int((now + 3600) // 60) * 60
+    assert minutes["finished"][-1] == 1  # now + 3600
+    assert sum(minutes["finished"]) == 3  # 61, 3599, 3600 are within the last hour; 0 is not
+    assert minutes["failures"].count(1) == 1
+    assert hours["finished"][-1] + hours["finished"][-2] == 5
+    assert int(admin.get("fridge:stats:finished")) == 5
+    for key in admin.scan_iter("fridge:stats:*:m:*"):
+        assert 0 < admin.ttl(key) <= stats.KEEP["m"]
+    for key in admin.scan_iter("fridge:stats:*:h:*"):
+        assert 0 < admin.ttl(key) <= stats.KEEP["h"]
