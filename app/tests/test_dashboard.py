@@ -148,3 +148,14 @@ def test_the_counters_fill_the_minute_and_hour_buckets_and_expire(admin):
         assert 0 < admin.ttl(key) <= stats.KEEP["m"]
     for key in admin.scan_iter("fridge:stats:*:h:*"):
         assert 0 < admin.ttl(key) <= stats.KEEP["h"]
+
+
+def test_the_dashboard_follows_a_failover(client, cluster):
+    assert client.get("/dashboard/").status_code == 200
+    _old, new = cluster.failover()
+    page = client.get("/dashboard/")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    for sentinel in cluster.sentinels:
+        assert re.search(rf"<td>{sentinel}</td><td>yes</td><td>127.0.0.1:{new}</td>", text), text
+    assert client.get("/dashboard/jobs/waiting/default").status_code == 200
