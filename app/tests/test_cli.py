@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import APP_DIR, FAST
 from conftest import fridge_cli as fridge
+from fridge.web import create_app
 from redis_cluster import PASSWORDS, WEB_USER, env_for
 
 
@@ -118,9 +119,10 @@ def test_a_job_from_enqueue_to_failed_requeued_and_deleted(as_web, workers):
     assert run_json(as_web, "workers")[0]["state"] in ("idle", "busy")
 
 
-def test_requeue_all_pages_through_more_failed_jobs_than_one_read(as_web, workers):
-    no_retry = {**as_web, "FRIDGE_JOB_RETRIES": "0"}
-    ids = {run_json(no_retry, "enqueue", "fail", '["x"]')["job_id"] for _ in range(130)}
+def test_requeue_all_pages_through_more_failed_jobs_than_one_read(as_web, settings, workers):
+    # Enqueued through the API (130 CLI processes would take 25 s), with no retry.
+    api = create_app({**settings, "JOB_RETRIES": 0}).test_client()
+    ids = {api.post("/jobs", json={"task": "fail", "args": ["x"]}).get_json()["job_id"] for _ in range(130)}
     workers.start(1)
     deadline = time.monotonic() + 60
     while (failed := {q["name"]: q["failed"] for q in run_json(as_web, "queues")})["default"] < 130:
