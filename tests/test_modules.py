@@ -129,6 +129,9 @@ class Server:
                 "",
                 "--appendonly",
                 "no",
+                # A replica syncs at once, not after Redis's default 5 s wait for other replicas.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--requirepass",
                 "pw",
                 *extra,
