@@ -219,16 +219,19 @@ def prometheus(store: Store) -> str:
         "Replicas connected to the master and in sync (INFO replication, state=online).",
         [("", sum(1 for r in replicas if r["online"]))],
     )
-    lines += _gauge(
-        "fridge_replica_lag_seconds",
-        "Seconds since the replica last acknowledged the master's stream.",
-        [(f'{{replica="{r["replica"]}"}}', r["lag_seconds"]) for r in replicas],
-    )
-    lines += _gauge(
-        "fridge_replica_lag_bytes",
-        "Bytes of the master's stream the replica has not acknowledged.",
-        [(f'{{replica="{r["replica"]}"}}', r["lag_bytes"]) for r in replicas],
-    )
+    for metric, field, help_text in (
+        (
+            "fridge_replica_lag_seconds",
+            "lag_seconds",
+            "Seconds since the replica last acknowledged the master's stream.",
+        ),
+        (
+            "fridge_replica_lag_bytes",
+            "lag_bytes",
+            "Bytes of the master's stream the replica has not acknowledged.",
+        ),
+    ):
+        lines += _gauge(metric, help_text, [(f'{{replica="{r["replica"]}"}}', r[field]) for r in replicas])
     for metric, field, help_text in (
         ("fridge_queue_depth", "depth", "Jobs waiting in the queue."),
         ("fridge_jobs_started", "started", "Jobs being run."),
