@@ -93,7 +93,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> str:
 
 
 def _registry(store: Store, queue: str) -> FailedJobRegistry:
-    return FailedJobRegistry(queue=make_queue(store, queue))
+    return browse.registry(store, "failed", queue)
 
 
 def _queue_name(store: Store, name: str) -> str:
@@ -106,8 +106,9 @@ def _failed_job(store: Store, job_id: str) -> Any:
     job = fetch_job(store, job_id)
     if job is None:
         raise Failure(NOT_FOUND, f"no job {job_id}")
-    if job_id not in _registry(store, job.origin).get_job_ids(cleanup=False):
-        raise Failure(NOT_FOUND, f"job {job_id} is not failed (status: {describe_job(job)['status']})")
+    status = describe_job(job)["status"]  # the job's own status: the registry is never read whole
+    if status != "failed":
+        raise Failure(NOT_FOUND, f"job {job_id} is not failed (status: {status})")
     return job
 
 

@@ -14,10 +14,9 @@ from urllib.parse import urlparse
 
 import redis
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
-from rq.registry import FailedJobRegistry
 
 from . import browse, monitoring, stats
-from .queueing import fetch_job, make_queue
+from .queueing import fetch_job
 from .store import Store, Unavailable, app_store
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
@@ -125,7 +124,7 @@ def failed_action(job_id: str, action: str):
     found = fetch_job(store, job_id)
     if found is None:
         abort(404)
-    registry = FailedJobRegistry(queue=make_queue(store, found.origin))
+    registry = browse.registry(store, "failed", found.origin)
 
     def act() -> None:
         if action == "requeue":
