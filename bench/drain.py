@@ -32,8 +32,8 @@ import sys
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 from fridge.config import for_worker, load
-from fridge.store import Store
-from fridge.worker import build_worker
+from kitqueue.store import Store
+from kitqueue.worker import build_worker
 
 kind, queue, name = sys.argv[1:4]
 store = Store(for_worker(load()))
@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     args = parser.parse_args()
     from fridge.config import for_worker, load
-    from fridge.store import Store
+    from kitqueue.store import Store
 
     store = Store(for_worker(load()))
     results = []

@@ -26,5 +26,8 @@ fi
 # test_monitoring.py runs the alert rules with Prometheus's promtool.
 tools/promtool.sh --version >/dev/null
 tools/venv.sh .venv-app app/requirements-test.lock
+# kitqueue (core/) and fridge, editable: their entry points register fridge's tasks
+# (kitqueue.registry), as the wsgi_app role's installed wheels do on the hosts.
+.venv-app/bin/python -m pip install --quiet --no-deps -e core -e app
 cd app
-PYTHONPATH=$PWD exec ../.venv-app/bin/python -m pytest "$@"
+exec ../.venv-app/bin/python -m pytest "$@"

@@ -9,13 +9,14 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, jsonify, request, url_for
+from kitqueue.queueing import enqueue, fetch_job
+from kitqueue.registry import Task, offered, tasks
+from kitqueue.schema import BadArguments, check
+from kitqueue.store import app_store
 from werkzeug.exceptions import UnsupportedMediaType
 
 from . import monitoring, openapi
-from .queueing import enqueue, fetch_job
-from .schema import BadArguments, check
-from .store import app_store
-from .tasks import TASKS, Task, offered, validate_comida
+from .tasks import validate_comida
 
 bp = Blueprint("api", __name__)
 
@@ -98,7 +99,7 @@ def _queue(name: Any, default: str) -> str:
 def comer(comida: str):
     """The original notes' example: put one food in the fridge for a worker to eat."""
     _authorize()
-    task = TASKS["eat"]
+    task = tasks()["eat"]
     kwargs = {"comida": validate_comida(comida)}
     queue = _queue(request.args.get("queue"), task.queue)
     return _enqueue(task, kwargs, queue, _fingerprint("comer", comida, queue))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kitqueue.queueing import RegisteredJob, make_queue
+from kitqueue.store import Store
 from rq.exceptions import InvalidJobOperation
 from rq.registry import (
     BaseRegistry,
@@ -18,8 +20,6 @@ from rq.registry import (
 from rq.serializers import JSONSerializer
 
 from .monitoring import describe_job
-from .queueing import FridgeJob, make_queue
-from .store import Store
 
 REGISTRIES: dict[str, type[BaseRegistry]] = {
     "scheduled": ScheduledJobRegistry,
@@ -67,7 +67,7 @@ def page(store: Store, state: str, queue: str, start: int = 0, size: int = PAGE)
         found = registry(store, state, queue)
         total = found.get_job_count(cleanup=False)
         ids = found.get_job_ids(start, start + size - 1, desc=True, cleanup=False)
-    jobs = FridgeJob.fetch_many(ids, connection=store.redis, serializer=JSONSerializer) if ids else []
+    jobs = RegisteredJob.fetch_many(ids, connection=store.redis, serializer=JSONSerializer) if ids else []
     described = [describe_job(job) for job in jobs if job is not None]
     return Page(state=state, queue=queue, jobs=described, total=total, start=start, size=size)
 
@@ -88,7 +88,7 @@ def requeue_all_failed(store: Store, queues: list[str]) -> list[str]:
     return done
 
 
-def details(job: FridgeJob) -> dict[str, Any]:
+def details(job: RegisteredJob) -> dict[str, Any]:
     """Everything the job page shows: describe_job, plus the traceback, the worker, the run
     time, the timeout and RQ's description."""
     found = describe_job(job)

@@ -24,6 +24,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from kitqueue.queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
+from kitqueue.registry import offered
+from kitqueue.schema import BadArguments
+from kitqueue.store import Store, Unavailable
 from redis.exceptions import ConnectionError, NoPermissionError, TimeoutError
 from rq.exceptions import InvalidJobOperation
 from rq.registry import FailedJobRegistry
@@ -31,10 +35,6 @@ from rq.registry import FailedJobRegistry
 from . import browse
 from . import config as config_module
 from .monitoring import describe_job, overview
-from .queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
-from .schema import BadArguments
-from .store import Store, Unavailable
-from .tasks import offered
 
 NOT_FOUND, USAGE, UNREACHABLE = 1, 2, 3
 

@@ -14,10 +14,11 @@ from urllib.parse import urlparse
 
 import redis
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
+from kitqueue import stats
+from kitqueue.queueing import fetch_job
+from kitqueue.store import Store, Unavailable, app_store
 
-from . import browse, monitoring, stats
-from .queueing import fetch_job
-from .store import Store, Unavailable, app_store
+from . import browse, monitoring
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
 FAILED_SHOWN = 10

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from kitqueue.queueing import IdempotencyConflict, NotDurable
+from kitqueue.schema import BadArguments
+from kitqueue.store import Unavailable
 from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
-from .queueing import IdempotencyConflict, NotDurable
-from .schema import BadArguments
-from .store import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from kitqueue.queueing import make_queue
+from kitqueue.store import Store, Unavailable
 from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-
-from .queueing import make_queue
-from .store import Store, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,17 @@
 
 api.py validates requests against these very objects (schema.check) and /openapi.json shows
 them, so the document cannot drift from what the API accepts; each task's arguments come from
-its entry in tasks.TASKS.
+its entry in tasks.TASKS (registered with kitqueue.registry).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .schema import Schema
-from .tasks import COMIDA, Task, offered
+from kitqueue.registry import Task, offered
+from kitqueue.schema import Schema
+
+from .tasks import COMIDA
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JOB_ID: Schema = {

@@ -8,9 +8,10 @@ configuration (FRIDGE_CONFIG) and its Redis user, TLS included:
 
 from __future__ import annotations
 
+from kitqueue.store import host_port as _host_port
+from kitqueue.store import tls_kwargs as _tls_kwargs
+
 from . import config as _config
-from .store import host_port as _host_port
-from .store import tls_kwargs as _tls_kwargs
 
 _settings = _config.load()
 _tls = _tls_kwargs(_settings)

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from kitqueue.store import APP_EXTENSION, Store
 
 from . import api, dashboard, errors
 from . import config as config_module
-from .store import APP_EXTENSION, Store
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fridge.web import create_app
+from kitqueue.store import app_store
 from redis_cluster import MASTER_NAME, PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, Cluster, env_for, wait_until
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def admin(cluster):
 
 @pytest.fixture
 def store(app):
-    return app.extensions["fridge"]
+    return app_store(app)
 
 
 def descendants(pid: int) -> list[int]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import wait_for_status
+from kitqueue.store import app_store
 from redis_cluster import wait_until
 
 
@@ -141,7 +142,7 @@ def test_healthz_needs_a_worker(client, workers):
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok"
     assert body["workers"] == 1
-    port = str(client.application.extensions["fridge"].master_address()[1])
+    port = str(app_store(client.application).master_address()[1])
     assert "master" not in body
     assert port not in json.dumps(body)  # no internal address in a public answer
 

@@ -145,8 +145,8 @@ def test_odd_headers_and_job_ids(quiet_app, key, job_id):
 def new_job_schema(quiet_app):
     """What /openapi.json promises about POST /jobs's body, read by the reference implementation
     of JSON Schema 2020-12 (not by the app's own validator)."""
-    from fridge.schema import FORMATS
     from jsonschema import Draft202012Validator, FormatChecker
+    from kitqueue.schema import FORMATS
 
     formats = FormatChecker()
     formats.checks("printable")(FORMATS["printable"])

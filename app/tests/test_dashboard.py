@@ -11,8 +11,8 @@ import re
 import time
 
 from conftest import wait_for_status
-from fridge import stats
-from fridge.queueing import make_queue
+from kitqueue import stats
+from kitqueue.queueing import make_queue
 from rq import Queue
 
 SAME_SITE = {"Sec-Fetch-Site": "same-origin"}

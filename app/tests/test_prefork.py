@@ -189,7 +189,7 @@ def test_a_wait_for_the_horse_interrupted_by_a_heartbeat_loses_nothing(admin, mo
     its alarm) and calls it again. Interrupted while reaping a horse that answered "retiring",
     the next call still reports that answer and reaps it (it used to return "no horse": the job
     was recorded twice, as failed by a dead horse, and the horse was left a zombie)."""
-    from fridge.prefork import RETIRING, PreforkWorker
+    from kitqueue.prefork import RETIRING, PreforkWorker
     from rq import Queue
     from rq.timeouts import HorseMonitorTimeoutException
 
@@ -221,7 +221,7 @@ def test_a_wait_for_the_horse_interrupted_by_a_heartbeat_loses_nothing(admin, mo
 
 
 def test_a_timeout_marks_its_horse_even_when_the_job_swallows_it():
-    from fridge.prefork import RetiringDeathPenalty
+    from kitqueue.prefork import RetiringDeathPenalty
     from rq.timeouts import JobTimeoutException
 
     RetiringDeathPenalty.struck = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fridge.schema import BadArguments, check
+from kitqueue.schema import BadArguments, check
 
 NUMBER = {"type": "number", "minimum": 0, "maximum": 10}
 TEXT = {"type": "string", "minLength": 1, "maxLength": 3, "pattern": r"\S", "format": "printable"}

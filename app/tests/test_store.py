@@ -10,7 +10,7 @@ import time
 import pytest
 from fridge.config import BadSetting
 from fridge.config import load as load_config
-from fridge.store import Replication, Store, _promotable
+from kitqueue.store import Replication, Store, _promotable
 from redis.sentinel import MasterNotFoundError
 from redis_cluster import MASTER_NAME, wait_until
 

@@ -15,8 +15,8 @@ import redis
 from conftest import wait_for_status
 from fridge.config import BadSetting
 from fridge.config import load as load_config
-from fridge.store import FollowingSSLConnection, Store, pinned_connection, tls_context
 from fridge.web import create_app
+from kitqueue.store import FollowingSSLConnection, Store, pinned_connection, tls_context
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError

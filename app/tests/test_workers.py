@@ -84,7 +84,7 @@ def test_the_worker_imports_neither_flask_nor_the_web_tier():
     """fridge-worker builds its connection from the configuration alone (issue: workers built
     the whole Flask app, API and dashboard to read their settings)."""
     code = (
-        "import sys, fridge.worker; "
+        "import sys, fridge.worker, kitqueue.registry; kitqueue.registry.tasks(); "
         "loaded = [m for m in ('flask', 'fridge.web', 'fridge.api', 'fridge.dashboard')"
         " if m in sys.modules]; "
         "print(loaded); sys.exit(1 if loaded else 0)"
@@ -94,24 +94,25 @@ def test_the_worker_imports_neither_flask_nor_the_web_tier():
 
 
 def test_a_worker_s_settings_stay_in_its_own_queue_class():
-    from fridge.fetch import FridgeQueue, GracefulIntermediateQueue
+    from kitqueue.fetch import GracefulIntermediateQueue, ReliableQueue
 
-    configured = FridgeQueue.configured("app:wake", 7.5)
+    configured = ReliableQueue.configured("app:wake", 7.5)
     assert (configured.wake_key, configured.intermediate_class.grace_seconds) == ("app:wake", 7.5)
-    assert issubclass(configured, FridgeQueue)
-    assert (FridgeQueue.wake_key, GracefulIntermediateQueue.grace_seconds) == ("fridge:wake", 30.0)
+    assert issubclass(configured, ReliableQueue)
+    assert (ReliableQueue.wake_key, GracefulIntermediateQueue.grace_seconds) == ("kitqueue:wake", 30.0)
 
 
 def test_the_eat_pause_comes_from_the_worker_s_settings(client, workers):
-    """EAT_SECONDS reaches the eat task through the worker's constructor (no module global is
-    written): a worker configured with 0.8 s takes at least that long to eat."""
+    """EAT_SECONDS, a setting of fridge's own, reaches the eat task from the worker's settings
+    (kitqueue.registry.settings(), set for the job it runs; no module global is written): a
+    worker configured with 0.8 s takes at least that long to eat."""
     from datetime import datetime
 
-    from fridge import tasks
+    from kitqueue import registry
 
     workers.start(1, EAT_SECONDS=0.8)
     job_id = client.get("/comer/pan").get_json()["job_id"]
     done = wait_for_status(client, job_id, {"finished"})
     took = datetime.fromisoformat(done["ended_at"]) - datetime.fromisoformat(done["started_at"])
     assert took.total_seconds() >= 0.8, done
-    assert tasks.EAT_SECONDS.get() == 0.2  # the module's default is left alone
+    assert registry.settings() == {}  # outside a job of a worker: nothing set

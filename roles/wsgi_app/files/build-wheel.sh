@@ -1,8 +1,9 @@
 #!/bin/sh
-# Build an app's wheel on the controller, reproducibly: from a clean copy of the source (no
-# stale build/ directory), with fixed timestamps (SOURCE_DATE_EPOCH), without network access
-# (the build backend comes from the running Python). Prints "changed" when the wheel in
-# DEST differs from the one already there.
+# Build an app's wheel (or one of its local packages') on the controller, reproducibly: from a
+# clean copy of the source (no stale build/ directory), with fixed timestamps
+# (SOURCE_DATE_EPOCH), without network access (the build backend comes from the running
+# Python). Prints "changed" when the wheel in DEST differs from the one already there, and
+# removes that distribution's other wheels from DEST (the app's and its packages' share it).
 # Usage: build-wheel.sh PYTHON SOURCE_DIR DEST_DIR
 set -eu
 python=$1 source=$2 dest=$3
@@ -19,7 +20,7 @@ name=$(basename "$wheel")
 if [ -f "$dest/$name" ] && cmp -s "$wheel" "$dest/$name"; then
   echo "unchanged $name"
 else
-  rm -f "$dest"/*.whl
+  rm -f "$dest/${name%%-*}"-*.whl
   cp "$wheel" "$dest/$name"
   echo "changed $name"
 fi

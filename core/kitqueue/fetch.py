@@ -37,16 +37,16 @@ class GracefulIntermediateQueue(IntermediateQueue):
         return first_seen is not None and now() - first_seen > timedelta(seconds=self.grace_seconds)
 
 
-class FridgeQueue(Queue):
+class ReliableQueue(Queue):
     """RQ's queue read with reliable fetch. RQ makes its own instances of the worker's queue
     class (a job's origin, retries), so the settings are class attributes of a subclass made
     for one worker (`configured`), never written into this class."""
 
-    wake_key = "fridge:wake"
+    wake_key = "kitqueue:wake"
     intermediate_class: type[GracefulIntermediateQueue] = GracefulIntermediateQueue
 
     @classmethod
-    def configured(cls, wake_key: str, grace_seconds: float) -> type[FridgeQueue]:
+    def configured(cls, wake_key: str, grace_seconds: float) -> type[ReliableQueue]:
         base = cls.intermediate_class
         intermediate = type(base.__name__, (base,), {"grace_seconds": grace_seconds})
         return type(cls.__name__, (cls,), {"wake_key": wake_key, "intermediate_class": intermediate})

@@ -36,7 +36,7 @@ from rq import Worker
 from rq.executions import Execution
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-log = logging.getLogger("fridge.worker")
+log = logging.getLogger("kitqueue.worker")
 
 # The horse's answer after each job; b"" (end of file) or no answer: it died.
 CARRY_ON, RETIRING = b".", b"r"

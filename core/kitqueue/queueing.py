@@ -1,4 +1,4 @@
-"""Putting jobs in the fridge: RQ queues with the JSON serializer, durable acknowledgements
+"""Putting jobs in a queue: RQ queues with the JSON serializer, durable acknowledgements
 (WAIT) and idempotency keys, all retried through a failover."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .fetch import FridgeQueue
+from .fetch import ReliableQueue
+from .registry import Task, allowed_paths
 from .store import Replication, StaleMaster, Store, Unavailable, Unconfirmed, pinned_connection
-from .tasks import ALLOWED_PATHS, Task
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ class UnknownTask(Exception):
     """A stored job names a function that is not a registered task."""
 
 
-class FridgeJob(Job):
+class RegisteredJob(Job):
     """RQ job that only ever resolves registered task functions."""
 
     @property
     def func(self):
-        if self.func_name not in ALLOWED_PATHS:
+        if self.func_name not in allowed_paths():
             raise UnknownTask(f"refusing to run {self.func_name!r}: not a registered task")
         return super().func
 
@@ -60,12 +60,12 @@ class Enqueued:
     replayed: bool
 
 
-def make_queue(store: Store, name: str, queue_class: type[FridgeQueue] = FridgeQueue) -> Queue:
+def make_queue(store: Store, name: str, queue_class: type[ReliableQueue] = ReliableQueue) -> Queue:
     return queue_class(
         name,
         connection=store.redis,
         serializer=JSONSerializer,
-        job_class=FridgeJob,
+        job_class=RegisteredJob,
         default_timeout=int(store.config["JOB_TIMEOUT"]),
     )
 
@@ -73,7 +73,7 @@ def make_queue(store: Store, name: str, queue_class: type[FridgeQueue] = FridgeQ
 def fetch_job(store: Store, job_id: str) -> Job | None:
     def fetch() -> Job | None:
         try:
-            return FridgeJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
+            return RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
 
@@ -97,7 +97,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     ACK_POLICY "strict" needs ACK_REPLICAS acknowledgements. "available" (the default) also
     accepts fewer when every replica in sync acknowledged, and none at all when the Sentinel
     majority confirms this master and sees no other node it could promote (the only replica is
-    down); that last case is counted in fridge_jobs_unreplicated_total.
+    down); that last case is counted (fridge reports fridge_jobs_unreplicated_total).
 
     `first`: commands that go ahead of these in the same round trip (RQ's own bookkeeping).
     """
@@ -106,7 +106,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     guess = min(wanted, store.replicas_in_sync or 0)
     commands = [
         *first,
-        ("EXISTS", f"{FridgeJob.redis_job_namespace_prefix}{job_id}"),
+        ("EXISTS", f"{RegisteredJob.redis_job_namespace_prefix}{job_id}"),
         ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), 1),  # as incr()
         ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
         ("LTRIM", store.key("wake"), 0, 99),
@@ -191,7 +191,7 @@ def enqueue(
     def put() -> Commands:
         """Write the job (RQ's atomic unique enqueue); return the commands RQ would have sent
         in a round trip of their own, for _confirm_durable's."""
-        if replayed and FridgeJob.exists(job_id, connection=store.redis):
+        if replayed and RegisteredJob.exists(job_id, connection=store.redis):
             return ()
         deferred = store.redis.pipeline(transaction=False)
         options = {

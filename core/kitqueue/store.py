@@ -300,12 +300,12 @@ def _name(sentinel: redis.Redis) -> str:
     return f"Sentinel {kwargs.get('host')}:{kwargs.get('port')}"
 
 
-# Where the web app keeps its Store (fridge.web.create_app); app_store() reads it back.
-APP_EXTENSION = "fridge"
+# Where a Flask app keeps its Store (app.extensions; fridge.web.create_app puts it there).
+APP_EXTENSION = "kitqueue"
 
 
 def app_store(app: Any) -> Store:
-    """The Store of a web app built by fridge.web.create_app (Flask's `current_app`)."""
+    """The Store of a Flask app that put one under APP_EXTENSION (Flask's `current_app`)."""
     return app.extensions[APP_EXTENSION]
 
 

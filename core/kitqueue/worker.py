@@ -1,0 +1,234 @@
+"""The worker systemd runs (each app's `<app>-worker` command calls main() with the app's
+settings): an RQ worker that follows Sentinel through a failover, runs only registered tasks
+in a preforked work horse (prefork.py), schedules delayed and recurring jobs, and stops warm.
+
+Signals (RQ's contract): SIGTERM or SIGINT finishes the running job and exits; a second one
+kills the job. The process title shows what the worker does, as Resque's procline does:
+`rq:worker:<name>: Listening on critical,default,low` (the worker) and `... Processing <task>
+from <queue>` (its horse, while it runs a job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq.serializers import JSONSerializer
+
+from . import registry, stats
+from .config import for_worker
+from .fetch import ReliableQueue
+from .prefork import PreforkWorker
+from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
+from .schema import BadArguments
+from .store import Store, Unavailable, is_transient
+
+log = logging.getLogger("kitqueue.worker")
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) the worker's state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as error:
+        log.warning("could not notify systemd: %s", error)
+
+
+class KitWorker(PreforkWorker):
+    """RQ's worker with a preforked horse, failover-aware dequeueing and a shorter abandonment
+    window."""
+
+    def __init__(
+        self,
+        *args: Any,
+        heartbeat_grace: int = 30,
+        stats_prefix: str = "kitqueue",
+        settings: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
+        self.stats_prefix = stats_prefix
+        self.settings = settings or {}
+        # RQ's backoff after a connection error grows to 60 s; a failover is over in seconds.
+        self.max_connection_wait_time = 1.0
+
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        """Registered in Redis: from now on it takes jobs. systemd's start (and so a rolling
+        restart) waits for this moment."""
+        super().register_birth(*args, **kwargs)
+        sd_notify(f"READY=1\nSTATUS=registered as {self.name}")
+
+    def procline(self, message: str) -> None:
+        super().procline(message)
+        if not self.is_horse:  # systemd hears the main process only (NotifyAccess=main)
+            sd_notify(f"STATUS={message}")
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        """How long a running job stays "started" without a heartbeat before it counts as
+        abandoned (its worker died) and is retried. RQ adds 60 s; we add a configurable grace."""
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = min(job.timeout - working_time, interval)
+        return int(max(interval, 1)) + int(self.heartbeat_grace)
+
+    def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any):
+        """RQ retries connection errors itself; replies a failover produces (UNBLOCKED when
+        the master it was blocked on became a replica, READONLY...) are retried here too."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+            except redis.ResponseError as error:
+                if not is_transient(error):
+                    raise
+                log.warning("Worker %s: failover under way (%s); reconnecting", self.name, error)
+                self.connection.connection_pool.disconnect(inuse_connections=False)
+                time.sleep(0.5)
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
+        # Every queue is read through its intermediate list (fetch.py), not only single ones.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def perform_job(self, job, queue, *args: Any, **kwargs: Any) -> bool:
+        """Runs the job with the worker's settings readable by its task (registry.settings())."""
+        token = registry._SETTINGS.set(self.settings)
+        try:
+            return super().perform_job(job, queue, *args, **kwargs)
+        finally:
+            registry._SETTINGS.reset(token)
+
+    def handle_job_success(self, job, queue, *args: Any, **kwargs: Any):
+        result = super().handle_job_success(job, queue, *args, **kwargs)
+        self._count("finished")
+        return result
+
+    def handle_job_failure(self, job, queue, *args: Any, **kwargs: Any):
+        result = super().handle_job_failure(job, queue, *args, **kwargs)
+        self._count("failures")
+        return result
+
+    def _count(self, name: str) -> None:
+        try:
+            stats.count(self.connection, self.stats_prefix, name)
+        except redis.RedisError as error:
+            log.warning("could not count %s: %s", name, error)
+
+
+class Recurring(threading.Thread):
+    """Enqueues each recurring job once per period, however many workers run: the first
+    worker to claim the period's slot (SET NX) enqueues it, with a job id derived from the slot
+    so that a claim lost in a failover still cannot produce a second job."""
+
+    def __init__(self, store: Store, schedules: list[dict[str, Any]], owner: str) -> None:
+        super().__init__(name="kitqueue-recurring", daemon=True)
+        self.store, self.schedules, self.owner = store, schedules, owner
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            for schedule in self.schedules:
+                try:
+                    self.tick(schedule, time.time())
+                except (redis.RedisError, Unavailable, NotDurable) as error:
+                    log.warning("recurring job %s: %s", schedule["name"], error)
+
+    def tick(self, schedule: dict[str, Any], now: float) -> bool:
+        every = float(schedule["every"])
+        slot = int(now // every)
+        claim = self.store.key("recurring", schedule["name"], str(slot))
+        if not self.store.redis.set(claim, self.owner, nx=True, ex=int(every * 2) + 60):
+            return False
+        task = registry.tasks()[schedule["task"]]
+        enqueue(
+            self.store,
+            task,
+            task.arguments(schedule.get("args")),
+            schedule.get("queue", task.queue),
+            job_id=f"recurring-{schedule['name']}-{slot}",
+        )
+        log.info("recurring job %s enqueued for period %s", schedule["name"], slot)
+        return True
+
+
+def check_schedules(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Refuse a recurring job that names an unknown task or queue, or has no period."""
+    schedules = list(config["RECURRING"])
+    for schedule in schedules:
+        name = schedule.get("name", "?")
+        if schedule.get("task") not in registry.tasks():
+            raise SystemExit(f"RECURRING {name}: unknown task {schedule.get('task')!r}")
+        if schedule.get("queue", "default") not in config["QUEUES"]:
+            raise SystemExit(f"RECURRING {name}: unknown queue {schedule.get('queue')!r}")
+        if not isinstance(schedule.get("every"), int | float) or schedule["every"] < 1:
+            raise SystemExit(f"RECURRING {name}: 'every' must be a number of seconds >= 1")
+        try:
+            registry.tasks()[schedule["task"]].arguments(schedule.get("args"))
+        except BadArguments as error:
+            raise SystemExit(f"RECURRING {name}: {error}") from None
+    return schedules
+
+
+def build_worker(store: Store, queue_names: list[str], name: str) -> KitWorker:
+    config = store.config
+    queue_class = ReliableQueue.configured(store.key("wake"), float(config["WORKER_INTERMEDIATE_GRACE"]))
+    return KitWorker(
+        [make_queue(store, q, queue_class) for q in queue_names],
+        heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
+        stats_prefix=store.key_prefix,
+        settings=config,
+        max_jobs=int(config["WORKER_MAX_JOBS"]),
+        max_memory_mb=float(config["WORKER_MAX_MEMORY_MB"]),
+        name=name,
+        connection=store.redis,
+        job_class=RegisteredJob,
+        queue_class=queue_class,
+        serializer=JSONSerializer,
+        worker_ttl=int(config["WORKER_TTL"]),
+        job_monitoring_interval=int(config["WORKER_JOB_MONITORING_INTERVAL"]),
+        maintenance_interval=int(config["WORKER_MAINTENANCE_INTERVAL"]),
+        default_result_ttl=int(config["RESULT_TTL"]),
+    )
+
+
+def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str] | None = None) -> int:
+    """An app's worker command: `load_settings` reads the app's settings (its config.load)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--name", default=socket.gethostname(), help="worker name prefix (the pid is appended)"
+    )
+    parser.add_argument("--queues", help="comma-separated queues in priority order (default: QUEUES)")
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = for_worker(load_settings())
+    store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
+    queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])
+    unknown = [q for q in queue_names if q not in config["QUEUES"]]
+    if unknown:
+        parser.error(f"unknown queue(s): {', '.join(unknown)} (QUEUES: {', '.join(config['QUEUES'])})")
+    schedules = check_schedules(config)
+    name = f"{args.name}.{os.getpid()}"
+    worker = build_worker(store, queue_names, name)
+    recurring = Recurring(store, schedules, name)
+    if schedules:
+        recurring.start()
+    try:
+        worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+    finally:
+        recurring.stopping.set()
+    return 0
