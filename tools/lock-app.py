@@ -113,7 +113,7 @@ def write_lock(target: Path, requirements: list[Path], exclude: dict[str, str]) 
 
 def main() -> None:
     """Lock app/ (runtime and test), and any other project directory given as an argument."""
-    targets = [Path(arg).resolve() for arg in sys.argv[1:]] or [ROOT / "app", ROOT / "molecule/web/pantry"]
+    targets = [Path(arg).resolve() for arg in sys.argv[1:]] or [ROOT / "app", ROOT / "examples/pantry"]
     for project in targets:
         runtime = write_lock(project / "requirements.lock", [project / "requirements.in"], {})
         test_in = project / "requirements-test.in"

@@ -1,1 +1,0 @@
-"""pantry: answers which version of its dependency it sees."""

@@ -1,0 +1,122 @@
+"""The example app (examples/pantry) deployed beside fridge by this scenario's converge, as README
+"Deploy your own app" describes: built on kitqueue, its own task registered through an entry
+point, its own dependency version, its own Redis users and workers; its acknowledged jobs all
+run through a failover of the Redis group both apps share."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from kit_checks import get_host, hosts_in, load_group, wait_for
+from kit_faults import docker, freeze_host, thaw_host
+
+APP_HOST = "web-app1"
+CURL = "curl -sk --max-time 15 --resolve pantry.localhost:443:127.0.0.1"
+LOG, STOP = "/root/pantry-load.log", "/root/pantry-load.stop"
+# A client on the app host: POST /stock/<item> in a loop, each answer's body and status on a line.
+LOAD = (
+    f"rm -f {LOG} {STOP}; i=0; while [ ! -e {STOP} ]; do i=$((i+1)); "
+    f"{CURL} -o - -w ' %{{http_code}}\\n' -X POST https://pantry.localhost/stock/jar-$i >> {LOG}; "
+    "sleep 0.05; done"
+)
+
+
+def pantry(path: str, method: str = "GET") -> dict:
+    run = get_host(APP_HOST).run(f"{CURL} -X {method} https://pantry.localhost{path}")
+    assert run.rc == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def answers() -> list[tuple[str | None, int]]:
+    """(job id or None, HTTP status) of every request the load has made so far."""
+    found = []
+    for line in get_host(APP_HOST).run(f"cat {LOG} 2>/dev/null").stdout.splitlines():
+        status = int(line.rsplit(" ", 1)[-1])
+        job = re.search(r'"job_id": "([0-9a-f]+)"', line)
+        found.append((job.group(1) if job else None, status))
+    return found
+
+
+def test_the_example_app_runs_its_own_task_with_its_own_dependency_version():
+    host = get_host(APP_HOST)
+    assert host.service("pantry-worker@1.service").is_running
+    versions = {
+        app: host.run(
+            f"/srv/{app}/venv/bin/python -c 'import importlib.metadata as m;"
+            f' print(m.version("kitqueue"), m.version("itsdangerous"))\''
+        ).stdout.split()
+        for app in ("fridge", "pantry")
+    }
+    assert versions == {"fridge": ["1.0.0", "2.2.0"], "pantry": ["1.0.0", "2.1.2"]}, versions
+    job = pantry("/stock/honey", "POST")
+    assert job["queue"] == "pantry", job
+    done = wait_for(
+        lambda: (r := pantry(f"/jobs/{job['job_id']}"))["status"] in ("finished", "failed") and r,
+        30,
+        "the stock job to finish",
+        0.3,
+    )
+    assert done["status"] == "finished", done
+    assert done["result"]["item"] == "honey"
+    assert done["result"]["itsdangerous"] == "2.1.2"  # run by pantry's worker, in pantry's venv
+    # Each app's registry (kitqueue.registry, from its venv's entry points) holds its own tasks.
+    registered = {
+        app: host.run(
+            f"/srv/{app}/venv/bin/python -c 'from kitqueue.registry import tasks; print(*sorted(tasks()))'"
+        ).stdout.split()
+        for app in ("fridge", "pantry")
+    }
+    assert registered == {
+        "fridge": ["add", "crash", "eat", "fail", "flaky", "hog", "sleep"],
+        "pantry": ["stock"],
+    }, registered
+
+
+def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
+    """pantry's clients keep posting while the master's host is frozen (no TCP reset reaches
+    anyone) until the Sentinels promote the replica: every 202 is a job that runs."""
+    group = load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
+    old = group.current_master()
+    master = next(host for host, address in group.nodes.items() if address == old)
+    app = get_host(APP_HOST)
+    app.run(f"cat > /root/pantry-load.sh <<'EOF'\n{LOAD}\nEOF")
+    docker("exec", "-d", APP_HOST, "sh", "/root/pantry-load.sh")
+    try:
+        wait_for(lambda: sum(s == 202 for _, s in answers()) >= 10, 30, "the load's first 202s", 0.3)
+        began = time.monotonic()
+        freeze_host(master)
+        try:
+            wait_for(
+                lambda: {a for a in group.masters_named().values() if a} - {f"{old}:6379"},
+                60,
+                "a new master",
+                0.3,
+            )
+        finally:
+            thaw_host(master)
+        failover = time.monotonic() - began
+        after = len(answers())
+        wait_for(lambda: sum(s == 202 for _, s in answers()[after:]) >= 10, 60, "202s after it", 0.3)
+    finally:
+        app.run(f"touch {STOP}")
+    time.sleep(0.5)  # the request under way ends within curl's 15 s; its line is not needed
+    got = answers()
+    acked = [job for job, status in got if status == 202]
+    other = [(job, status) for job, status in got if status not in (202, 503)]
+    unavailable = sum(status == 503 for _, status in got)
+    print(f"\nfailover {failover:.1f}s: {len(got)} requests, {len(acked)} acknowledged, {unavailable} x 503")
+    assert not other, f"answers other than 202 or 503: {other[:5]}"
+    new = group.current_master()
+    assert new != old
+
+    def unfinished() -> list[str]:
+        with group.node(new) as conn:
+            states = [conn.command("HGET", f"rq:job:{job}", "status") for job in acked]
+        return [job for job, state in zip(acked, states, strict=True) if state != "finished"]
+
+    deadline = time.monotonic() + 60
+    while (left := unfinished()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"{len(left)} of {len(acked)} acknowledged jobs did not run: {left[:5]}"
