@@ -393,7 +393,7 @@ def executed(group: Group, job_ids: list[str], timeout: float) -> tuple[list[str
                 return missing, [j for j in pending if j not in missing]
         elif time.monotonic() > deadline:
             return missing, pending
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 # --- Drills -----------------------------------------------------------------------------------
