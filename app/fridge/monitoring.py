@@ -80,7 +80,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("fridge", "flask", "itsdangerous", "redis", "rq"):
+    for name in ("fridge", "kitqueue", "flask", "itsdangerous", "redis", "rq"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -232,7 +232,9 @@ def load_group(
     data = [h for h in members if h in hosts_in(data_group)]
     watchers = [h for h in members if h in hosts_in(sentinel_group)]
     v = hostvars(members[0])
-    app = resolve(v, v["redis_acl_app_users"])[0]
+    # The kit's inventories list the app's users in kit_app_redis_users (redis_acl_app_users
+    # adds other apps' to them); a scenario of the data tier alone sets redis_acl_app_users.
+    app = resolve(v, v.get("kit_app_redis_users", v["redis_acl_app_users"]))[0]
     return Group(
         name=members[0],
         flavor=resolve(v, v.get("redis_flavor", "redis")),
