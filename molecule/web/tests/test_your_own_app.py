@@ -104,7 +104,7 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
     finally:
         app.run(f"touch {STOP}")
     # The loop ends after the request under way (curl gives up after 15 s).
-    wait_for(lambda: app.run("pgrep -f pantry-load.sh").rc == 1, 20, "the client loop to end", 0.2)
+    wait_for(lambda: app.run("pgrep -f '[p]antry-load.sh'").rc == 1, 20, "the client loop to end", 0.2)
     got = answers()
     acked = [job for job, status in got if status == 202]
     other = [(job, status) for job, status in got if status not in (202, 503)]
