@@ -86,7 +86,7 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
     app.run(f"cat > /root/pantry-load.sh <<'EOF'\n{LOAD}\nEOF")
     docker("exec", "-d", APP_HOST, "sh", "/root/pantry-load.sh")
     try:
-        wait_for(lambda: sum(s == 202 for _, s in answers()) >= 10, 30, "the load's first 202s", 0.3)
+        wait_for(lambda: sum(s == 202 for _, s in answers()) >= 20, 30, "the load's first 202s", 0.3)
         began = time.monotonic()
         freeze_host(master)
         try:
@@ -100,7 +100,7 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
             thaw_host(master)
         failover = time.monotonic() - began
         after = len(answers())
-        wait_for(lambda: sum(s == 202 for _, s in answers()[after:]) >= 10, 60, "202s after it", 0.3)
+        wait_for(lambda: sum(s == 202 for _, s in answers()[after:]) >= 20, 60, "202s after it", 0.3)
     finally:
         app.run(f"touch {STOP}")
     # The loop ends after the request under way (curl gives up after 15 s).
