@@ -96,9 +96,9 @@ def overview(store: Store) -> dict[str, Any]:
             {
                 "name": name,
                 "depth": queue.count,
-                "started": StartedJobRegistry(queue=queue).count,
-                "scheduled": ScheduledJobRegistry(queue=queue).count,
-                "failed": FailedJobRegistry(queue=queue).count,
+                "started": StartedJobRegistry(queue=queue).get_job_count(cleanup=False),
+                "scheduled": ScheduledJobRegistry(queue=queue).get_job_count(cleanup=False),
+                "failed": FailedJobRegistry(queue=queue).get_job_count(cleanup=False),
             }
         )
     workers = [

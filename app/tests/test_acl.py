@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import redis
@@ -166,6 +169,17 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
             as_web = env_for(cluster, REDIS_USERNAME=WEB_USER, REDIS_PASSWORD=PASSWORDS["web"])
             assert failing in fridge_cli(as_web, "failed").stdout
             assert fridge_cli(as_web, "empty", "low", "--yes").returncode == 0
+            # RQ's own `rq info` (its settings shipped in fridge.rq_settings) counts registries
+            # after cleaning their expired entries: ZRANGEBYSCORE (fridge's own reads do not).
+            rq_info = subprocess.run(
+                [str(Path(sys.executable).with_name("rq")), "info", "-c", "fridge.rq_settings"],
+                env=as_web,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert rq_info.returncode == 0, rq_info.stderr
             assert client.post(f"/dashboard/failed/{failing}/requeue", headers=SAME_SITE).status_code == 303
             assert client.get(f"/jobs/{failing}").get_json()["status"] == "queued"
             assert client.post(f"/dashboard/failed/{failing}/delete", headers=SAME_SITE).status_code in (

@@ -233,3 +233,16 @@ def test_rq_info_works_with_the_shipped_settings(as_web, workers):
     ):
         assert time.monotonic() < deadline, text
         time.sleep(0.5)
+
+
+def test_reading_the_queues_cleans_nothing_with_the_web_tier_s_user(as_web, admin):
+    """RQ's registry `.count` first cleans expired entries (writes: a worker that died with a job
+    leaves one until a worker's maintenance handles it). The web tier's user may not write
+    there, so `queues`, the dashboard and /metrics count without cleaning (found when a test's
+    killed worker left such an entry: `fridge queues` failed with NOPERM)."""
+    admin.zadd("rq:wip:default", {"0badc0de0badc0de0badc0de0badc0de:0123456789abcdef": 1})
+    try:
+        queues = {q["name"]: q for q in run_json(as_web, "queues")}
+        assert queues["default"]["started"] == 1
+    finally:
+        admin.zrem("rq:wip:default", "0badc0de0badc0de0badc0de0badc0de:0123456789abcdef")
