@@ -136,16 +136,16 @@ def _secrets() -> dict[str, str]:
     return found
 
 
-def _grep_secrets(host, values: list[str], options: str) -> list[str]:
-    """grep -r `options` for any of `values` under /etc, /srv and /var/lib on `host` (the
-    patterns go through a root-only file, never a command line)."""
-    pattern = "/tmp/kit-secret-patterns"  # noqa: S108 (on the test host, removed below)
-    host.run(f"install -m 0600 /dev/null {pattern}")
-    try:
-        host.run(f"cat > {pattern} <<'EOF'\n" + "\n".join(values) + "\nEOF")
-        return host.run(f"grep -r {options} -F -f {pattern} /etc /srv /var/lib 2>/dev/null").stdout.split()
-    finally:
-        host.run(f"rm -f {pattern}")
+def _grep_secrets(host, values: list[str], options: str, then: str = "") -> list[str]:
+    """grep -r `options` for any of `values` under /etc, /srv and /var/lib on `host`, piped into
+    `then` if given (the patterns go through a root-only file, never a command line). One
+    command: each host.run is an Ansible run of its own."""
+    pattern = "/tmp/kit-secret-patterns"  # noqa: S108 (on the test host, removed by the script)
+    script = (
+        f"umask 077; cat > {pattern} <<'EOF'\n" + "\n".join(values) + "\nEOF\n"
+        f"grep -r {options} -F -f {pattern} /etc /srv /var/lib 2>/dev/null {then}; rm -f {pattern}"
+    )
+    return host.run(script).stdout.splitlines()
 
 
 def test_every_file_holding_a_secret_is_closed_to_other_users(host):
@@ -154,12 +154,13 @@ def test_every_file_holding_a_secret_is_closed_to_other_users(host):
     by other users."""
     values = list(_secrets().values())
     values += [hashlib.sha256(v.encode()).hexdigest() for v in values]
-    found = _grep_secrets(host, values, "-l")
-    for path in found:
-        f = host.file(path)
-        print(f"{host.backend.get_hostname()}: {path} {f.user}:{f.group} {f.mode:04o}")
-        assert f.mode & 0o007 == 0, f"{path} is readable by other users ({f.mode:04o})"
-        assert f.user in ("root", "redis", "valkey", "fridge"), (path, f.user)
+    listed = _grep_secrets(host, values, "-lZ", "| xargs -0r stat -c '%U %G %a %n'")
+    owned = [line.split(" ", 3) for line in listed]
+    found = [path for _user, _group, _mode, path in owned]
+    for user, group, mode, path in owned:
+        print(f"{host.backend.get_hostname()}: {path} {user}:{group} {int(mode, 8):04o}")
+        assert int(mode, 8) & 0o007 == 0, f"{path} is readable by other users ({int(mode, 8):04o})"
+        assert user in ("root", "redis", "valkey", "fridge"), (path, user)
     if host.backend.get_hostname() in hosts_in("redis_sentinel"):
         assert any(p.endswith("sentinel.conf") for p in found), found
         assert any(p.endswith("sentinel-tls/server.key") for p in found), found
