@@ -67,7 +67,8 @@ syntax: venv ## Syntax-check the playbooks
 	done
 
 test-roles: venv ## Role preflight checks and the modules' logic, on the controller (the module tests need redis-server: run after test-app)
-	pytest -p no:cacheprovider -q tests
+	@# Two pytest processes: most tests wait on an ansible-playbook or a redis-server of their own.
+	pytest -p no:cacheprovider -q -n 2 tests
 
 test-app: venv ## The queueing app's tests against real redis-server and redis-sentinel
 	@tools/need.sh openssl:openssl # the TLS tests make their certificates with it
