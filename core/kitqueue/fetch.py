@@ -14,12 +14,13 @@ queues again at least once a second for jobs that arrive another way (scheduled,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from datetime import timedelta
 
 from rq import Queue
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.intermediate_queue import IntermediateQueue
 from rq.utils import as_text, now
 
@@ -44,12 +45,16 @@ class ReliableQueue(Queue):
 
     wake_key = "kitqueue:wake"
     intermediate_class: type[GracefulIntermediateQueue] = GracefulIntermediateQueue
+    # Set when the worker is asked to stop (KitWorker.request_stop): the fetch loop then takes
+    # no more jobs and raises StopRequested. One per configured class, so per worker.
+    stopping: threading.Event | None = None
 
     @classmethod
     def configured(cls, wake_key: str, grace_seconds: float) -> type[ReliableQueue]:
         base = cls.intermediate_class
         intermediate = type(base.__name__, (base,), {"grace_seconds": grace_seconds})
-        return type(cls.__name__, (cls,), {"wake_key": wake_key, "intermediate_class": intermediate})
+        attributes = {"wake_key": wake_key, "intermediate_class": intermediate, "stopping": threading.Event()}
+        return type(cls.__name__, (cls,), attributes)
 
     @property
     def intermediate_queue(self) -> IntermediateQueue:
@@ -68,6 +73,8 @@ class ReliableQueue(Queue):
         queues = list(queues)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if cls.stopping is not None and cls.stopping.is_set():
+                raise StopRequested()
             for queue in queues:
                 moved = cls.lmove(connection, queue.key, None)
                 if moved is None:

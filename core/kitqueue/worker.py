@@ -73,6 +73,18 @@ class KitWorker(PreforkWorker):
         super().register_birth(*args, **kwargs)
         sd_notify(f"READY=1\nSTATUS=registered as {self.name}")
 
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """A warm shutdown (SIGTERM, SIGINT). RQ stops an idle worker by raising StopRequested
+        out of this handler into whatever the worker was running. When the signal lands in a
+        finalizer (a connection pool's __del__, seen in a test run), Python prints that
+        exception and drops it, and the worker listened on until systemd killed it. The request
+        is also kept where the fetch loop finds it (fetch.ReliableQueue.stopping): it takes no
+        other job and stops within POLL_SECONDS."""
+        stopping = getattr(self.queue_class, "stopping", None)
+        if stopping is not None:
+            stopping.set()
+        super().request_stop(signum, frame)
+
     def procline(self, message: str) -> None:
         super().procline(message)
         if not self.is_horse:  # systemd hears the main process only (NotifyAccess=main)
