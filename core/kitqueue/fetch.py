@@ -14,7 +14,6 @@ queues again at least once a second for jobs that arrive another way (scheduled,
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -45,16 +44,16 @@ class ReliableQueue(Queue):
 
     wake_key = "kitqueue:wake"
     intermediate_class: type[GracefulIntermediateQueue] = GracefulIntermediateQueue
-    # Set when the worker is asked to stop (KitWorker.request_stop): the fetch loop then takes
-    # no more jobs and raises StopRequested. One per configured class, so per worker.
-    stopping: threading.Event | None = None
+    # Set when the worker is asked to stop (KitWorker.request_stop, a signal handler): the fetch
+    # loop then takes no more jobs and raises StopRequested. Set on the class `configured`
+    # made for that worker.
+    stop_requested = False
 
     @classmethod
     def configured(cls, wake_key: str, grace_seconds: float) -> type[ReliableQueue]:
         base = cls.intermediate_class
         intermediate = type(base.__name__, (base,), {"grace_seconds": grace_seconds})
-        attributes = {"wake_key": wake_key, "intermediate_class": intermediate, "stopping": threading.Event()}
-        return type(cls.__name__, (cls,), attributes)
+        return type(cls.__name__, (cls,), {"wake_key": wake_key, "intermediate_class": intermediate})
 
     @property
     def intermediate_queue(self) -> IntermediateQueue:
@@ -73,7 +72,7 @@ class ReliableQueue(Queue):
         queues = list(queues)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if cls.stopping is not None and cls.stopping.is_set():
+            if cls.stop_requested:
                 raise StopRequested()
             for queue in queues:
                 moved = cls.lmove(connection, queue.key, None)

@@ -78,11 +78,12 @@ class KitWorker(PreforkWorker):
         out of this handler into whatever the worker was running. When the signal lands in a
         finalizer (a connection pool's __del__, seen in a test run), Python prints that
         exception and drops it, and the worker listened on until systemd killed it. The request
-        is also kept where the fetch loop finds it (fetch.ReliableQueue.stopping): it takes no
-        other job and stops within POLL_SECONDS."""
-        stopping = getattr(self.queue_class, "stopping", None)
-        if stopping is not None:
-            stopping.set()
+        is also kept where the loops find it: RQ's (`_stop_requested`) and the fetch loop
+        (`ReliableQueue.stop_requested`), which takes no other job and stops within
+        POLL_SECONDS. Plain attributes: a lock taken in a signal handler could deadlock."""
+        self._stop_requested = True
+        if issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue:
+            self.queue_class.stop_requested = True
         super().request_stop(signum, frame)
 
     def procline(self, message: str) -> None:

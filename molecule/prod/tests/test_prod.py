@@ -136,7 +136,7 @@ def _secrets() -> dict[str, str]:
     return found
 
 
-def _grep_secrets(host, values: list[str], options: str, then: str = "") -> list[str]:
+def _grep_secrets(host, values: list[str], options: str, then: str = "") -> str:
     """grep -r `options` for any of `values` under /etc, /srv and /var/lib on `host`, piped into
     `then` if given (the patterns go through a root-only file, never a command line). One
     command: each host.run is an Ansible run of its own."""
@@ -145,7 +145,7 @@ def _grep_secrets(host, values: list[str], options: str, then: str = "") -> list
         f"umask 077; cat > {pattern} <<'EOF'\n" + "\n".join(values) + "\nEOF\n"
         f"grep -r {options} -F -f {pattern} /etc /srv /var/lib 2>/dev/null {then}; rm -f {pattern}"
     )
-    return host.run(script).stdout.splitlines()
+    return host.run(script).stdout
 
 
 def test_every_file_holding_a_secret_is_closed_to_other_users(host):
@@ -154,8 +154,8 @@ def test_every_file_holding_a_secret_is_closed_to_other_users(host):
     by other users."""
     values = list(_secrets().values())
     values += [hashlib.sha256(v.encode()).hexdigest() for v in values]
-    listed = _grep_secrets(host, values, "-lZ", "| xargs -0r stat -c '%U %G %a %n'")
-    owned = [line.split(" ", 3) for line in listed]
+    listed = _grep_secrets(host, values, "-lZ", "| xargs -0r stat --printf '%U %G %a %n\\0'")
+    owned = [entry.split(" ", 3) for entry in listed.split("\0") if entry]
     found = [path for _user, _group, _mode, path in owned]
     for user, group, mode, path in owned:
         print(f"{host.backend.get_hostname()}: {path} {user}:{group} {int(mode, 8):04o}")
@@ -189,7 +189,8 @@ def test_each_host_holds_only_the_secrets_of_its_tiers(host):
     allowed = set().union(*(names for group, names in TIER_SECRETS.items() if name in hosts_in(group)))
     if name in hosts_in("redis") or name in hosts_in("redis_sentinel"):
         allowed.add(f"redis tls key {name}")  # its own TLS key only, no other host's
-    held = {n for n, v in secrets.items() if v in set(_grep_secrets(host, list(secrets.values()), "-hoI"))}
+    found = set(_grep_secrets(host, list(secrets.values()), "-hoI").splitlines())
+    held = {n for n, v in secrets.items() if v in found}
     print(f"{name} ({', '.join(g for g in TIER_SECRETS if name in hosts_in(g))}): {sorted(held)}")
     assert held <= allowed, f"{name} holds {sorted(held - allowed)}"
     for group, own in (("web", "vault_redis_web_password"), ("workers", "vault_redis_worker_password")):

@@ -5,8 +5,9 @@
 # Python). Prints "changed" when the wheel in DEST differs from the one already there, and
 # removes that distribution's other wheels from DEST (the app's and its packages' share it).
 # A source whose files are byte for byte those the wheel in DEST was built from is not built
-# again (DEST/.built-*: the files' sha256 and the wheel's name): a re-run costs a hash, not a
-# build. Usage: build-wheel.sh PYTHON SOURCE_DIR DEST_DIR
+# again (DEST/.built-*: the files' sha256, the wheel's name and its sha256, checked, since
+# another checkout of the same project writes the same wheel name there): a re-run costs two
+# hashes, not a build. Usage: build-wheel.sh PYTHON SOURCE_DIR DEST_DIR
 set -eu
 python=$1 source=$2 dest=$3
 mkdir -p "$dest"
@@ -19,8 +20,9 @@ fingerprint=$( (printf '%s\n' "$python"; source_tar --sort=name --mtime=@0 --own
   | sha256sum | cut -d' ' -f1)
 stamp="$dest/.built-$(printf '%s' "$source" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
-  read -r built name < "$stamp" || true
-  if [ "$built" = "$fingerprint" ] && [ -f "$dest/$name" ]; then
+  read -r built name sum < "$stamp" || true
+  if [ "$built" = "$fingerprint" ] && [ -f "$dest/$name" ] \
+     && [ "$(sha256sum < "$dest/$name" | cut -d' ' -f1)" = "$sum" ]; then
     echo "unchanged $name"
     exit 0
   fi
@@ -40,4 +42,4 @@ else
   cp "$wheel" "$dest/$name"
   echo "changed $name"
 fi
-echo "$fingerprint $name" > "$stamp"
+echo "$fingerprint $name $(sha256sum < "$dest/$name" | cut -d' ' -f1)" > "$stamp"
