@@ -10,8 +10,10 @@ import redis
 from kitqueue.queueing import make_queue
 from kitqueue.store import Store, Unavailable
 from rq import Worker
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.utils import as_text
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,21 @@ def live_workers(store: Store) -> list[Worker]:
     return alive
 
 
+def current_job_id(worker: Worker) -> str | None:
+    """The job a worker is running, read without writing. RQ's `get_current_job_id` removes the
+    index entries whose execution is gone (SREM), a write the web tier's user may not make: an
+    execution that ends between its two reads made `fridge queues` fail with NOPERM (a CI run)."""
+    members = sorted(as_text(m) for m in worker.connection.smembers(worker.executions_key))
+    executions = [Execution.from_composite_key(member, connection=worker.connection) for member in members]
+    if not executions:
+        return None
+    with worker.connection.pipeline(transaction=False) as pipeline:
+        for execution in executions:
+            pipeline.exists(execution.key)
+        present = pipeline.execute()
+    return next((e.job_id for e, found in zip(executions, present, strict=True) if found), None)
+
+
 def health(store: Store) -> tuple[bool, dict[str, Any]]:
     try:
         store.retrying(store.redis.ping, budget=2.0)
@@ -107,7 +124,7 @@ def overview(store: Store) -> dict[str, Any]:
             "host": w.hostname,
             "state": w.get_state(),
             "queues": w.queue_names(),
-            "current_job": w.get_current_job_id(),
+            "current_job": current_job_id(w),
             "successful": w.successful_job_count,
             "failed": w.failed_job_count,
             "last_heartbeat": _iso(w.last_heartbeat),

@@ -246,3 +246,26 @@ def test_reading_the_queues_cleans_nothing_with_the_web_tier_s_user(as_web, admi
         assert queues["default"]["started"] == 1
     finally:
         admin.zrem("rq:wip:default", "0badc0de0badc0de0badc0de0badc0de:0123456789abcdef")
+
+
+def test_reading_a_worker_s_current_job_writes_nothing_with_the_web_tier_s_user(as_web, admin, workers):
+    """RQ's `get_current_job_id` on a worker read from Redis removes the index entries whose
+    execution hash is gone (SREM). One is there whenever a job ends between its two reads: a CI
+    run's `fridge queues` failed with NOPERM so. The app reads the index without writing."""
+    workers.start(1)
+    deadline = time.monotonic() + 20
+    while not (found := run_json(as_web, "status")["workers"]):
+        assert time.monotonic() < deadline, "the worker did not register"
+        time.sleep(0.2)
+    index = f"rq:worker:{found[0]['name']}:executions"
+    gone, running = "0badc0de0badc0de0badc0de0badc0de:0123456789abcdef", "feedface" * 4 + ":fedcba9876543210"
+    admin.sadd(index, gone)
+    try:
+        assert run_json(as_web, "status")["workers"][0]["current_job"] is None
+        admin.hset(f"rq:execution:{running}", "job_id", running.split(":")[0])
+        admin.sadd(index, running)
+        assert run_json(as_web, "status")["workers"][0]["current_job"] == "feedface" * 4
+        assert admin.sismember(index, gone), "the web tier's read removed an entry"
+    finally:
+        admin.srem(index, gone, running)
+        admin.delete(f"rq:execution:{running}")
