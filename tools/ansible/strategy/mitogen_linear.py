@@ -6,8 +6,17 @@ for every task: a no-op re-run of site.yml takes less than half the time. It cha
 modules reach hosts, not what they do; the roles run the same without it (the stock `linear`
 strategy: `ANSIBLE_STRATEGY=linear`). Mitogen accelerates the `ssh`, `docker` and `local`
 connections by those names, which is why the inventories say `docker`, not its FQCN.
+
+Mitogen also pins processes to CPUs: on a machine with 2 or 3 cores its connection process
+gets one core and Ansible's top-level process and every task's worker share the other, so the
+controller's work runs on one core while the other mostly waits. The kit leaves placement to
+the kernel (Mitogen's no-op policy): a no-op site.yml on the development topology went from
+24.7 to 20.0 s on 2 cores; 100 skipped tasks on 4 hosts from 3.4 to 2.6 s.
 """
 
+import ansible_mitogen.affinity
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
+
+ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 __all__ = ["StrategyModule"]
