@@ -14,6 +14,9 @@ description:
   and at most O(max_lag_bytes) behind it; refuses, naming it, when it is not.
 - With a target and other replicas, gives those a C(replica-priority) of 0 for the switchover (restored
   afterwards) so that Sentinel can only choose the target.
+- Waits (up to 12 s) until every Sentinel that answers sees the target as a healthy replica: one that
+  still sees it as a master (the old master of a switchover a moment ago) would turn it back into a
+  replica mid-failover.
 - Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new master
   reports itself master and the old one is its replica with the link up.
 - Does nothing (C(changed=false)) when the target already is the master.
@@ -109,6 +112,24 @@ class Group:
                 continue
         raise Refused("no Sentinel listed the replicas")
 
+    def unsettled(self, target: str) -> list[str]:
+        """The Sentinels that do not yet see `target` as a healthy replica reporting the replica
+        role. One that last saw it as a master (the old master of a switchover a moment ago: a
+        Sentinel reads a replica's INFO every 10 s) turns it back into a replica as soon as it is
+        promoted, and the failover aborts (a drill: two switchovers 20 s apart). A Sentinel that
+        does not answer is left out: the others still make the quorum."""
+        waiting = []
+        for address in self.p["sentinels"]:
+            try:
+                with self.sentinel(address) as conn:
+                    views = conn.command("SENTINEL", "REPLICAS", self.p["master_name"])
+            except (OSError, kit_redis.ReplyError):
+                continue
+            view = next((v for v in map(kit_redis.pairs, views) if f"{v['ip']}:{v['port']}" == target), None)
+            if view is None or view.get("role-reported") != "slave" or not healthy(view):
+                waiting.append(address)
+        return waiting
+
     def info(self, where: str) -> dict[str, str]:
         host, port = where.rsplit(":", 1)
         with self.node(host, int(port)) as conn:
@@ -186,12 +207,15 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
     result["old_master"] = result["new_master"] = master
     if group.p["target"] and master.rsplit(":", 1)[0] == group.p["target"]:
         return
-    # A replica restarted a moment ago (a rolling restart) is in sync at once, but the Sentinels
-    # refresh their view of a replica every 10 s: give them that long before refusing.
+    # A replica restarted a moment ago (a rolling restart), or the old master of a switchover a
+    # moment ago, is in sync at once, but the Sentinels refresh their view of a replica every
+    # 10 s: give them that long before refusing.
     settled = time.monotonic() + min(group.p["timeout"], SENTINEL_REFRESH)
     while True:
         try:
             target, others = choose(group, master)
+            if waiting := group.unsettled(target):
+                raise Refused(f"{target} is not yet a settled replica for the Sentinels {', '.join(waiting)}")
             break
         except Refused:
             if time.monotonic() > settled:
