@@ -14,7 +14,7 @@ description:
   and at most O(max_lag_bytes) behind it; refuses, naming it, when it is not.
 - With a target and other replicas, gives those a C(replica-priority) of 0 for the switchover (restored
   afterwards) so that Sentinel can only choose the target.
-- Waits (up to 12 s) until every Sentinel that answers sees the target as a healthy replica: one that
+- Waits (up to 12 s) until every Sentinel that answers sees the target as a healthy replica. One that
   still sees it as a master (the old master of a switchover a moment ago) would turn it back into a
   replica mid-failover.
 - Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new master
