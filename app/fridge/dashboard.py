@@ -9,6 +9,9 @@ a page (browse.py)."""
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,6 +25,33 @@ from . import browse, monitoring
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
 FAILED_SHOWN = 10
+# Apache checks the Basic auth password (bcrypt) on every request: the pages name their assets
+# by a hash of their content, and the browser keeps them for a year without asking again, so a
+# page (and its refresh every 10 s) costs one check, not one per asset. A new release's assets
+# have new names. "private": no shared cache keeps what was sent to a logged-in user.
+ASSET_MAX_AGE = 365 * 24 * 3600
+
+
+@cache
+def _asset_version(filename: str) -> str:
+    return hashlib.sha256((Path(bp.static_folder or "") / filename).read_bytes()).hexdigest()[:12]
+
+
+@bp.app_template_global()
+def asset_url(filename: str) -> str:
+    """The URL of a dashboard asset, named by its content (see ASSET_MAX_AGE)."""
+    return url_for("dashboard.static", filename=filename, v=_asset_version(filename))
+
+
+@bp.after_request
+def _cache_named_assets(response):
+    if request.endpoint == "dashboard.static" and response.status_code == 200 and request.args.get("v"):
+        response.cache_control.public = False
+        response.cache_control.no_cache = None
+        response.cache_control.private = True
+        response.cache_control.max_age = ASSET_MAX_AGE
+        response.cache_control.immutable = True
+    return response
 
 
 def _same_origin() -> None:

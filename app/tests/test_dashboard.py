@@ -5,6 +5,7 @@ requeue all failed, and where an action's form may send the browser back to."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -159,3 +160,26 @@ def test_the_dashboard_follows_a_failover(client, cluster):
     for sentinel in cluster.sentinels:
         assert re.search(rf"<td>{sentinel}</td><td>yes</td><td>127.0.0.1:{new}</td>", text), text
     assert client.get("/dashboard/jobs/waiting/default").status_code == 200
+
+
+def test_the_pages_name_their_assets_by_content_and_the_browser_keeps_them(client):
+    """Apache checks the Basic auth password (bcrypt) on every request: each asset a page uses
+    is named by a hash of its content and sent to be kept a year without asking again, privately
+    (the real browser's refresh is molecule/web's test_a_refresh_fetches_only_the_page)."""
+    page = client.get("/dashboard/").get_data(as_text=True)
+    assets = re.findall(r'(?:href|src)="(/dashboard/static/[^"]+)"', page)
+    assert len(assets) == 4, page
+    for url in assets:
+        path, _, version = url.partition("?v=")
+        assert re.fullmatch(r"[0-9a-f]{12}", version), url
+        answer = client.get(url)
+        body, cache = answer.get_data(), answer.headers["Cache-Control"]
+        answer.close()
+        assert answer.status_code == 200, url
+        assert {d.strip() for d in cache.split(",")} == {"private", "max-age=31536000", "immutable"}, cache
+        # The version is the content's: another content would be another name.
+        assert hashlib.sha256(body).hexdigest()[:12] == version, url
+        # Without a version (an old page, a hand-typed URL) the browser asks again each time.
+        unversioned = client.get(path)
+        unversioned.close()
+        assert "no-cache" in unversioned.headers["Cache-Control"]
