@@ -45,7 +45,10 @@ def asset_url(filename: str) -> str:
 
 @bp.after_request
 def _cache_named_assets(response):
-    if request.endpoint == "dashboard.static" and response.status_code == 200 and request.args.get("v"):
+    # Only under the name of the content sent: during a rolling deploy an old web host may be
+    # asked for a new name, and what it sends must not be kept under that name.
+    named = request.endpoint == "dashboard.static" and response.status_code == 200
+    if named and request.args.get("v") == _asset_version((request.view_args or {}).get("filename", "")):
         response.cache_control.public = False
         response.cache_control.no_cache = None
         response.cache_control.private = True

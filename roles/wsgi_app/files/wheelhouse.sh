@@ -1,5 +1,5 @@
 #!/bin/sh
-# Prepare an app's wheelhouse on the controller, in one task per host and run (it was five, each
+# Prepare an app's wheelhouse on the controller, in one task per host and run (it was six, each
 # a round of its own even when there was nothing to do):
 # 1. the locked dependencies, downloaded for the host's Python and architecture (pip has no
 #    module for cross-platform downloads). A lock already downloaded for them is not checked
