@@ -376,3 +376,70 @@ def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
     vault(tmp_path, "encrypt", str(secrets))
     result = preflight()
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def certificate(address: str, days: tuple[int, int]) -> dict[str, str]:
+    """A self-signed certificate for `address` (its IP SAN), valid from days[0] to days[1]
+    counted from now, with its key and itself as the CA: PEM text, as the roles take it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"redis {address}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {"certificate": pem, "key": key_pem, "ca_certificate": pem}
+
+
+def redis_tls(cert: dict[str, str]) -> dict:
+    """The data node's and the Sentinel's TLS inputs, both the same certificate."""
+    variables: dict = {}
+    for prefix in ("redis", "redis_sentinel"):
+        variables[f"{prefix}_tls"] = True
+        variables.update({f"{prefix}_tls_{part}": text for part, text in cert.items()})
+    return variables
+
+
+@pytest.mark.parametrize(
+    ("address", "days", "refused"),
+    [
+        ("127.0.0.1", (-1, 30), False),
+        ("127.0.0.9", (-1, 30), True),  # names another host
+        ("127.0.0.1", (-30, -1), True),  # expired
+        ("127.0.0.1", (1, 30), True),  # not valid yet
+    ],
+    ids=["good", "another-address", "expired", "not-yet-valid"],
+)
+def test_a_redis_certificate_must_name_the_node_and_be_valid_now(tmp_path, address, days, refused):
+    result = run(
+        "playbooks/redis.yml",
+        "redis_preflight,redis_sentinel_preflight",
+        tmp_path,
+        **redis_tls(certificate(address, days)),
+    )
+    said = " ".join(result.stdout.split())
+    if not refused:
+        assert result.returncode == 0, said[-3000:]
+        return
+    assert result.returncode != 0
+    assert "must name this node's address (IP:127.0.0.1) and be valid now" in said
+    assert f"SANs: IP:{address}" in said

@@ -12,6 +12,16 @@
 # order ("changed <wheel>" or "unchanged <wheel>").
 # Usage: wheelhouse.sh PYTHON WHEELHOUSE LOCK STAMP PYTHON_TAG ARCH PLATFORM... -- PROJECT...
 set -eu
+# The hosts of a run share a wheelhouse and run this at once: one at a time holds it, under a
+# lock (flock) that the controller's Python takes before running this script again.
+if [ -z "${WHEELHOUSE_LOCKED:-}" ]; then
+  mkdir -p "$(dirname "$2")"
+  WHEELHOUSE_LOCKED=1 exec "$1" -c 'import fcntl, os, sys
+lock = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+fcntl.flock(lock, fcntl.LOCK_EX)
+os.set_inheritable(lock, True)
+os.execvp("sh", ["sh", *sys.argv[2:]])' "$2.lock" "$0" "$@"
+fi
 python=$1 wheelhouse=$2 lock=$3 stamp=$4 tag=$5 arch=$6
 shift 6
 platforms=""
