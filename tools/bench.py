@@ -3,7 +3,8 @@
 a baseline measured in the same run. Numbers, never pass/fail.
 
 - Deploy: the first `site.yml` on new containers against a no-op re-run, the median of three
-  (BENCH_DEPLOY=0 keeps the running platform and times the re-runs only).
+  (BENCH_DEPLOY=0 keeps the running platform and times the re-runs only); the same over SSH on
+  molecule/prod's hosts, before the containers are made (BENCH_SSH=0 skips it).
 - Enqueue through Apache (wrk at 8, 32 and 128 connections) against a bare WSGI hello-world
   deployed beside the app with the kit's own roles (bench/hello.yml), the workers stopped.
 - Enqueue to start: jobs sent one by one to idle workers.
@@ -63,11 +64,51 @@ def playbook(*args: str) -> tuple[float, int]:
     return round(time.monotonic() - started, 1), changed
 
 
+def molecule_converge() -> tuple[float, int]:
+    """`molecule converge -s prod` (site.yml over SSH): Ansible's own time, from profile_tasks'
+    total (Molecule's start-up is not counted), and the tasks changed."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="true", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    proc = run("molecule", "converge", "-s", "prod", env=env)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+    log = ROOT / ".cache" / f"bench-ssh-converge-{int(time.time())}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(plain)
+    if proc.returncode:
+        sys.exit(f"molecule converge -s prod failed (see {log}):\n{plain[-4000:]}")
+    recap = plain[plain.rindex("TASKS RECAP") :]
+    hours, minutes, seconds = re.search(r"\)\s+(\d+):(\d\d):(\d\d\.\d+)", recap).groups()
+    play_recap = plain[plain.rindex("PLAY RECAP") : plain.rindex("TASKS RECAP")]
+    changed = sum(int(n) for n in re.findall(r"changed=(\d+)", play_recap))
+    return round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 1), changed
+
+
+def deploy_ssh() -> dict:
+    """The same comparison over SSH: molecule/prod (four hosts reached like bare metal, TLS on),
+    created afresh, converged, converged NOOP_RUNS times again, destroyed. Run while the
+    development topology is down (one topology at a time on two cores)."""
+    print("==> Deploy over SSH: molecule/prod created, site.yml, then again", flush=True)
+    run("molecule", "destroy", "-s", "prod")
+    first, first_changed = molecule_converge()
+    runs = [molecule_converge() for _ in range(NOOP_RUNS)]
+    run("molecule", "destroy", "-s", "prod")
+    noop = statistics.median(seconds for seconds, _ in runs)
+    return {
+        "first_seconds": first,
+        "first_changed": first_changed,
+        "noop_runs": [seconds for seconds, _ in runs],
+        "noop_seconds": noop,
+        "noop_changed": max(changed for _, changed in runs),
+        "noop_over_first": round(noop / first, 2),
+    }
+
+
 def deploy(fresh: bool) -> dict:
     result: dict = {"first_seconds": None, "first_changed": None}
     if fresh:
-        print("==> Deploy: new containers, then site.yml twice", flush=True)
         run(str(ROOT / "tools" / "dev.sh"), "down")
+        if os.environ.get("BENCH_SSH", "1") != "0":
+            result["ssh"] = deploy_ssh()
+        print("==> Deploy: new containers, then site.yml, then again", flush=True)
         playbook("playbooks/dev_containers.yml")
         result["first_seconds"], result["first_changed"] = playbook("site.yml")
     else:
@@ -320,6 +361,14 @@ def markdown(report: dict) -> str:
         f"{', '.join(map(str, d.get('noop_runs', [d['noop_seconds']])))} "
         f"({d['noop_changed']} changes at most){ratio}.",
     ]
+    if ssh := d.get("ssh"):
+        lines += [
+            "",
+            f"Over SSH (molecule/prod: four hosts reached like bare metal, TLS on; Ansible's own time): "
+            f"first {ssh['first_seconds']} s ({ssh['first_changed']} changes); no-op re-run "
+            f"{ssh['noop_seconds']} s, the median of {', '.join(map(str, ssh['noop_runs']))} "
+            f"({ssh['noop_changed']} changes at most), **{ssh['noop_over_first']:.2f}** of the first.",
+        ]
     f = report["failover"]
     lines += [
         "",
