@@ -27,9 +27,14 @@ PLAY = """
         argv: [sh, -c, 'echo noise; echo "it broke: no wheel" >&2; exit 3']
       register: broke
       ignore_errors: true
+    - name: A program that does not exist
+      kit.jobqueue.controller_command:
+        argv: [/nonexistent/program, x]
+      register: missing
+      ignore_errors: true
     - name: Report
       ansible.builtin.copy:
-        content: "{{ {'worked': worked, 'broke': broke} | to_json }}"
+        content: "{{ {'worked': worked, 'broke': broke, 'missing': missing} | to_json }}"
         dest: "{{ out }}"
       check_mode: false
       delegate_to: localhost
@@ -52,8 +57,6 @@ def play(tmp_path: Path, *args: str) -> dict:
             str(tmp_path / "play.yml"),
             "-e",
             f"out={out}",
-            "-e",
-            "ansible_connection=local",
             *args,
         ],
         cwd=ROOT,
@@ -78,9 +81,14 @@ def test_it_reports_the_command_as_command_does_and_fails_with_its_error(tmp_pat
     assert broke["failed"] is True
     assert broke["rc"] == 3
     assert broke["msg"] == "sh -c exited with 3: it broke: no wheel"
+    missing = got["missing"]
+    assert missing["failed"] is True
+    assert missing["msg"].startswith("/nonexistent/program could not start: ")
 
 
 def test_check_mode_runs_nothing(tmp_path):
     got = play(tmp_path, "--check")
     assert got["worked"]["skipped"] is True
-    assert "rc" not in got["worked"]
+    # As ansible.builtin.command: what reads the output finds it empty (the wheels loop).
+    assert got["worked"]["stdout_lines"] == []
+    assert got["worked"]["rc"] == 0

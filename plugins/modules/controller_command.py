@@ -13,8 +13,10 @@ description:
   non-zero, with the end of its standard error.
 - "Used instead of M(ansible.builtin.command) with C(delegate_to: localhost), which opens a
   connection to the controller for each host and task."
-- Not run in check mode (skipped), like M(ansible.builtin.command); always reports changed unless
-  the task says otherwise (C(changed_when)).
+- Not run in check mode (skipped, with an empty output), like M(ansible.builtin.command); always
+  reports changed unless the task says otherwise (C(changed_when)).
+- Runs with the environment of C(ansible-playbook) itself; the task's C(environment) is not
+  applied.
 options:
   argv:
     description: The command and its arguments (no shell).
@@ -29,7 +31,7 @@ options:
 EXAMPLES = r"""
 - name: Build the wheelhouse on the controller
   kit.jobqueue.controller_command:
-    argv: [sh, files/wheelhouse.sh, /usr/bin/python3, /tmp/wheelhouse]
+    argv: [sh, "{{ role_path }}/files/wheelhouse.sh", "{{ ansible_playbook_python }}", /tmp/wheelhouse]
   register: built
   changed_when: built.stdout_lines | select('match', 'changed ') | list | length > 0
 """
