@@ -32,6 +32,18 @@ def test_ansible_reaches_hosts_over_ssh_as_deploy(host):
     assert host.run("printenv SUDO_USER").stdout.strip() == "deploy"
 
 
+def test_a_dry_run_reports_nothing_to_change():
+    """`ansible-playbook site.yml --check` on the deployed platform, as an operator runs it before
+    a change: it goes through every play (the app's wheels are built on the controller and
+    compared with the hosts') and reports nothing to change."""
+    run = run_playbook("--check")
+    recap = play_recap(run.stdout)
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert set(testinfra_hosts) <= set(recap), recap
+    changed = [line for line in run.stdout.splitlines() if line.startswith("changed:")]
+    assert all(r["changed"] == 0 for r in recap.values()), "\n".join(changed) or recap
+
+
 def _tls(name: str) -> str:
     """The operator's certificate or key, as prepare.yml made it (production: kit_app_tls)."""
     return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls" / name)
