@@ -36,7 +36,7 @@ def test_a_dry_run_reports_nothing_to_change():
     """`ansible-playbook site.yml --check` on the deployed platform, as an operator runs it before
     a change: it goes through every play (the app's wheels are built on the controller and
     compared with the hosts') and reports nothing to change."""
-    run = run_playbook("--check")
+    run = _as_operator("--check")
     recap = play_recap(run.stdout)
     assert run.returncode == 0, run.stdout[-5000:]
     assert set(testinfra_hosts) <= set(recap), recap
