@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     # this long (see fetch.py).
     "WORKER_INTERMEDIATE_GRACE": 30,
     "WORKER_TTL": 60,
+    # How often (seconds) a worker asks the Sentinels which master they name, while idle and
+    # between jobs: after a failover it leaves an old master that came back within that time
+    # and puts back the jobs whose outcome stayed there (follow.py).
+    "WORKER_MASTER_CHECK_SECONDS": 1.0,
     # Each worker runs its jobs in one forked work horse (prefork.py), replaced after this many
     # jobs, or when its resident memory passes this many MiB after a job (1: a fork per job).
     "WORKER_MAX_JOBS": 1000,

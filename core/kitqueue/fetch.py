@@ -15,7 +15,7 @@ queues again at least once a second for jobs that arrive another way (scheduled,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from rq import Queue
@@ -48,6 +48,10 @@ class ReliableQueue(Queue):
     # loop then takes no more jobs and raises StopRequested. Set on the class `configured`
     # made for that worker.
     stop_requested = False
+    # Called at every turn of the fetch loop (KitWorker.follow_master, set on the class
+    # `configured` made for that worker): it checks, at most once a second, which master the
+    # Sentinels name.
+    between_polls: Callable[[], None] | None = None
 
     @classmethod
     def configured(cls, wake_key: str, grace_seconds: float) -> type[ReliableQueue]:
@@ -74,6 +78,8 @@ class ReliableQueue(Queue):
         while True:
             if cls.stop_requested:
                 raise StopRequested()
+            if cls.between_polls is not None:
+                cls.between_polls()
             for queue in queues:
                 moved = cls.lmove(connection, queue.key, None)
                 if moved is None:

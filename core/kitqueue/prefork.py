@@ -97,6 +97,9 @@ class PreforkWorker(Worker):
         self.max_memory_mb = float(max_memory_mb)
         self.horses_started = 0
         self._horse: Horse | None = None
+        # Sent with each job: when it changes, the horse drops its Redis connections before the
+        # job (the worker follows a new master, follow.py).
+        self.connection_epoch = 0
 
     # The parent.
 
@@ -108,7 +111,7 @@ class PreforkWorker(Worker):
     def fork_work_horse(self, job, queue) -> None:
         """Hand the job to the horse (starting one when there is none): RQ calls this after it
         registered the execution, then waits for the horse with `wait_for_horse`."""
-        line = json.dumps([job.id, self.execution.id, queue.name]).encode() + b"\n"
+        line = json.dumps([job.id, self.execution.id, queue.name, self.connection_epoch]).encode() + b"\n"
         horse = self._horse
         if horse is not None and horse.exited():  # it died while idle: no job was lost with it
             self._bury(horse)
@@ -215,7 +218,7 @@ class PreforkWorker(Worker):
         self.setup_work_horse_signals()
         self._is_horse = True
         os.environ["RQ_WORKER_ID"] = self.name
-        buffered, done = b"", 0
+        buffered, done, epoch = b"", 0, self.connection_epoch
         self.procline("Horse waiting for a job (0 run)")
         while True:
             while b"\n" not in buffered:
@@ -228,8 +231,12 @@ class PreforkWorker(Worker):
                     return 0
                 buffered += chunk
             line, _, buffered = buffered.partition(b"\n")
+            job_id, execution_id, queue_name, job_epoch = json.loads(line)
+            if job_epoch != epoch:  # the worker follows a new master: so do its horse's connections
+                self.connection.connection_pool.disconnect()
+                epoch = job_epoch
             RetiringDeathPenalty.struck = False
-            self._perform(*json.loads(line))
+            self._perform(job_id, execution_id, queue_name)
             done += 1
             retire = RetiringDeathPenalty.struck or done >= self.max_jobs
             retire = retire or resident_mib() > self.max_memory_mb

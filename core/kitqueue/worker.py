@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 from . import registry, stats
 from .config import for_worker
 from .fetch import ReliableQueue
+from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
 from .schema import BadArguments
@@ -58,9 +59,17 @@ class KitWorker(PreforkWorker):
         heartbeat_grace: int = 30,
         stats_prefix: str = "kitqueue",
         settings: dict[str, Any] | None = None,
+        watch: MasterWatch | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.watch = watch
+        if (
+            watch is not None
+            and issubclass(self.queue_class, ReliableQueue)
+            and self.queue_class is not ReliableQueue
+        ):
+            self.queue_class.between_polls = staticmethod(self.follow_master)
         self.heartbeat_grace = heartbeat_grace
         self.stats_prefix = stats_prefix
         self.settings = settings or {}
@@ -85,6 +94,40 @@ class KitWorker(PreforkWorker):
         if issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue:
             self.queue_class.stop_requested = True
         super().request_stop(signum, frame)
+
+    def follow_master(self) -> None:
+        """Between jobs and while idle: follow a new master at once, and put back the jobs
+        whose outcome stayed on the old one (follow.py)."""
+        if self.watch is None:
+            return
+        try:
+            switched = self.watch.follow(self.connection)
+        except redis.RedisError as error:
+            log.warning("Worker %s: a new master, not checked yet (%s); trying again", self.name, error)
+            return
+        finally:
+            self.connection_epoch = self.watch.epoch
+        if switched is None:
+            return
+        (host, port), stranded = switched
+        put_back = (
+            f"; put back in their queues {len(stranded)} job(s) it had taken whose outcome the new "
+            f"master does not have: {', '.join(job.job_id for job in stranded)}"
+            if stranded
+            else ""
+        )
+        log.warning(
+            "Worker %s: the Sentinels name a new master, %s:%s; reconnected%s",
+            self.name,
+            host,
+            port,
+            put_back,
+        )
+
+    def fork_work_horse(self, job, queue) -> None:
+        if self.watch is not None:
+            self.watch.took(job.id, self.execution.id, queue)
+        super().fork_work_horse(job, queue)
 
     def procline(self, message: str) -> None:
         super().procline(message)
@@ -203,6 +246,7 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> KitWorker:
         heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
         stats_prefix=store.key_prefix,
         settings=config,
+        watch=MasterWatch(store, float(config["WORKER_MASTER_CHECK_SECONDS"])),
         max_jobs=int(config["WORKER_MAX_JOBS"]),
         max_memory_mb=float(config["WORKER_MAX_MEMORY_MB"]),
         name=name,
