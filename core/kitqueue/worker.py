@@ -109,24 +109,27 @@ class KitWorker(PreforkWorker):
             self.connection_epoch = self.watch.epoch
         if switched is None:
             return
-        (host, port), stranded = switched
+        host, port = switched.master
         put_back = (
-            f"; put back in their queues {len(stranded)} job(s) it had taken whose outcome the new "
-            f"master does not have: {', '.join(job.job_id for job in stranded)}"
-            if stranded
+            f"put back in their queues {len(switched.put_back)} job(s) it had taken whose outcome "
+            f"the new master does not have: {', '.join(job.job_id for job in switched.put_back)}"
+            if switched.put_back
             else ""
         )
-        log.warning(
-            "Worker %s: the Sentinels name a new master, %s:%s; reconnected%s",
-            self.name,
-            host,
-            port,
-            put_back,
-        )
+        if switched.switched:
+            log.warning(
+                "Worker %s: the Sentinels name a new master, %s:%s; reconnected%s",
+                self.name,
+                host,
+                port,
+                f"; {put_back}" if put_back else "",
+            )
+        else:
+            log.warning("Worker %s: after the failover to %s:%s, %s", self.name, host, port, put_back)
 
     def fork_work_horse(self, job, queue) -> None:
         if self.watch is not None:
-            self.watch.took(job.id, self.execution.id, queue)
+            self.watch.took(job.id, self.execution, queue)
         super().fork_work_horse(job, queue)
 
     def procline(self, message: str) -> None:

@@ -130,18 +130,21 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
         times = [conn.command("HMGET", f"rq:job:{job}", "enqueued_at", "ended_at") for job in acked]
     assert not left, f"{len(left)} of {len(acked)} acknowledged jobs did not run: {where}"
     # The workers leave the old master when it wakes (it believes it is the master until
-    # Sentinel demotes it, ~10 s later): a job acknowledged after that runs at once.
-    waits = [
-        (_instant(ended) - _instant(enqueued), job)
+    # Sentinel demotes it, ~10 s later) and put back the jobs whose outcome stayed there: each
+    # job runs within seconds of its acknowledgement or of the thaw, whichever is later (before
+    # follow.py: 9.4 s for a job acknowledged after the thaw, 30-70 s for a job put back by the
+    # stuck-job grace alone).
+    waits = sorted(
+        (_instant(ended) - max(_instant(enqueued), thawed), job)
         for job, (enqueued, ended) in zip(acked, times, strict=True)
-        if _instant(enqueued) > thawed
-    ]
-    slowest = max(waits, default=(0.0, None))
-    print(
-        f"all ran {time.monotonic() - waited:.1f}s after the load ended; {len(waits)} acknowledged "
-        f"after the thaw, the slowest of them ran {slowest[0]:.2f}s after it was enqueued"
     )
-    assert waits, "no job was acknowledged after the old master woke up"
+    after_thaw = sum(_instant(enqueued) > thawed for enqueued, _ in times)
+    slowest = waits[-1]
+    print(
+        f"all ran {time.monotonic() - waited:.1f}s after the load ended; {after_thaw} acknowledged "
+        f"after the thaw; the slowest ran {slowest[0]:.2f}s after its acknowledgement or the thaw"
+    )
+    assert after_thaw, "no job was acknowledged after the old master woke up"
     assert slowest[0] < 5, f"job {slowest[1]} waited {slowest[0]:.1f}s: a worker stayed on the old master"
 
 
