@@ -214,13 +214,9 @@ class MasterWatch:
         seen = {
             job.job_id: self.doubtful[job.job_id][1] for job in only_fetched if job.job_id in self.doubtful
         }
-        settled = [job for job in only_fetched if now - seen.get(job.job_id, now) >= self.settle]
-        self.doubtful = {
-            job.job_id: (job, seen.get(job.job_id, now)) for job in only_fetched if job not in settled
-        }
-        self.taken.clear()
+        confirmed = [job for job in only_fetched if now - seen.get(job.job_id, now) >= self.settle]
         put_back = []
-        for job in [*mine, *settled]:
+        for job in [*mine, *confirmed]:
             keys_of_job = [
                 f"{Job.redis_job_namespace_prefix}{job.job_id}",
                 intermediate[job.queue_key],
@@ -233,4 +229,9 @@ class MasterWatch:
             args = [job.job_id, job.started_member, job.execution_id]
             if self._put_back(keys=keys_of_job, args=args, client=connection):
                 put_back.append(job)
+        # Forgotten only now: a recovery that raised is run again, whole, at the next check.
+        self.taken.clear()
+        self.doubtful = {
+            job.job_id: (job, seen.get(job.job_id, now)) for job in only_fetched if job not in confirmed
+        }
         return put_back
