@@ -219,6 +219,22 @@ def test_backup_of_a_replica_restores_every_key_type_ttl_and_binary_value(pair, 
     assert not list((tmp_path).glob("kit-restore-*")), "the temporary server's files are removed"
 
 
+def test_a_backup_during_another_save_waits_for_it_and_takes_its_own(pair, tmp_path):
+    """Redis refuses BGSAVE (even SCHEDULE) while an RDB child runs, as during a replica's full
+    sync: the backup waits for it, then saves the data as of its own request."""
+    master, _ = pair
+    for n in range(5):
+        master("SET", f"before-{n}", "x")
+    master("CONFIG", "SET", "rdb-key-save-delay", "200000")  # 0.2 s a key: a save of ~1 s
+    master("BGSAVE")
+    master("CONFIG", "SET", "rdb-key-save-delay", "0")  # the child already runs with the delay
+    master("SET", "after", "y")
+    assert kit_redis.parse_info(master("INFO", "persistence"))["rdb_bgsave_in_progress"] == "1"
+    saved = backup.snapshot(params(master.port, dest=str(tmp_path / "during.rdb"), timeout=30))
+    assert saved["key_count"] == 6
+    assert b"after" in Path(saved["path"]).read_bytes()  # its own save, not the older one
+
+
 def test_restore_refuses_a_replica(pair, tmp_path):
     master, replica = pair
     saved = backup.snapshot(params(master.port, dest=str(tmp_path / "b.rdb"), timeout=30))

@@ -75,12 +75,28 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def start_save(conn: kit_redis.Connection, deadline: float) -> int:
+    """Start a save of this node's data as of now; return the count of saves before it. An RDB
+    child already under way (a replica's full sync, a save of the node's own) makes Redis refuse
+    BGSAVE, SCHEDULE or not: wait for it to end, then start one of our own (the other one's data
+    is older than the request, and a sync to a replica writes no file)."""
+    while True:
+        saves = int(kit_redis.parse_info(conn.command("INFO", "persistence")).get("rdb_saves", 0))
+        try:
+            conn.command("BGSAVE", "SCHEDULE")
+            return saves
+        except kit_redis.ReplyError as error:
+            if "already in progress" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError("another save of the node was still under way at the timeout")
+        time.sleep(0.1)
+
+
 def snapshot(p: dict) -> dict:
     with kit_redis.login(p, 5.0) as conn:
-        before = kit_redis.parse_info(conn.command("INFO", "persistence"))
-        saves = int(before.get("rdb_saves", 0))
         started = time.monotonic()
-        conn.command("BGSAVE", "SCHEDULE")
+        saves = start_save(conn, started + p["timeout"])
         while True:
             now = kit_redis.parse_info(conn.command("INFO", "persistence"))
             if now.get("rdb_bgsave_in_progress") == "0" and int(now.get("rdb_saves", 0)) > saves:
