@@ -54,10 +54,9 @@ SETTLED = {s.value for s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STO
 # its entry in the job's executions and in the worker's).
 # KEYS: job, intermediate list, started registry, queue, execution, job's executions, worker's
 # executions. ARGV: job id, started member (job id:execution id), execution id.
-PUT_BACK = """
+PUT_BACK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'finished' or status == 'failed' or status == 'stopped'
-    or status == 'canceled' then
+if not status or {" or ".join(f"status == '{s}'" for s in sorted(SETTLED))} then
   return 0
 end
 local prefix = ARGV[1] .. ':'
