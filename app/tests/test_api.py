@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import wait_for_status
+from kitqueue.queueing import SCRIPTS
 from kitqueue.store import app_store
 from redis_cluster import wait_until
 
@@ -91,6 +92,24 @@ def test_bad_comida_is_400(client, store, comida, message):
     assert response.status_code == 400
     assert message in response.get_json()["error"]
     assert queue_depth(store) == 0
+
+
+def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_job_once(client, admin):
+    """The job's script goes by SHA-1 in the enqueue's single round trip. A master that does
+    not hold it (restarted, or promoted by a failover) answers NOSCRIPT: the enqueue loads it
+    and sends again, and the job is written, queued and counted once."""
+    assert client.post("/comer/higo").status_code == 202
+    admin.script_flush()
+    assert not any(admin.script_exists(*SCRIPTS))
+    counted = int(admin.get("fridge:stats:enqueued"))
+    response = client.post("/comer/kiwi")
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job_id"]
+    assert admin.hget(f"rq:job:{job_id}", "status") == b"queued"
+    assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
+    assert int(admin.get("fridge:stats:enqueued")) == counted + 1
+    assert all(admin.script_exists(*SCRIPTS))
+    assert client.get(f"/jobs/{job_id}").get_json()["args"] == {"comida": "kiwi"}
 
 
 def test_idempotency_key_returns_the_same_job(client, store):

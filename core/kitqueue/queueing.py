@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
+from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, _build_hset_args
 from rq.serializers import JSONSerializer
 
 from .fetch import ReliableQueue
@@ -60,7 +62,33 @@ class Enqueued:
     replayed: bool
 
 
-def make_queue(store: Store, name: str, queue_class: type[ReliableQueue] = ReliableQueue) -> Queue:
+# The scripts an enqueue sends by SHA-1, for a master that does not hold them yet (NOSCRIPT).
+SCRIPTS = {hashlib.sha1(UNIQUE_ENQUEUE_SCRIPT.encode()).hexdigest(): UNIQUE_ENQUEUE_SCRIPT}  # noqa: S324
+
+
+class EnqueueingQueue(ReliableQueue):
+    """RQ's queue, whose unique enqueue joins the caller's pipeline.
+
+    RQ writes a unique job with its script in a round trip of its own, ignoring the pipeline it
+    is given. This queue puts the same script, with RQ's own arguments, in that pipeline, which
+    `_confirm_durable` sends with its acknowledgement commands: one round trip per enqueue
+    instead of two (in-process, 1.34 -> 0.97 ms of CPU per request). A duplicate id answers 0
+    instead of raising: the job is left as it is, as RQ's DuplicateJobError leaves it."""
+
+    def _enqueue_async_job(
+        self, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
+        if not unique or pipeline is None:
+            return super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
+        self._prepare_for_queue(job)
+        (sha,) = SCRIPTS
+        ttl = job.ttl if job.ttl is not None else -1
+        keys_and_args = [job.key, self.key, job.id, "L" if at_front else "R", ttl, *_build_hset_args(job)]
+        pipeline.execute_command("EVALSHA", sha, 2, *keys_and_args)
+        return job
+
+
+def make_queue(store: Store, name: str, queue_class: type[ReliableQueue] = EnqueueingQueue) -> Queue:
     return queue_class(
         name,
         connection=store.redis,
@@ -99,23 +127,35 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     majority confirms this master and sees no other node it could promote (the only replica is
     down); that last case is counted (fridge reports fridge_jobs_unreplicated_total).
 
-    `first`: commands that go ahead of these in the same round trip (RQ's own bookkeeping).
+    `first`: commands that go ahead of these in the same round trip (RQ's own writes: the
+    queue's registration and the job's script, see EnqueueingQueue).
     """
     wanted = int(store.config["ACK_REPLICAS"])
     timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
     guess = min(wanted, store.replicas_in_sync or 0)
-    commands = [
-        *first,
-        ("EXISTS", f"{RegisteredJob.redis_job_namespace_prefix}{job_id}"),
-        ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), 1),  # as incr()
-        ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
-        ("LTRIM", store.key("wake"), 0, 99),
-        ("INFO", "replication"),
-    ]
-    if guess:
-        commands.append(("WAIT", guess, timeout_ms))
+
+    def batch(count: int) -> list[tuple[Any, ...]]:
+        commands = [
+            *first,
+            ("EXISTS", f"{RegisteredJob.redis_job_namespace_prefix}{job_id}"),
+            ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), count),  # as incr()
+            ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
+            ("LTRIM", store.key("wake"), 0, 99),
+            ("INFO", "replication"),
+        ]
+        return [*commands, ("WAIT", guess, timeout_ms)] if guess else commands
+
     with pinned_connection(store) as conn:
-        replies = conn.run(*commands, raising=False)
+        replies = conn.run(*batch(1), raising=False)
+        missing = [first[i][1] for i, r in enumerate(replies[: len(first)]) if isinstance(r, NoScriptError)]
+        if missing:
+            # A master that has not run the script yet (new, or restarted): load it and send the
+            # whole again; the first send counted the job already, so this one adds 0.
+            conn.run(*(("SCRIPT", "LOAD", SCRIPTS[sha]) for sha in missing))
+            replies = conn.run(*batch(0), raising=False)
+        failed = next((r for r in replies[: len(first)] if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
         exists, info = replies[len(first)], replies[len(first) + 4]
         if isinstance(info, Exception):
             raise info
@@ -210,8 +250,8 @@ def enqueue(
                 at = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
                 queue.enqueue_at(at, task.func, **options)
             else:
-                # With unique=True, RQ writes the job with a script on its connection and puts
-                # only the queue's registration (SADD rq:queues) in the pipeline given.
+                # EnqueueingQueue puts the queue's registration (SADD rq:queues) and the job's
+                # script in the pipeline given: _confirm_durable sends them.
                 queue.enqueue(task.func, pipeline=deferred, **options)
         except DuplicateJobError:
             pass  # an earlier attempt of this very request got through before the error
