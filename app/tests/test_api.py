@@ -112,6 +112,32 @@ def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_j
     assert client.get(f"/jobs/{job_id}").get_json()["args"] == {"comida": "kiwi"}
 
 
+def test_a_new_master_without_the_script_nor_a_replica_costs_one_wait_timeout_not_two(
+    cluster, settings, admin
+):
+    """What a failover after the loss of the master's host leaves: a master that holds no
+    script and has no replica. The first enqueue's WAIT, sent beside the script that the master
+    refuses, times out; the second send, after the script is loaded, must not wait again."""
+    from fridge.web import create_app
+
+    client = create_app({**settings, "ACK_TIMEOUT_MS": 200}).test_client()
+    assert client.get("/comer/nispero").status_code == 202  # a replica in sync when last seen
+    master = cluster.master_port()
+    replica = next(p for p in cluster.data_ports if p != master)
+    cluster.kill(replica)
+    try:
+        wait_until(lambda: admin.info("replication")["connected_slaves"] == 0, 10, "the replica to go")
+        admin.script_flush()
+        admin.config_resetstat()
+        response = client.get("/comer/lichi")
+        assert response.status_code == 202, response.get_json()
+        calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+        assert calls.get("cmdstat_script|load") == 1
+        assert calls.get("cmdstat_wait") == 1, calls
+    finally:
+        cluster.restart(replica)
+
+
 def test_idempotency_key_returns_the_same_job(client, store):
     headers = {"Idempotency-Key": "order-42"}
     first = client.post("/comer/pera", headers=headers)

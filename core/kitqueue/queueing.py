@@ -132,6 +132,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     """
     wanted = int(store.config["ACK_REPLICAS"])
     timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
+    max_lag = int(store.config["REPLICA_MAX_LAG"])
     guess = min(wanted, store.replicas_in_sync or 0)
 
     def batch(count: int) -> list[tuple[Any, ...]]:
@@ -150,7 +151,12 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
         missing = [first[i][1] for i, r in enumerate(replies[: len(first)]) if isinstance(r, NoScriptError)]
         if missing:
             # A master that has not run the script yet (new, or restarted): load it and send the
-            # whole again; the first send counted the job already, so this one adds 0.
+            # whole again. The first send counted the job already, so this one adds 0; and it
+            # waits only for the replicas the first one found in sync (a master promoted when
+            # its old master's host was lost has none: one WAIT timeout, not two).
+            info = replies[len(first) + 4]
+            if not isinstance(info, Exception):
+                guess = min(wanted, Replication.parse(info).in_sync(max_lag))
             conn.run(*(("SCRIPT", "LOAD", SCRIPTS[sha]) for sha in missing))
             replies = conn.run(*batch(0), raising=False)
         failed = next((r for r in replies[: len(first)] if isinstance(r, Exception)), None)
@@ -167,7 +173,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
             raise failed
         if wanted <= 0:
             return
-        in_sync = replication.in_sync(int(store.config["REPLICA_MAX_LAG"]))
+        in_sync = replication.in_sync(max_lag)
         store.replicas_in_sync = in_sync
         acked = int(replies[-1]) if guess else 0
         if acked < min(wanted, in_sync):
