@@ -65,9 +65,10 @@ def tls_client(ca_pem: str | None) -> ssl.SSLContext | None:
 
 
 def hosts_in(group: str) -> list[str]:
-    """Inventory hosts of a group, in inventory order."""
-    runner = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
-    return runner.get_hosts(group)
+    """Inventory hosts of a group, in inventory order. testinfra's shared runner reads the
+    scenario's inventory once (a runner of its own would run `ansible-inventory --list`, about
+    2 s, on every call)."""
+    return testinfra.utils.ansible_runner.AnsibleRunner.get_runner(INVENTORY).get_hosts(group)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
