@@ -224,7 +224,7 @@ def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_documen
             "--checks",
             "not_a_server_error",
             "--max-examples",
-            "250",
+            "100",
             "--seed",
             "20261123",
             "--request-timeout",
