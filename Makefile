@@ -72,8 +72,9 @@ test-roles: venv ## Role preflight checks and the modules' logic, on the control
 
 test-app: venv ## The queueing app's tests against real redis-server and redis-sentinel
 	@tools/need.sh openssl:openssl # the TLS tests make their certificates with it
-	@# Two pytest processes, each with its own Redis group; a file's tests stay together.
-	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh -n 2 --dist loadfile; else echo "no app/ yet: nothing to test"; fi
+	@# Four pytest processes (most tests wait on Sentinel or a worker, not on a core), each with
+	@# its own Redis group; a file's tests stay together.
+	@if [ -f app/pyproject.toml ]; then tools/app-tests.sh -n 4 --dist loadfile; else echo "no app/ yet: nothing to test"; fi
 
 molecule: venv images ## Run every Molecule scenario (SCENARIOS="redis_ha web" to choose)
 	@tools/need.sh iptables:iptables nsenter:util-linux chromium:chromium chromedriver:chromium-driver

@@ -170,15 +170,15 @@ class KitWorker(PreforkWorker):
         finally:
             registry._SETTINGS.reset(token)
 
+    # Counted before RQ records the outcome: whoever sees a job finished or failed finds it in
+    # the counters too (counted after, a dashboard read in between was one short).
     def handle_job_success(self, job, queue, *args: Any, **kwargs: Any):
-        result = super().handle_job_success(job, queue, *args, **kwargs)
         self._count("finished")
-        return result
+        return super().handle_job_success(job, queue, *args, **kwargs)
 
     def handle_job_failure(self, job, queue, *args: Any, **kwargs: Any):
-        result = super().handle_job_failure(job, queue, *args, **kwargs)
         self._count("failures")
-        return result
+        return super().handle_job_failure(job, queue, *args, **kwargs)
 
     def _count(self, name: str) -> None:
         try:
