@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 
+import pytest
 from conftest import wait_for_status
 from kitqueue import stats
 from kitqueue.queueing import make_queue
@@ -31,32 +32,48 @@ COUNTED = re.compile(r"INCRBY \S+:stats:(finished|failures) 1")
 RECORDED = re.compile(r"HSET rq:job:(\S+) .*\bstatus (finished|failed)\b")
 
 
-def test_a_job_seen_finished_or_failed_is_already_in_the_counters(client, workers, admin):
-    """Whoever reads a job as finished or failed finds it counted: on the master, in the
-    order MONITOR lists the commands it ran, every write of a finished or failed status comes
-    after the INCRBY of its counter (a CI run read "failures: 2" beside a job failed 3 times)."""
+@pytest.mark.parametrize(("task", "how"), [("fail", "boom"), ("crash", "exit")])  # in its horse; its parent
+def test_a_job_seen_finished_or_failed_is_already_in_the_counters(client, workers, admin, task, how):
+    """Whoever reads a job as finished or failed finds it counted (a CI run once read "failures:
+    2" beside a job failed 3 times). On the master, in the order MONITOR lists the commands it
+    ran: when a finished or failed status is written, its counter was already incremented, or
+    is in the same MULTI/EXEC (which no reader sees halfway). A crashing job's failures are
+    recorded by the worker, not by the horse that died."""
     counted = {"finished": 0, "failed": 0}
     outcomes: dict[str, set[str]] = {"finished": set(), "failed": set()}
+    transactions: dict[tuple, list[tuple[str, str]]] = {}  # client -> its status writes until EXEC
     seen: list[str] = []
+
+    def check(job_id: str, name: str) -> None:
+        outcomes[name].add(job_id)  # RQ may write the status twice in one step
+        # The failing job ran 3 times (its first run and 2 retries): all 3 counted.
+        wanted = 3 if name == "failed" else len(outcomes[name])
+        assert counted[name] >= wanted, f"{name}: {counted[name]} counted at {job_id}; {seen}"
+
     with admin.monitor() as monitor:
         workers.start(1)
         done = client.get("/comer/uva").get_json()["job_id"]
-        failing = client.post("/jobs", json={"task": "fail", "args": ["boom"]}).get_json()["job_id"]
+        failing = client.post("/jobs", json={"task": task, "args": [how]}).get_json()["job_id"]
         deadline = time.monotonic() + 30
         while not (outcomes["finished"] and outcomes["failed"]):
             assert time.monotonic() < deadline, seen[-40:]
-            command = monitor.next_command()["command"]
-            if (count := COUNTED.fullmatch(command)) is not None:
+            entry = monitor.next_command()
+            command, sender = entry["command"], (entry["client_address"], entry["client_port"])
+            if command == "MULTI":
+                transactions[sender] = []
+            elif command in ("EXEC", "DISCARD"):
+                for job_id, name in transactions.pop(sender, []) if command == "EXEC" else []:
+                    check(job_id, name)
+            elif (count := COUNTED.fullmatch(command)) is not None:
                 counted["failed" if count.group(1) == "failures" else "finished"] += 1
                 seen.append(command)
             elif (status := RECORDED.match(command)) is not None:
-                job_id, name = status.groups()
                 seen.append(command[:80])
-                assert job_id in (done, failing), command
-                outcomes[name].add(job_id)  # RQ may write the status again in the same step
-                # The failing job ran 3 times (its first run and 2 retries): all 3 counted.
-                wanted = 3 if name == "failed" else len(outcomes[name])
-                assert counted[name] >= wanted, f"{name}: {counted[name]} counted at {job_id}; {seen}"
+                assert status.group(1) in (done, failing), command
+                if sender in transactions:
+                    transactions[sender].append(status.groups())
+                else:
+                    check(*status.groups())
 
 
 def test_the_overview_charts_finished_and_failed_jobs_and_shows_the_redis_group(client, workers, cluster):

@@ -1,6 +1,7 @@
 """Job counters kept in Redis: totals (since the counters began) and per-minute and per-hour
 buckets, which expire on their own (the dashboard's chart: the last hour by minute, the last day
-by hour). A worker counts each finished job and each failed execution with one round trip."""
+by hour). A worker counts each finished job and each failed execution in the transaction in
+which RQ records it."""
 
 from __future__ import annotations
 
@@ -19,15 +20,21 @@ def _bucket(prefix: str, name: str, unit: str, index: int) -> str:
     return f"{prefix}:stats:{name}:{unit}:{index}"
 
 
-def count(client: redis.Redis, prefix: str, name: str, now: float | None = None) -> None:
-    """Add one to counter `name`: its total and this minute's and this hour's buckets."""
+def add(pipe: Any, prefix: str, name: str, now: float | None = None) -> None:
+    """Queue on `pipe` the commands that add one to counter `name`: its total and this minute's
+    and this hour's buckets. They run when the pipeline does (with what else it records)."""
     now = time.time() if now is None else now
-    pipe = client.pipeline(transaction=False)
     pipe.incr(f"{prefix}:stats:{name}")
     for unit, seconds in (("m", 60), ("h", 3600)):
         key = _bucket(prefix, name, unit, int(now // seconds))
         pipe.incr(key)
         pipe.expire(key, KEEP[unit])
+
+
+def count(client: redis.Redis, prefix: str, name: str, now: float | None = None) -> None:
+    """Add one to counter `name` now, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    add(pipe, prefix, name, now)
     pipe.execute()
 
 

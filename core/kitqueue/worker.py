@@ -170,17 +170,22 @@ class KitWorker(PreforkWorker):
         finally:
             registry._SETTINGS.reset(token)
 
-    # Counted before RQ records the outcome: whoever sees a job finished or failed finds it in
-    # the counters too (counted after, a dashboard read in between was one short).
-    def handle_job_success(self, job, queue, *args: Any, **kwargs: Any):
-        self._count("finished")
-        return super().handle_job_success(job, queue, *args, **kwargs)
+    # RQ counts each finished job and each failed execution for the worker in the transaction
+    # that records it (the horse's, or the parent's for a horse that died): the dashboard's
+    # counters go in the same one, so nobody sees a job finished or failed and not yet counted,
+    # and an outcome that is not recorded is not counted.
+    def increment_successful_job_count(self, pipeline=None) -> None:
+        super().increment_successful_job_count(pipeline)
+        self._count("finished", pipeline)
 
-    def handle_job_failure(self, job, queue, *args: Any, **kwargs: Any):
-        self._count("failures")
-        return super().handle_job_failure(job, queue, *args, **kwargs)
+    def increment_failed_job_count(self, pipeline=None) -> None:
+        super().increment_failed_job_count(pipeline)
+        self._count("failures", pipeline)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, pipeline: Any) -> None:
+        if pipeline is not None:
+            stats.add(pipeline, self.stats_prefix, name)
+            return
         try:
             stats.count(self.connection, self.stats_prefix, name)
         except redis.RedisError as error:
