@@ -8,7 +8,9 @@ as JSON (and the table as Markdown) under bench/results/.
     make chaos CHAOS_DRILLS=1 CHAOS_FAULTS="crash partition"
 
 Exit status 1 when any drill lost an acknowledged job, left one unrun, answered 5xx other
-than 503, or restarted a worker: those are the kit's promises.
+than 503, or restarted a worker, or when the platform, failed over with a lost host still
+away, acknowledged under half as many jobs per second as before the fault: those are the
+kit's promises.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ COLUMNS = [
     ("write_gap_median", "Write gap median (s)"),
     ("write_gap_max", "Write gap max (s)"),
     ("longest_request", "Longest request (s)"),
+    ("rate_host_away", "Acknowledged/s, host still lost (before)"),
     ("workers_restarted", "Workers restarted"),
 ]
 
@@ -97,7 +100,14 @@ def main() -> int:
     (out / "chaos-latest.md").write_text(f"{table}\n\n{footer}\n")
     print(f"==> Written bench/results/chaos-{stamp}.json and bench/results/chaos-latest.md")
     broken = [
-        r for r in results if r.lost or r.unfinished or r.errors_5xx or r.workers_restarted or r.replays
+        r
+        for r in results
+        if r.lost
+        or r.unfinished
+        or r.errors_5xx
+        or r.workers_restarted
+        or r.replays
+        or (r.rate_during is not None and r.rate_during < 0.5 * (r.rate_before or 0))
     ]
     for result in broken:
         print(f"PROMISE BROKEN: {result.line()} {result.workers_restarted or ''}", file=sys.stderr)

@@ -5,6 +5,7 @@ plain TCP or, with `tls=make_tls(dir)`, over TLS only (`port 0`, a `tls-port`)."
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
@@ -90,10 +91,25 @@ def acl_file() -> str:
     )
 
 
+# Each pytest process (pytest-xdist's gw0, gw1, ...) takes its servers' ports from a block of
+# its own, below the kernel's ephemeral range (32768-60999 by default). A port the kernel hands
+# out for bind(0) could be handed to another process, or be taken as the source port of a
+# client connection, before the server binds it: a TLS cluster then waited for Sentinels it
+# could not log in to (a run of the app tests in four processes).
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORTS = itertools.count(20000 + 1000 * _WORKER)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """The next port of this process's block that nothing listens on."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the count is endless")
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.05):

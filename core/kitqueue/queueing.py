@@ -119,8 +119,11 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     job. WAIT waits only for the replicas INFO shows in sync: a lost replica host keeps its
     link "online" until repl-timeout, but its lag grows, and waiting for it could only time out.
     The WAIT goes in the same round trip as the rest, for as many replicas as were in sync at
-    this process's last acknowledgement; when INFO now shows more in sync than that, a second
-    WAIT asks for them (fewer: the first WAIT may have waited its timeout, once).
+    this process's last acknowledgement on the same master; when INFO now shows more in sync
+    than that, a second WAIT asks for them (fewer: the first WAIT may have waited its timeout,
+    once). On a master this process has not acknowledged on yet (the first request after a
+    failover) no WAIT goes with the rest: a master promoted because its old master's host was
+    lost has no replica, and that WAIT would only have waited its whole timeout.
 
     ACK_POLICY "strict" needs ACK_REPLICAS acknowledgements. "available" (the default) also
     accepts fewer when every replica in sync acknowledged, and none at all when the Sentinel
@@ -133,7 +136,6 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     wanted = int(store.config["ACK_REPLICAS"])
     timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
     max_lag = int(store.config["REPLICA_MAX_LAG"])
-    guess = min(wanted, store.replicas_in_sync or 0)
 
     def batch(count: int) -> list[tuple[Any, ...]]:
         commands = [
@@ -147,13 +149,14 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
         return [*commands, ("WAIT", guess, timeout_ms)] if guess else commands
 
     with pinned_connection(store) as conn:
+        last = store.replicas_in_sync
+        guess = min(wanted, last[1]) if last is not None and last[0] == conn.address else 0
         replies = conn.run(*batch(1), raising=False)
         missing = [first[i][1] for i, r in enumerate(replies[: len(first)]) if isinstance(r, NoScriptError)]
         if missing:
             # A master that has not run the script yet (new, or restarted): load it and send the
             # whole again. The first send counted the job already, so this one adds 0; and it
-            # waits only for the replicas the first one found in sync (a master promoted when
-            # its old master's host was lost has none: one WAIT timeout, not two).
+            # waits only for the replicas the first one found in sync.
             info = replies[len(first) + 4]
             if not isinstance(info, Exception):
                 guess = min(wanted, Replication.parse(info).in_sync(max_lag))
@@ -174,7 +177,7 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
         if wanted <= 0:
             return
         in_sync = replication.in_sync(max_lag)
-        store.replicas_in_sync = in_sync
+        store.replicas_in_sync = (conn.address, in_sync)
         acked = int(replies[-1]) if guess else 0
         if acked < min(wanted, in_sync):
             acked = max(acked, int(conn.run(("WAIT", min(wanted, in_sync), timeout_ms))[0]))

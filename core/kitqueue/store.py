@@ -161,14 +161,23 @@ class QuorumSentinel(Sentinel):
     """redis-py's Sentinel client, asking for a majority instead of the first answer.
 
     Sentinels are asked in turn and the answer stops as soon as a majority of all the
-    configured Sentinels agree; one that fails to answer moves to the back of the list, so a
-    lost host costs one timeout, not one per question.
+    configured Sentinels agree, or can no longer agree. One that fails to answer (a lost or
+    frozen host) moves to the back of the list and goes quiet: it is asked again only once a
+    pause has passed (1 s, doubling up to 8 s; one caller makes that try, the others skip it)
+    or when the others cannot make a majority without it. So a lost host costs one timeout
+    per pause, not one per question: while the master's host is lost, every acknowledgement
+    without a replica asks the Sentinels (`sole_master_doubt`), and asking the lost one each
+    time cost every such request SENTINEL_TIMEOUT (0.5 s).
     """
+
+    QUIET_FIRST, QUIET_CAP = 1.0, 8.0
 
     def __init__(self, sentinels: list[Address], **kwargs: Any) -> None:
         super().__init__(sentinels, **kwargs)
         self.majority = len(self.sentinels) // 2 + 1
         self._order_lock = threading.Lock()
+        # id(sentinel) -> (asked again from this monotonic time, current pause)
+        self._quiet: dict[int, tuple[float, float]] = {}
         _QUORUM_SENTINELS.add(self)
 
     def _unanswered(self, sentinel: redis.Redis) -> None:
@@ -176,11 +185,43 @@ class QuorumSentinel(Sentinel):
             if sentinel in self.sentinels:
                 self.sentinels.remove(sentinel)
                 self.sentinels.append(sentinel)
+            _until, pause = self._quiet.get(id(sentinel), (0.0, self.QUIET_FIRST / 2))
+            pause = min(pause * 2, self.QUIET_CAP)
+            self._quiet[id(sentinel)] = (time.monotonic() + pause, pause)
+
+    def _answered(self, sentinel: redis.Redis) -> None:
+        if id(sentinel) in self._quiet:
+            with self._order_lock:
+                self._quiet.pop(id(sentinel), None)
+
+    def in_turn(self) -> tuple[list[redis.Redis], list[redis.Redis]]:
+        """(the Sentinels to ask, the quiet ones to ask only if those cannot make a majority).
+        A quiet Sentinel whose pause is over is asked by this caller; the others see it quiet
+        for another pause meanwhile."""
+        now = time.monotonic()
+        ask: list[redis.Redis] = []
+        quiet: list[redis.Redis] = []
+        with self._order_lock:
+            for sentinel in self.sentinels:
+                until, pause = self._quiet.get(id(sentinel), (0.0, 0.0))
+                if until > now:
+                    quiet.append(sentinel)
+                    continue
+                if pause:
+                    self._quiet[id(sentinel)] = (now + pause, pause)
+                ask.append(sentinel)
+        return ask, quiet
 
     def discover_master(self, service_name: str) -> Address:
         votes: Counter[Address] = Counter()
         errors: list[str] = []
-        for sentinel in list(self.sentinels):
+        ask, quiet = self.in_turn()
+        order = ask + quiet
+        for index, sentinel in enumerate(order):
+            if max(votes.values(), default=0) + len(order) - index < self.majority:
+                # The Sentinels left cannot make a majority: do not wait on them.
+                errors += [f"{_name(s)}: not asked" for s in order[index:]]
+                break
             try:
                 state = sentinel.sentinel_master(service_name)
             except (redis.ConnectionError, redis.TimeoutError) as error:
@@ -190,6 +231,7 @@ class QuorumSentinel(Sentinel):
             except redis.ResponseError as error:
                 errors.append(f"{_name(sentinel)}: {error}")
                 continue
+            self._answered(sentinel)
             if not self.check_master_state(state, service_name):
                 continue  # it sees that master down: no vote
             address = (state["ip"], int(state["port"]))
@@ -209,6 +251,8 @@ class QuorumSentinel(Sentinel):
 
         None when a majority of the Sentinels answer, every one that answers names `address`
         as the master with no failover under way, and none lists a replica it could promote.
+        A quiet Sentinel (one that did not answer lately, see the class) is asked only when
+        the others do not make that majority.
         A replica cut off from the master only, as in a partition, is such a replica: the
         Sentinels could promote it, and what `address` accepted alone would vanish when it is
         demoted. So is a replica that reports itself master, unless `deposed` says it is the
@@ -220,7 +264,10 @@ class QuorumSentinel(Sentinel):
         in turn before the old one has synced from it: a second fault.)
         """
         confirmed = 0
-        for sentinel in list(self.sentinels):
+        ask, quiet = self.in_turn()
+        for index, sentinel in enumerate(ask + quiet):
+            if index >= len(ask) and confirmed >= self.majority:
+                break  # the quiet ones count as not answering
             try:
                 master = sentinel.sentinel_master(service_name)
                 replicas = sentinel.sentinel_slaves(service_name)
@@ -229,6 +276,7 @@ class QuorumSentinel(Sentinel):
                 continue
             except redis.ResponseError as error:
                 return f"{_name(sentinel)}: {error}"
+            self._answered(sentinel)
             named = (master["ip"], int(master["port"]))
             if named != address:
                 return f"{_name(sentinel)} names {named[0]}:{named[1]} as the master"
@@ -354,9 +402,10 @@ class Store:
             **QUIET_HANDSHAKE,
         )
         self.key_prefix = config["KEY_PREFIX"]
-        # Replicas in sync at this process's last acknowledgement: the next one sends its WAIT
-        # with its other commands (see queueing._confirm_durable). None: none made yet.
-        self.replicas_in_sync: int | None = None
+        # The master of this process's last acknowledgement and its replicas in sync then: the
+        # next one on the same master sends its WAIT with its other commands (see
+        # queueing._confirm_durable). None: none made yet.
+        self.replicas_in_sync: tuple[Address, int] | None = None
 
     def key(self, *parts: str) -> str:
         return ":".join((self.key_prefix, *parts))

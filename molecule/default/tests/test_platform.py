@@ -64,6 +64,9 @@ def test_fault_under_load_loses_no_acknowledged_job(platform, fault):
     assert result.workers_restarted == [], f"workers restarted: {result.workers_restarted}"
     if fault.endswith("host-loss"):
         assert result.write_gap <= 5.0, result.line()
+        # Failed over, and the lost host still away: the clients go on at their pace (asking
+        # the lost host's Sentinel on every request had cut them from about 60 to 3 per second).
+        assert result.rate_during >= 0.5 * result.rate_before, result.line()
 
 
 def test_rerun_changes_nothing_with_a_dead_node_and_after_its_return(platform, group):

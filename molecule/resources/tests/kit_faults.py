@@ -373,6 +373,12 @@ class Load:
     def longest(self) -> float:
         return max((a.answered - a.asked for a in self.answers), default=0.0)
 
+    def rate(self, start: float, end: float) -> float:
+        """Acknowledgements per second answered between two moments."""
+        with self._lock:
+            acks = sum(1 for a in self.answers if a.status == 202 and start <= a.answered < end)
+        return round(acks / (end - start), 1)
+
 
 def executed(group: Group, job_ids: list[str], timeout: float) -> tuple[list[str], list[str]]:
     """Wait until every job has run; return (missing: no trace on the master, not finished)."""
@@ -412,6 +418,10 @@ class Result:
     detail: str = ""
     workers_restarted: list[str] = field(default_factory=list)
     replays: int = 0  # 202s for a key the load never sent before: the drill proved nothing
+    # Acknowledgements per second in the second before the fault, and once the platform has
+    # failed over while the lost host is still away (host-loss drills only).
+    rate_before: float | None = None
+    rate_during: float | None = None
 
     @property
     def errors_5xx(self) -> int:
@@ -430,7 +440,13 @@ class Result:
             f"{self.fault}: {self.requests} requests, {self.acknowledged} acknowledged, {self.lost} lost, "
             f"{self.unfinished} not run, {self.errors_5xx} 5xx, {self.unavailable_503} x 503, "
             f"{self.unanswered} unanswered; write gap {self.write_gap:.2f}s, longest request "
-            f"{self.longest:.2f}s{'; ' + self.detail if self.detail else ''}"
+            f"{self.longest:.2f}s"
+            + (
+                f"; {self.rate_during} acknowledged/s while the host is lost, {self.rate_before} before"
+                if self.rate_during is not None
+                else ""
+            )
+            + (f"; {self.detail}" if self.detail else "")
         )
 
 
@@ -453,7 +469,13 @@ def _settle(load: Load, seconds: float = 2.0) -> None:
 
 
 def _finish(
-    platform: Platform, fault: str, load: Load, began: float, before: dict, detail: str = ""
+    platform: Platform,
+    fault: str,
+    load: Load,
+    began: float,
+    before: dict,
+    detail: str = "",
+    rates: tuple[float, float] | tuple[None, None] = (None, None),
 ) -> Result:
     after = platform.workers_state()
     restarted = [unit for unit, state in before.items() if after.get(unit) != state]
@@ -471,6 +493,8 @@ def _finish(
         detail=detail,
         workers_restarted=restarted,
         replays=sum(a.replayed for a in load.answers),
+        rate_before=rates[0],
+        rate_during=rates[1],
     )
 
 
@@ -596,7 +620,11 @@ def drill_lose_master_host(
             "a new master",
         )
         promoted = time.monotonic() - began
-        _settle(load, 3.0)
+        _settle(load, 0.5)
+        # The host stays lost (for hours, in the world): the platform must serve meanwhile.
+        serving = time.monotonic()
+        time.sleep(2.5)
+        rates = (load.rate(began - 1, began), load.rate(serving, time.monotonic()))
     return_host(master)
     return _finish(
         platform,
@@ -605,6 +633,7 @@ def drill_lose_master_host(
         began,
         before,
         f"{detail + '; ' if detail else ''}promoted after {promoted:.2f}s",
+        rates,
     )
 
 
@@ -697,11 +726,14 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
 
 
 def summary(results: list[Result]) -> list[dict]:
-    """One row per fault: drills, acknowledged, lost, 5xx, 503, write gap median and max."""
+    """One row per fault: drills, acknowledged, lost, 5xx, 503, write gap median and max,
+    acknowledgements per second while a lost host is away."""
     rows = []
     for fault, group in itertools.groupby(sorted(results, key=lambda r: r.fault), key=lambda r: r.fault):
         runs = list(group)
         gaps = [r.write_gap for r in runs]
+        during = [r.rate_during for r in runs if r.rate_during is not None]
+        before = [r.rate_before for r in runs if r.rate_before is not None]
         rows.append(
             {
                 "fault": fault,
@@ -715,6 +747,11 @@ def summary(results: list[Result]) -> list[dict]:
                 "write_gap_median": round(statistics.median(gaps), 2),
                 "write_gap_max": round(max(gaps), 2),
                 "longest_request": round(max(r.longest for r in runs), 2),
+                # Median acknowledgements per second once failed over with the host still lost
+                # (before the fault), host-loss drills only.
+                "rate_host_away": (
+                    f"{statistics.median(during)} ({statistics.median(before)})" if during else "-"
+                ),
                 "workers_restarted": sum(len(r.workers_restarted) for r in runs),
             }
         )
