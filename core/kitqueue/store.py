@@ -162,22 +162,20 @@ class QuorumSentinel(Sentinel):
 
     Sentinels are asked in turn and the answer stops as soon as a majority of all the
     configured Sentinels agree, or can no longer agree. One that fails to answer (a lost or
-    frozen host) moves to the back of the list and goes quiet: it is asked again only once a
-    pause has passed (1 s, doubling up to 8 s; one caller makes that try, the others skip it)
-    or when the others cannot make a majority without it. So a lost host costs one timeout
-    per pause, not one per question: while the master's host is lost, every acknowledgement
-    without a replica asks the Sentinels (`sole_master_doubt`), and asking the lost one each
-    time cost every such request SENTINEL_TIMEOUT (0.5 s).
+    frozen host) moves to the back of the list and is marked silent until it answers again.
+    `sole_master_doubt` asks a silent Sentinel last, and not at all when a majority of the
+    others confirmed the master and see that Sentinel down themselves (`s_down`): while the
+    master's host is lost with its Sentinel, every acknowledgement without a replica asks the
+    Sentinels, and waiting for the lost one each time cost every such request SENTINEL_TIMEOUT
+    (0.5 s). A Sentinel the others see up is asked as before, even when it did not answer this
+    process last time: it may be the one to lead a failover, from its own view.
     """
-
-    QUIET_FIRST, QUIET_CAP = 1.0, 8.0
 
     def __init__(self, sentinels: list[Address], **kwargs: Any) -> None:
         super().__init__(sentinels, **kwargs)
         self.majority = len(self.sentinels) // 2 + 1
         self._order_lock = threading.Lock()
-        # id(sentinel) -> (asked again from this monotonic time, current pause)
-        self._quiet: dict[int, tuple[float, float]] = {}
+        self._silent: set[int] = set()  # id() of the Sentinels whose last question failed
         _QUORUM_SENTINELS.add(self)
 
     def _unanswered(self, sentinel: redis.Redis) -> None:
@@ -185,32 +183,19 @@ class QuorumSentinel(Sentinel):
             if sentinel in self.sentinels:
                 self.sentinels.remove(sentinel)
                 self.sentinels.append(sentinel)
-            _until, pause = self._quiet.get(id(sentinel), (0.0, self.QUIET_FIRST / 2))
-            pause = min(pause * 2, self.QUIET_CAP)
-            self._quiet[id(sentinel)] = (time.monotonic() + pause, pause)
+            self._silent.add(id(sentinel))
 
     def _answered(self, sentinel: redis.Redis) -> None:
-        if id(sentinel) in self._quiet:
-            with self._order_lock:
-                self._quiet.pop(id(sentinel), None)
+        self._silent.discard(id(sentinel))
+
+    def silent(self) -> list[str]:
+        """The Sentinels whose last question failed, by address."""
+        return [_name(s) for s in list(self.sentinels) if id(s) in self._silent]
 
     def in_turn(self) -> tuple[list[redis.Redis], list[redis.Redis]]:
-        """(the Sentinels to ask, the quiet ones to ask only if those cannot make a majority).
-        A quiet Sentinel whose pause is over is asked by this caller; the others see it quiet
-        for another pause meanwhile."""
-        now = time.monotonic()
-        ask: list[redis.Redis] = []
-        quiet: list[redis.Redis] = []
-        with self._order_lock:
-            for sentinel in self.sentinels:
-                until, pause = self._quiet.get(id(sentinel), (0.0, 0.0))
-                if until > now:
-                    quiet.append(sentinel)
-                    continue
-                if pause:
-                    self._quiet[id(sentinel)] = (now + pause, pause)
-                ask.append(sentinel)
-        return ask, quiet
+        """(the Sentinels that answered their last question, those that did not), in order."""
+        order = list(self.sentinels)
+        return [s for s in order if id(s) not in self._silent], [s for s in order if id(s) in self._silent]
 
     def discover_master(self, service_name: str) -> Address:
         votes: Counter[Address] = Counter()
@@ -229,6 +214,7 @@ class QuorumSentinel(Sentinel):
                 self._unanswered(sentinel)
                 continue
             except redis.ResponseError as error:
+                self._answered(sentinel)
                 errors.append(f"{_name(sentinel)}: {error}")
                 continue
             self._answered(sentinel)
@@ -251,8 +237,8 @@ class QuorumSentinel(Sentinel):
 
         None when a majority of the Sentinels answer, every one that answers names `address`
         as the master with no failover under way, and none lists a replica it could promote.
-        A quiet Sentinel (one that did not answer lately, see the class) is asked only when
-        the others do not make that majority.
+        A Sentinel that did not answer its last question is not waited for when a majority
+        of the others confirm and see it down themselves (see the class).
         A replica cut off from the master only, as in a partition, is such a replica: the
         Sentinels could promote it, and what `address` accepted alone would vanish when it is
         demoted. So is a replica that reports itself master, unless `deposed` says it is the
@@ -264,17 +250,26 @@ class QuorumSentinel(Sentinel):
         in turn before the old one has synced from it: a second fault.)
         """
         confirmed = 0
-        ask, quiet = self.in_turn()
-        for index, sentinel in enumerate(ask + quiet):
-            if index >= len(ask) and confirmed >= self.majority:
-                break  # the quiet ones count as not answering
+        seen_down: Counter[Address] = Counter()  # Sentinels, by address, that answering ones see down
+        ask, silent = self.in_turn()
+        for index, sentinel in enumerate(ask + silent):
+            if (
+                index >= len(ask)
+                and confirmed >= self.majority
+                and seen_down[_address(sentinel)] >= self.majority
+            ):
+                continue  # lost to the others too: not waited for
             try:
-                master = sentinel.sentinel_master(service_name)
-                replicas = sentinel.sentinel_slaves(service_name)
+                pipe = sentinel.pipeline(transaction=False)
+                pipe.sentinel_master(service_name)
+                pipe.sentinel_slaves(service_name)
+                pipe.sentinel_sentinels(service_name)
+                master, replicas, peers = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError):
                 self._unanswered(sentinel)
                 continue
             except redis.ResponseError as error:
+                self._answered(sentinel)
                 return f"{_name(sentinel)}: {error}"
             self._answered(sentinel)
             named = (master["ip"], int(master["port"]))
@@ -289,6 +284,7 @@ class QuorumSentinel(Sentinel):
                 if replica.get("role-reported") == "master" and deposed(where):
                     continue
                 return f"{_name(sentinel)} could promote {where[0]}:{where[1]}"
+            seen_down.update((peer["ip"], int(peer["port"])) for peer in peers if "s_down" in _flags(peer))
             confirmed += 1
         if confirmed >= self.majority:
             return None
@@ -343,9 +339,14 @@ def _promotable(replica: dict[str, Any]) -> bool:
     return not never
 
 
-def _name(sentinel: redis.Redis) -> str:
+def _address(sentinel: redis.Redis) -> Address:
     kwargs = sentinel.connection_pool.connection_kwargs
-    return f"Sentinel {kwargs.get('host')}:{kwargs.get('port')}"
+    return (str(kwargs.get("host")), int(kwargs.get("port") or 0))
+
+
+def _name(sentinel: redis.Redis) -> str:
+    host, port = _address(sentinel)
+    return f"Sentinel {host}:{port}"
 
 
 # Where a Flask app keeps its Store (app.extensions; fridge.web.create_app puts it there).
