@@ -200,8 +200,7 @@ class QuorumSentinel(Sentinel):
     def discover_master(self, service_name: str) -> Address:
         votes: Counter[Address] = Counter()
         errors: list[str] = []
-        ask, quiet = self.in_turn()
-        order = ask + quiet
+        order = list(self.sentinels)  # those that did not answer last are at the back
         for index, sentinel in enumerate(order):
             if max(votes.values(), default=0) + len(order) - index < self.majority:
                 # The Sentinels left cannot make a majority: do not wait on them.
