@@ -11,8 +11,8 @@ import time
 import uuid
 
 import pytest
-from kit_checks import Connection, ReplyError, converge, get_host, wait_for
-from kit_faults import kill_server, loaded, restart_server, revive_server
+from kit_checks import Connection, ReplyError, converge, get_host, parse_info, wait_for
+from kit_faults import kill_server, loaded, restart_server, revive_server, sh
 
 
 def link_up(group, replica: str, master: str) -> bool:
@@ -148,6 +148,69 @@ def test_restarts_keep_every_transaction(group, how):
     assert set(lengths.values()) == {200}, lengths
     assert noperm == 0
     assert group.current_master() == master
+
+
+# Enough data that writing it takes a moment (the scenario's maxmemory is 256 MB): 120,000
+# keys of 1 kB, written in scripts short enough that Sentinel never sees the master busy.
+_BULK = "for i = 1, tonumber(ARGV[2]) do redis.call('SET', ARGV[1] .. i, string.rep('x', 1000)) end"
+_BULK_DROP = "for i = 1, tonumber(ARGV[2]) do redis.call('UNLINK', ARGV[1] .. i) end"
+
+
+def _bulk(group, master: str, prefix: str, script: str) -> None:
+    with group.node(master) as conn:
+        for chunk in range(6):
+            conn.command("EVAL", script, 0, f"{prefix}{chunk}:", 20000)
+
+
+def _writing_its_first_aof(group, address: str) -> bool:
+    """The node has loaded a full sync and is writing the AOF of it (or is about to)."""
+    with group.node(address) as conn:
+        info = parse_info(conn.command("INFO", "persistence"))
+    writing = (info.get("aof_rewrite_in_progress"), info.get("aof_rewrite_scheduled"))
+    return info.get("loading") == "0" and "1" in writing
+
+
+def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job(group):
+    """A replica back from a while away gets a full sync (the master's backlog no longer holds
+    what it missed), and is restarted again while it writes the AOF of it (a rolling restart run
+    again, a second setting changed). The server refuses that SIGTERM ("Writing initial AOF,
+    can't exit") and never tries again, and the packaged unit waits without a limit: before the
+    kit's kit-stop.conf, `systemctl restart` hung for good. Now the stop ends with the write."""
+    master = group.current_master()
+    replica = next(a for a in group.nodes.values() if a != master)
+    host = group.host_of(replica)
+    service = group.service
+    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
+    queue = _write_jobs(group, master, "first-aof", 50)
+    prefix = f"app:bulk:{uuid.uuid4().hex[:8]}:"
+    try:
+        refused, took, attempts = 0, 0.0, 0
+        while not refused and attempts < 3:
+            attempts += 1
+            sh(host, f"systemctl reset-failed {service}; systemctl stop {service}")
+            _bulk(group, master, prefix, _BULK_DROP)  # what an earlier try wrote
+            _bulk(group, master, prefix, _BULK)  # 140 MB the replica misses: its backlog is 1 MB
+            sh(host, f"systemctl start {service}")
+            wait_for(lambda: _writing_its_first_aof(group, replica), 60, "the full sync's AOF write", 0.01)
+            since = sh(host, "date +%s.%N").strip()
+            started = time.monotonic()
+            sh(host, f"timeout 60 systemctl restart {service}", check=False)
+            took = time.monotonic() - started
+            log = sh(host, f"journalctl -u {service} --no-pager --since @{since}")
+            refused = log.count("Writing initial AOF, can't exit")
+            active = sh(host, f"systemctl is-active {service}", check=False).strip()
+            print(
+                f"\n{group.name}: restart {attempts} during the full sync's AOF write: refused {refused} x,"
+                f" the restart took {took:.2f} s, {service} {active}"
+            )
+            assert took < 60, f"the restart did not end: {service} {active}"
+            assert active == "active"
+        assert refused, f"in {attempts} tries the restart never came during the AOF write"
+        wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
+        wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+        assert set(_queue_length_everywhere(group, queue).values()) == {50}
+    finally:
+        _bulk(group, master, prefix, _BULK_DROP)
 
 
 def test_failover_rerun_and_return_of_the_old_master(group):
