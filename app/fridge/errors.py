@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from kitqueue.queueing import IdempotencyConflict, NotDurable
 from kitqueue.schema import BadArguments
-from kitqueue.store import Unavailable
+from kitqueue.store import Full, Unavailable
 from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
@@ -54,7 +54,10 @@ def register(app: Flask) -> None:
     def unavailable(exc: Unavailable):
         # The reason names servers and addresses: it goes to the log, not to the client.
         log.warning("answering 503: %s", exc.reason)
-        response = error(503, "the queue is unavailable (Redis failover or outage), retry later")
+        if isinstance(exc, Full):
+            response = error(503, "the queue is full (Redis is near its memory limit), retry later")
+        else:
+            response = error(503, "the queue is unavailable (Redis failover or outage), retry later")
         response.headers["Retry-After"] = retry_after
         return response
 

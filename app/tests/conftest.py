@@ -90,6 +90,14 @@ def admin(cluster):
 
 
 @pytest.fixture
+def room(admin) -> Iterator[None]:
+    """Gives the master back its unlimited memory after a test that filled it (fill_memory)."""
+    yield
+    admin.delete("filler")
+    admin.config_set("maxmemory", 0)
+
+
+@pytest.fixture
 def store(app):
     return app_store(app)
 

@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -46,12 +47,16 @@ APP_KEYS = ("rq:*", "fridge:*")
 WORKER_CHANNELS = ("rq:pubsub:*",)
 
 
+def role_default(name: str) -> Any:
+    """A default of roles/redis, so that these servers run as the role configures them."""
+    return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())[name]
+
+
 def app_commands() -> dict[str, list[str]]:
     """The command lists roles/redis gives the web tier's and the workers' users."""
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     return {
-        WEB_USER: defaults["redis_acl_rq_web_commands"],
-        WORKER_USER: defaults["redis_acl_rq_worker_commands"],
+        WEB_USER: role_default("redis_acl_rq_web_commands"),
+        WORKER_USER: role_default("redis_acl_rq_worker_commands"),
     }
 
 
@@ -110,6 +115,16 @@ def free_port() -> int:
                 continue
             return port
     raise AssertionError("unreachable: the count is endless")
+
+
+def fill_memory(admin: redis.Redis, share: float) -> None:
+    """Write 16 MiB of filler (key "filler"), then lower the master's maxmemory until what it
+    uses is `share` of it. In pieces: a 16 MiB argument would count as used memory while it
+    sits in the connection's buffer, and be freed soon after. The fixture `room` undoes it."""
+    piece = b"x" * 2**16
+    for offset in range(0, 2**24, len(piece)):
+        admin.setrange("filler", offset, piece)
+    admin.config_set("maxmemory", int(int(admin.info("memory")["used_memory"]) / share))
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.05):
@@ -274,6 +289,7 @@ class Cluster:
                 f"masterauth {PASSWORDS['replica']}",
                 "repl-diskless-sync yes",
                 "repl-diskless-sync-delay 0",
+                f"stream-node-max-bytes {role_default('redis_stream_node_max_bytes')}",
                 "logfile redis.log",
             ]
             if index:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from redis_cluster import Cluster, wait_until
+from redis_cluster import Cluster, fill_memory, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "fridge-alerts.yml"
@@ -125,6 +125,16 @@ def test_what_the_app_serves_of_the_redis_group(healthy, cluster: Cluster):
         assert healthy[f'fridge_sentinel_known_replicas{{{SCRAPE},sentinel="{sentinel}"}}'] == "1"
         assert healthy[f'fridge_sentinel_master_down{{{SCRAPE},sentinel="{sentinel}"}}'] == "0"
     assert int(healthy[f'fridge_replica_lag_seconds{{{SCRAPE},replica="{replica}"}}']) <= 1
+
+
+def test_a_nearly_full_master_fires_redis_nearly_full(client, healthy, admin, room):
+    fill_memory(admin, 0.85)  # enqueues still go in (they stop at 0.9): only the warning fires
+    fault = scrape_when(
+        client,
+        lambda s: int(s.get(f"fridge_redis_memory_max_bytes{{{SCRAPE}}}", 0)) > 0,
+        "maxmemory in /metrics",
+    )
+    firing(healthy, fault, {"FridgeRedisNearlyFull": [{}]})
 
 
 def test_a_stopped_worker_fires_workers_down(client, workers, healthy):

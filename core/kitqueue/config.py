@@ -56,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
     # of the Sentinels name it and see no replica they could promote instead (the only replica
     # is down), and count it; "strict": never, answer 503 instead.
     "ACK_POLICY": "available",
+    # Enqueues are refused (503) once the master uses this share of its maxmemory, leaving the
+    # rest to the workers: at maxmemory Redis refuses their commands too and nothing drains.
+    # 1: only Redis's own limit (then a full Redis stops the workers as well).
+    "ENQUEUE_MEMORY_LIMIT": 0.9,
     # Jobs
     "JOB_TIMEOUT": 180,
     "JOB_RETRIES": 3,
@@ -131,6 +135,11 @@ def check(settings: Mapping[str, Any]) -> None:
         raise BadSetting(
             f"ACK_TIMEOUT_MS ({settings['ACK_TIMEOUT_MS']}) must be shorter than REDIS_SOCKET_TIMEOUT "
             f"({settings['REDIS_SOCKET_TIMEOUT']} s): WAIT blocks for that long on the socket"
+        )
+    limit = settings["ENQUEUE_MEMORY_LIMIT"]
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1:
+        raise BadSetting(
+            f"ENQUEUE_MEMORY_LIMIT must be a share of maxmemory above 0 and at most 1, not {limit!r}"
         )
     # An enqueue confirms the job by reading it back, possibly after a worker already ran it.
     if int(settings["RESULT_TTL"]) < 60:

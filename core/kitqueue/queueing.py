@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from .fetch import ReliableQueue
 from .registry import Task, allowed_paths
-from .store import Replication, StaleMaster, Store, Unavailable, Unconfirmed, pinned_connection
+from .store import Full, Replication, StaleMaster, Store, Unavailable, Unconfirmed, pinned_connection
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ def enqueue(
 
     def put_durably() -> None:
         nonlocal job_id, replayed
+        store.check_room()
         if idempotency_key:
             job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
         _confirm_durable(store, job_id, replayed, put())
@@ -299,6 +300,7 @@ def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str
 
 __all__ = [
     "Enqueued",
+    "Full",
     "IdempotencyConflict",
     "NotDurable",
     "Unavailable",

@@ -11,6 +11,7 @@ Two rules keep a failover or a partition from losing acknowledged jobs:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
@@ -123,6 +124,13 @@ class Unavailable(Exception):
         self.reason = reason
 
 
+class Full(Unavailable):
+    """The master's memory is (nearly) full. Enqueues are refused from ENQUEUE_MEMORY_LIMIT of
+    its maxmemory on, so that the workers keep room to take and finish the jobs already queued:
+    at maxmemory Redis refuses them too (LMOVE and HSET are "denyoom" commands), and the queue
+    would never drain. Answered 503 at once: a retry within the request cannot help."""
+
+
 class Unconfirmed(Unavailable):
     """A write that may not be acknowledged yet (no replica confirmed it and the Sentinels do
     not vouch for this master alone): retried within the budget, then answered 503."""
@@ -130,6 +138,17 @@ class Unconfirmed(Unavailable):
 
 class StaleMaster(redis.ConnectionError):
     """The server written to is not (or no longer) the master a majority of Sentinels name."""
+
+
+def refusal(error: BaseException) -> Unavailable | None:
+    """What a server's refusal to write means for the caller: memory full (OOM) or a disk it
+    cannot write (MISCONF). Neither is cured by a retry within a request."""
+    text = str(error) if isinstance(error, redis.ResponseError) else ""
+    if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return Full(f"Redis refused a write: {text}")
+    if text.startswith("MISCONF"):
+        return Unavailable(f"Redis cannot write to its disk: {text}")
+    return None
 
 
 def is_transient(error: BaseException) -> bool:
@@ -406,6 +425,30 @@ class Store:
         # next one on the same master sends its WAIT with its other commands (see
         # queueing._confirm_durable). None: none made yet.
         self.replicas_in_sync: tuple[Address, int] | None = None
+        # The master's used memory and maxmemory in bytes, and when they were read (check_room).
+        self._memory: tuple[int, int] = (0, 0)
+        self._memory_read = -math.inf
+
+    def check_room(self) -> None:
+        """Raise Full when the master uses ENQUEUE_MEMORY_LIMIT of its maxmemory or more. Its
+        memory is read once a second per process while it is far from that (one round trip a
+        second, none per request), and before every enqueue once it is within a tenth of it:
+        a second of enqueues cannot overshoot the limit into the workers' room."""
+        limit = float(self.config["ENQUEUE_MEMORY_LIMIT"])
+        if limit >= 1:
+            return
+        now = time.monotonic()
+        used, maximum = self._memory
+        if now - self._memory_read >= 1.0 or (maximum and used >= 0.9 * limit * maximum):
+            info = self.redis.info("memory")
+            self._memory = (int(info["used_memory"]), int(info.get("maxmemory", 0)))
+            self._memory_read = now
+        used, maximum = self._memory
+        if maximum and used >= limit * maximum:
+            raise Full(
+                f"Redis uses {used / 2**20:.1f} of its {maximum / 2**20:.1f} MiB (maxmemory); enqueues "
+                f"stop at {limit:.0%} (ENQUEUE_MEMORY_LIMIT) so that the workers can drain the queues"
+            )
 
     def key(self, *parts: str) -> str:
         return ":".join((self.key_prefix, *parts))
@@ -469,6 +512,9 @@ class Store:
             try:
                 return action()
             except Exception as error:
+                refused = refusal(error)
+                if refused is not None:
+                    raise refused from error
                 if not is_transient(error):
                     raise
                 if time.monotonic() + delay > deadline:
