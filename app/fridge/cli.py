@@ -27,7 +27,7 @@ from typing import Any
 from kitqueue.queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
 from kitqueue.registry import offered
 from kitqueue.schema import BadArguments
-from kitqueue.store import Store, Unavailable
+from kitqueue.store import Full, Store, Unavailable
 from redis.exceptions import ConnectionError, NoPermissionError, TimeoutError
 from rq.exceptions import InvalidJobOperation
 from rq.registry import FailedJobRegistry
@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as failure:
         print(f"fridge: {failure}", file=sys.stderr)
         return failure.code
+    except Full as error:
+        print(f"fridge: the queue is full, retry later: {error.reason}", file=sys.stderr)
+        return UNREACHABLE
     except Unavailable as error:
         print(f"fridge: Redis is unreachable through Sentinel: {error.reason}", file=sys.stderr)
         return UNREACHABLE

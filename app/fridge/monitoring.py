@@ -233,8 +233,8 @@ def prometheus(store: Store) -> str:
     replicas = copies["replicas"]
     lines += _gauge(
         "fridge_redis_memory_used_bytes",
-        "Memory the Redis master uses (INFO memory, used_memory).",
-        [("", memory.get("used_memory", 0))],
+        "Memory the Redis master counts against maxmemory (used_memory - mem_not_counted_for_evict).",
+        [("", memory.get("used_memory", 0) - memory.get("mem_not_counted_for_evict", 0))],
     )
     lines += _gauge(
         "fridge_redis_memory_max_bytes",

@@ -38,11 +38,15 @@ def fill_with_jobs(client, admin, room: int) -> tuple[list[str], tuple[int, dict
 
 
 def test_a_nearly_full_redis_refuses_enqueues_and_the_workers_drain_what_is_queued(
-    settings, workers, admin, room
+    client, workers, admin, room
 ):
-    # At half of maxmemory here, so that a few hundred jobs fill it (0.9 in production).
-    client = create_app({**settings, "ENQUEUE_MEMORY_LIMIT": 0.5}).test_client()
+    """At the default limit, with the memory taken by the queue itself (the workers stopped):
+    the app counts what the queued jobs will need to finish (their results, kept a day), so
+    the workers finish every one of them without Redis ever refusing them."""
+    admin.config_resetstat()  # errorstats from 0
+    kept = client.post("/jobs", json={"task": "add", "args": [1, 2]}, headers={"Idempotency-Key": "kept"})
     accepted, (status, body, headers) = fill_with_jobs(client, admin, 4 * MiB)
+    accepted.append(kept.get_json()["job_id"])
     used, maximum = int(admin.info("memory")["used_memory"]), int(admin.config_get("maxmemory")["maxmemory"])
     print(f"\nrefused after {len(accepted)} jobs, at {used / maximum:.2f} of maxmemory")
     assert len(accepted) > 100
@@ -52,21 +56,32 @@ def test_a_nearly_full_redis_refuses_enqueues_and_the_workers_drain_what_is_queu
     assert admin.llen("rq:queue:default") == len(accepted)
     assert enqueue(client)[0] == 503
     assert admin.llen("rq:queue:default") == len(accepted)  # a refused request writes nothing
+    # A replay of a stored job needs no room: it is answered as always.
+    again = client.post("/jobs", json={"task": "add", "args": [1, 2]}, headers={"Idempotency-Key": "kept"})
+    assert again.status_code == 202
+    assert again.get_json()["replayed"] is True
 
-    # The workers still take, run and record every job already queued.
+    # The workers take, run and record every queued job; Redis never refuses them (a worker
+    # that met an OOM would stop, and the count would not be reached).
     workers.start(1)
     wait_until(
         lambda: int(admin.get("fridge:stats:finished") or 0) == len(accepted),
-        60,
+        90,
         f"the worker to finish the {len(accepted)} queued jobs",
     )
     assert admin.llen("rq:queue:default") == 0
     for job_id in (accepted[0], accepted[-1]):
         assert admin.hget(f"rq:job:{job_id}", "status") == b"finished"
+    assert _oom_errors(admin) == 0
 
     # Room again (maxmemory raised, results expired): enqueues resume by themselves.
     admin.config_set("maxmemory", 0)
     wait_until(lambda: enqueue(client)[0] == 202, 5, "enqueueing to resume once there is room")
+
+
+def _oom_errors(admin) -> int:
+    """Commands Redis refused for memory since CONFIG RESETSTAT (INFO errorstats)."""
+    return int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
 
 
 def test_a_full_redis_answers_503_not_500_and_keeps_no_part_of_the_job(settings, admin, room):

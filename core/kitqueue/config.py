@@ -56,8 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # of the Sentinels name it and see no replica they could promote instead (the only replica
     # is down), and count it; "strict": never, answer 503 instead.
     "ACK_POLICY": "available",
-    # Enqueues are refused (503) once the master uses this share of its maxmemory, leaving the
-    # rest to the workers: at maxmemory Redis refuses their commands too and nothing drains.
+    # Enqueues are refused (503) once the master's memory, plus what its queued jobs need to
+    # finish (store.DRAIN_BYTES_PER_JOB each), reaches this share of its maxmemory: the rest is
+    # the workers'. At maxmemory Redis refuses their commands too, and nothing drains.
     # 1: only Redis's own limit (then a full Redis stops the workers as well).
     "ENQUEUE_MEMORY_LIMIT": 0.9,
     # Jobs

@@ -21,7 +21,16 @@ from rq.serializers import JSONSerializer
 
 from .fetch import ReliableQueue
 from .registry import Task, allowed_paths
-from .store import Full, Replication, StaleMaster, Store, Unavailable, Unconfirmed, pinned_connection
+from .store import (
+    Full,
+    Replication,
+    StaleMaster,
+    Store,
+    Unavailable,
+    Unconfirmed,
+    pinned_connection,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +180,13 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
         replication = Replication.parse(info)
         if not exists or replication.role != "master":
             raise StaleMaster(f"job {job_id} is not on {conn.address_text} (role {replication.role})")
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        # The job is on this master. Its counter and wake-up may still have been refused, when
+        # the job's own write took the master to maxmemory (OOM): the job stands, so does its 202.
+        bookkeeping = range(len(first) + 1, len(first) + 4)
+        refused = [r for i, r in enumerate(replies) if i in bookkeeping and refusal(r) is not None]
+        if refused:
+            log.warning("job %s stored; its counter and wake-up were refused: %s", job_id, refused[0])
+        failed = next((r for r in replies if isinstance(r, Exception) and r not in refused), None)
         if failed is not None:
             raise failed
         if wanted <= 0:
@@ -266,9 +281,13 @@ def enqueue(
             pass  # an earlier attempt of this very request got through before the error
         return tuple(args for args, _options in deferred.command_stack)
 
+    attempts = 0
+
     def put_durably() -> None:
-        nonlocal job_id, replayed
-        store.check_room()
+        nonlocal job_id, replayed, attempts
+        attempts += 1
+        if attempts == 1:  # a retry may find its own job already written: no "full" then
+            _check_room(store, idempotency_key)
         if idempotency_key:
             job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
         _confirm_durable(store, job_id, replayed, put())
@@ -280,9 +299,23 @@ def enqueue(
     return Enqueued(job_id=job_id, queue=queue_name, replayed=replayed)
 
 
+def _check_room(store: Store, idempotency_key: str | None) -> None:
+    """Refuse a new job while Redis is (nearly) full (Store.check_room); a replay of a job
+    already stored needs no room and goes on."""
+    try:
+        store.check_room()
+    except Full:
+        if idempotency_key is None or store.redis.get(_idempotency_redis_key(store, idempotency_key)) is None:
+            raise
+
+
+def _idempotency_redis_key(store: Store, key: str) -> str:
+    return store.key("idem", hashlib.sha256(key.encode()).hexdigest())
+
+
 def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str) -> tuple[str, bool]:
     """Bind the key to a job id (first use) or return the id it is bound to (replay)."""
-    redis_key = store.key("idem", hashlib.sha256(key.encode()).hexdigest())
+    redis_key = _idempotency_redis_key(store, key)
     value = f"{new_id} {fingerprint}"
     ttl = int(store.config["IDEMPOTENCY_TTL"])
 

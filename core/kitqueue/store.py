@@ -30,6 +30,7 @@ from redis.connection import SSLConnection
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
+from rq import Queue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,6 +130,13 @@ class Full(Unavailable):
     its maxmemory on, so that the workers keep room to take and finish the jobs already queued:
     at maxmemory Redis refuses them too (LMOVE and HSET are "denyoom" commands), and the queue
     would never drain. Answered 503 at once: a retry within the request cannot help."""
+
+
+# What a queued job adds to the master's memory when a worker finishes it (its result, kept for
+# RESULT_TTL, and its registry entry): measured 1.1 to 1.8 kB with small results and the redis
+# role's stream-node-max-bytes (5.4 kB with Redis' default). check_room counts this much room
+# for each queued job, so that the workers can finish every job they were given.
+DRAIN_BYTES_PER_JOB = 2048
 
 
 class Unconfirmed(Unavailable):
@@ -425,29 +433,39 @@ class Store:
         # next one on the same master sends its WAIT with its other commands (see
         # queueing._confirm_durable). None: none made yet.
         self.replicas_in_sync: tuple[Address, int] | None = None
-        # The master's used memory and maxmemory in bytes, and when they were read (check_room).
-        self._memory: tuple[int, int] = (0, 0)
+        # What check_room read of the master: the memory it counts against maxmemory, its
+        # maxmemory (bytes), what its queued jobs will need to finish, and when it read them.
+        self._memory: tuple[int, int, int] = (0, 0, 0)
         self._memory_read = -math.inf
 
     def check_room(self) -> None:
-        """Raise Full when the master uses ENQUEUE_MEMORY_LIMIT of its maxmemory or more. Its
-        memory is read once a second per process while it is far from that (one round trip a
-        second, none per request), and before every enqueue once it is within a tenth of it:
+        """Raise Full when the master's memory, plus what its queued jobs will need to finish,
+        reaches ENQUEUE_MEMORY_LIMIT of its maxmemory. Read once a second per process while far
+        from that (one round trip a second, none per request), every 0.1 s within a tenth of it:
         a second of enqueues cannot overshoot the limit into the workers' room."""
         limit = float(self.config["ENQUEUE_MEMORY_LIMIT"])
         if limit >= 1:
             return
         now = time.monotonic()
-        used, maximum = self._memory
-        if now - self._memory_read >= 1.0 or (maximum and used >= 0.9 * limit * maximum):
-            info = self.redis.info("memory")
-            self._memory = (int(info["used_memory"]), int(info.get("maxmemory", 0)))
+        used, maximum, needed = self._memory
+        near = maximum and used + needed >= 0.9 * limit * maximum
+        if now - self._memory_read >= (0.1 if near else 1.0):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.info("memory")
+            for queue in self.config["QUEUES"]:
+                pipe.llen(f"{Queue.redis_queue_namespace_prefix}{queue}")
+            info, *depths = pipe.execute()
+            # What Redis compares with maxmemory: replica output buffers and the AOF buffer
+            # are left out.
+            used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict", 0))
+            self._memory = (used, int(info.get("maxmemory", 0)), sum(depths) * DRAIN_BYTES_PER_JOB)
             self._memory_read = now
-        used, maximum = self._memory
-        if maximum and used >= limit * maximum:
+        used, maximum, needed = self._memory
+        if maximum and used + needed >= limit * maximum:
             raise Full(
-                f"Redis uses {used / 2**20:.1f} of its {maximum / 2**20:.1f} MiB (maxmemory); enqueues "
-                f"stop at {limit:.0%} (ENQUEUE_MEMORY_LIMIT) so that the workers can drain the queues"
+                f"Redis uses {used / 2**20:.1f} of its {maximum / 2**20:.1f} MiB (maxmemory) and its "
+                f"queued jobs need about {needed / 2**20:.1f} MiB more to finish; enqueues stop at "
+                f"{limit:.0%} (ENQUEUE_MEMORY_LIMIT) so that the workers can drain the queues"
             )
 
     def key(self, *parts: str) -> str:

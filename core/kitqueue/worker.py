@@ -29,7 +29,7 @@ from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
 from .schema import BadArguments
-from .store import Store, Unavailable, is_transient
+from .store import Full, Store, Unavailable, is_transient
 
 log = logging.getLogger("kitqueue.worker")
 
@@ -217,13 +217,17 @@ class Recurring(threading.Thread):
         if not self.store.redis.set(claim, self.owner, nx=True, ex=int(every * 2) + 60):
             return False
         task = registry.tasks()[schedule["task"]]
-        enqueue(
-            self.store,
-            task,
-            task.arguments(schedule.get("args")),
-            schedule.get("queue", task.queue),
-            job_id=f"recurring-{schedule['name']}-{slot}",
-        )
+        try:
+            enqueue(
+                self.store,
+                task,
+                task.arguments(schedule.get("args")),
+                schedule.get("queue", task.queue),
+                job_id=f"recurring-{schedule['name']}-{slot}",
+            )
+        except Full:
+            self.store.redis.delete(claim)  # the next tick tries this period again
+            raise
         log.info("recurring job %s enqueued for period %s", schedule["name"], slot)
         return True
 
