@@ -199,10 +199,10 @@ def prometheus(store: Store) -> str:
     try:
         data = store.retrying(lambda: overview(store), budget=2.0)
         copies = store.retrying(lambda: replication(store), budget=2.0)
-        memory = store.retrying(lambda: store.redis.info("memory"), budget=2.0)
+        memory = store.retrying(store.memory, budget=2.0)
         up = 1
     except Unavailable:
-        data, copies, memory, up = None, None, {}, 0
+        data, copies, memory, up = None, None, (0, 0, 0), 0
     lines = [
         "# HELP fridge_redis_up Whether the Redis master answered through Sentinel.",
         "# TYPE fridge_redis_up gauge",
@@ -231,16 +231,22 @@ def prometheus(store: Store) -> str:
         # (zero workers would page for the wrong fault).
         return "\n".join(lines) + "\n"
     replicas = copies["replicas"]
-    lines += _gauge(
-        "fridge_redis_memory_used_bytes",
-        "Memory the Redis master counts against maxmemory (used_memory - mem_not_counted_for_evict).",
-        [("", memory.get("used_memory", 0) - memory.get("mem_not_counted_for_evict", 0))],
-    )
-    lines += _gauge(
-        "fridge_redis_memory_max_bytes",
-        "The master's maxmemory (0: no limit); enqueues stop at ENQUEUE_MEMORY_LIMIT of it.",
-        [("", memory.get("maxmemory", 0))],
-    )
+    for metric, value, help_text in zip(
+        (
+            "fridge_redis_memory_used_bytes",
+            "fridge_redis_memory_max_bytes",
+            "fridge_redis_memory_reserved_bytes",
+        ),
+        memory,
+        (
+            "Memory the Redis master counts against maxmemory (used_memory - mem_not_counted_for_evict).",
+            "The master's maxmemory (0: no limit).",
+            "Room the queued and scheduled jobs need to finish; enqueues stop when used plus this "
+            "reaches ENQUEUE_MEMORY_LIMIT of maxmemory.",
+        ),
+        strict=True,
+    ):
+        lines += _gauge(metric, help_text, [("", value)])
     lines += _gauge(
         "fridge_replicas_online",
         "Replicas connected to the master and in sync (INFO replication, state=online).",

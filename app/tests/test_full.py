@@ -45,7 +45,7 @@ def test_a_nearly_full_redis_refuses_enqueues_and_the_workers_drain_what_is_queu
     the workers finish every one of them without Redis ever refusing them."""
     admin.config_resetstat()  # errorstats from 0
     kept = client.post("/jobs", json={"task": "add", "args": [1, 2]}, headers={"Idempotency-Key": "kept"})
-    accepted, (status, body, headers) = fill_with_jobs(client, admin, 4 * MiB)
+    accepted, (status, body, headers) = fill_with_jobs(client, admin, 8 * MiB)
     accepted.append(kept.get_json()["job_id"])
     used, maximum = int(admin.info("memory")["used_memory"]), int(admin.config_get("maxmemory")["maxmemory"])
     print(f"\nrefused after {len(accepted)} jobs, at {used / maximum:.2f} of maxmemory")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -206,7 +207,12 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
     doubt = store.sole_master_doubt(address, replication)
     if doubt is not None:
         raise NotDurable(job_id, acked, wanted, doubt)
-    store.redis.incr(store.key("stats", "unreplicated"))
+    try:
+        store.redis.incr(store.key("stats", "unreplicated"))
+    except redis.ResponseError as error:
+        if refusal(error) is None:
+            raise
+        log.warning("job %s stored; its count as unreplicated was refused: %s", job_id, error)
     _unreplicated_log.note(job_id)
 
 
@@ -281,13 +287,13 @@ def enqueue(
             pass  # an earlier attempt of this very request got through before the error
         return tuple(args for args, _options in deferred.command_stack)
 
-    attempts = 0
+    room_checked = False
 
     def put_durably() -> None:
-        nonlocal job_id, replayed, attempts
-        attempts += 1
-        if attempts == 1:  # a retry may find its own job already written: no "full" then
+        nonlocal job_id, replayed, room_checked
+        if not room_checked:  # once: a retry may find its own job written, and no "full" then
             _check_room(store, idempotency_key)
+            room_checked = True
         if idempotency_key:
             job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
         _confirm_durable(store, job_id, replayed, put())
@@ -305,7 +311,11 @@ def _check_room(store: Store, idempotency_key: str | None) -> None:
     try:
         store.check_room()
     except Full:
-        if idempotency_key is None or store.redis.get(_idempotency_redis_key(store, idempotency_key)) is None:
+        bound = store.redis.get(_idempotency_redis_key(store, idempotency_key)) if idempotency_key else None
+        stored = bound is not None and RegisteredJob.exists(
+            bound.decode().partition(" ")[0], connection=store.redis
+        )
+        if not stored:
             raise
 
 

@@ -31,6 +31,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from rq import Queue
+from rq.registry import ScheduledJobRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,9 +135,11 @@ class Full(Unavailable):
 
 # What a queued job adds to the master's memory when a worker finishes it (its result, kept for
 # RESULT_TTL, and its registry entry): measured 1.1 to 1.8 kB with small results and the redis
-# role's stream-node-max-bytes (5.4 kB with Redis' default). check_room counts this much room
-# for each queued job, so that the workers can finish every job they were given.
-DRAIN_BYTES_PER_JOB = 2048
+# role's stream-node-max-bytes (5.4 kB with Redis' default); with 2 kB a test still met an OOM
+# once (the workers' own connections and registries take some too). check_room counts this
+# much room for each queued or scheduled job, so that the workers finish every job given them.
+# Large results, or failures whose tracebacks are kept FAILURE_TTL, take more.
+DRAIN_BYTES_PER_JOB = 3072
 
 
 class Unconfirmed(Unavailable):
@@ -433,16 +436,35 @@ class Store:
         # next one on the same master sends its WAIT with its other commands (see
         # queueing._confirm_durable). None: none made yet.
         self.replicas_in_sync: tuple[Address, int] | None = None
-        # What check_room read of the master: the memory it counts against maxmemory, its
-        # maxmemory (bytes), what its queued jobs will need to finish, and when it read them.
+        # What check_room read of the master (see memory()) and when.
         self._memory: tuple[int, int, int] = (0, 0, 0)
         self._memory_read = -math.inf
 
+    def memory(self) -> tuple[int, int, int]:
+        """The master's memory as Redis counts it against maxmemory (replica output buffers and
+        the AOF buffer left out), its maxmemory (0: none), and the room its queued and scheduled
+        jobs will need to finish (DRAIN_BYTES_PER_JOB each), every app's queues on this group
+        included (rq:queues). Two round trips."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.smembers(Queue.redis_queues_keys)
+        info, keys = pipe.execute()
+        jobs = 0
+        if keys:
+            prefix = Queue.redis_queue_namespace_prefix
+            pipe = self.redis.pipeline(transaction=False)
+            for key in sorted(k.decode() for k in keys):
+                pipe.llen(key)
+                pipe.zcard(ScheduledJobRegistry.key_template.format(key.removeprefix(prefix)))
+            jobs = sum(pipe.execute())
+        used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict", 0))
+        return used, int(info.get("maxmemory", 0)), jobs * DRAIN_BYTES_PER_JOB
+
     def check_room(self) -> None:
-        """Raise Full when the master's memory, plus what its queued jobs will need to finish,
-        reaches ENQUEUE_MEMORY_LIMIT of its maxmemory. Read once a second per process while far
-        from that (one round trip a second, none per request), every 0.1 s within a tenth of it:
-        a second of enqueues cannot overshoot the limit into the workers' room."""
+        """Raise Full when the master's memory plus the room its jobs need to finish reaches
+        ENQUEUE_MEMORY_LIMIT of its maxmemory. Read once a second per process while far from
+        that (no round trip per request), every 0.1 s within a tenth of it: a second of
+        enqueues cannot overshoot the limit into the workers' room."""
         limit = float(self.config["ENQUEUE_MEMORY_LIMIT"])
         if limit >= 1:
             return
@@ -450,16 +472,7 @@ class Store:
         used, maximum, needed = self._memory
         near = maximum and used + needed >= 0.9 * limit * maximum
         if now - self._memory_read >= (0.1 if near else 1.0):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.info("memory")
-            for queue in self.config["QUEUES"]:
-                pipe.llen(f"{Queue.redis_queue_namespace_prefix}{queue}")
-            info, *depths = pipe.execute()
-            # What Redis compares with maxmemory: replica output buffers and the AOF buffer
-            # are left out.
-            used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict", 0))
-            self._memory = (used, int(info.get("maxmemory", 0)), sum(depths) * DRAIN_BYTES_PER_JOB)
-            self._memory_read = now
+            self._memory, self._memory_read = self.memory(), now
         used, maximum, needed = self._memory
         if maximum and used + needed >= limit * maximum:
             raise Full(
