@@ -183,11 +183,14 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
             raise StaleMaster(f"job {job_id} is not on {conn.address_text} (role {replication.role})")
         # The job is on this master. Its counter and wake-up may still have been refused, when
         # the job's own write took the master to maxmemory (OOM): the job stands, so does its 202.
-        bookkeeping = range(len(first) + 1, len(first) + 4)
-        refused = [r for i, r in enumerate(replies) if i in bookkeeping and refusal(r) is not None]
+        refused = {i for i in range(len(first) + 1, len(first) + 4) if refusal(replies[i]) is not None}
         if refused:
-            log.warning("job %s stored; its counter and wake-up were refused: %s", job_id, refused[0])
-        failed = next((r for r in replies if isinstance(r, Exception) and r not in refused), None)
+            log.warning(
+                "job %s stored; its counter and wake-up were refused: %s", job_id, replies[min(refused)]
+            )
+        failed = next(
+            (r for i, r in enumerate(replies) if isinstance(r, Exception) and i not in refused), None
+        )
         if failed is not None:
             raise failed
         if wanted <= 0:

@@ -453,7 +453,7 @@ class Store:
         if keys:
             prefix = Queue.redis_queue_namespace_prefix
             pipe = self.redis.pipeline(transaction=False)
-            for key in sorted(k.decode() for k in keys):
+            for key in (k.decode() for k in keys):
                 pipe.llen(key)
                 pipe.zcard(ScheduledJobRegistry.key_template.format(key.removeprefix(prefix)))
             jobs = sum(pipe.execute())
