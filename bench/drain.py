@@ -9,7 +9,7 @@ For each kind of worker and each number of workers: a queue of its own is filled
 jobs (fridge.tasks.add), that many worker processes start in burst mode, and the rate is the
 number of jobs over the time from the first job's start to the last one's end (process start-up
 is not counted). Memory: the proportional set size (PSS) of one worker with its children
-(its horse), sampled every 50 ms while it drains: the mean and the peak. Kinds:
+(its horse), sampled every 50 ms over that same time: the mean and the peak. Kinds:
 - fridge: the kit's worker (one preforked work horse runs many jobs);
 - rq: RQ's stock forking `Worker` (a fork for every job);
 - rq-simple: RQ's `SimpleWorker` (no fork at all: no crash isolation; the ceiling).
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 CHILD = """
@@ -48,6 +48,9 @@ worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
 """
 
 KINDS = ("fridge", "rq", "rq-simple")
+# A job that runs this long (fridge.tasks.sleep): RQ's horse then lives for most of the run, as
+# it does with real work, where with no-op jobs its worker is mostly the parent alone.
+BUSY_SECONDS = 0.3
 
 
 def pss_mib(pid: int) -> float:
@@ -68,15 +71,17 @@ def pss_mib(pid: int) -> float:
     return total / 1024
 
 
-def drain(store, kind: str, jobs: int, workers: int) -> dict:
-    from fridge.tasks import add
+def drain(store, kind: str, jobs: int, workers: int, job_seconds: float = 0.0) -> dict:
+    """`jobs` no-op jobs (fridge.tasks.add), or with `job_seconds` jobs that sleep that long."""
+    from fridge.tasks import add, sleep
     from rq import Queue
     from rq.serializers import JSONSerializer
 
     name = f"bench-{kind}-{workers}-{uuid.uuid4().hex[:6]}"
     queue = Queue(name, connection=store.redis, serializer=JSONSerializer)
+    task, args = (sleep, (job_seconds,)) if job_seconds else (add, (1, 2))
     with store.redis.pipeline() as pipe:
-        data = [Queue.prepare_data(add, (1, 2), result_ttl=600, ttl=600) for _ in range(jobs)]
+        data = [Queue.prepare_data(task, args, result_ttl=600, ttl=600) for _ in range(jobs)]
         enqueued = queue.enqueue_many(data, pipeline=pipe)
         pipe.execute()
     ids = [job.id for job in enqueued]
@@ -84,9 +89,10 @@ def drain(store, kind: str, jobs: int, workers: int) -> dict:
         subprocess.Popen([sys.executable, "-c", CHILD, kind, name, f"{name}-{n}"], env=os.environ)  # noqa: S603
         for n in range(workers)
     ]
-    samples: list[float] = []
+    sampled: list[tuple[float, float]] = []  # (when, PSS of one worker)
     while any(p.poll() is None for p in procs):
-        samples += [m for m in (pss_mib(p.pid) for p in procs if p.poll() is None) if m]
+        now = time.time()
+        sampled += [(now, m) for m in (pss_mib(p.pid) for p in procs if p.poll() is None) if m]
         time.sleep(0.05)
     with store.redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
@@ -94,14 +100,18 @@ def drain(store, kind: str, jobs: int, workers: int) -> dict:
         hashes = pipe.execute()
     rows = [[h.get(k, h.get(k.encode())) for k in ("status", "started_at", "ended_at")] for h in hashes]
     finished = [r for r in rows if r[0] in (b"finished", "finished")]
-    starts = [datetime.fromisoformat(_text(r[1])) for r in finished]
-    ends = [datetime.fromisoformat(_text(r[2])) for r in finished]
+    starts = [_when(r[1]) for r in finished]
+    ends = [_when(r[2]) for r in finished]
     seconds = (max(ends) - min(starts)).total_seconds() if finished else float("nan")
+    # Memory while the jobs run, as the rate: not while the workers start (import) or stop.
+    first, last = (min(starts).timestamp(), max(ends).timestamp()) if finished else (0.0, 0.0)
+    samples = [m for when, m in sampled if first <= when <= last] or [m for _, m in sampled]
     store.redis.delete(*[f"rq:job:{job_id}" for job_id in ids])
     return {
         "kind": kind,
         "workers": workers,
         "jobs": jobs,
+        "job_seconds": job_seconds,
         "finished": len(finished),
         "seconds": round(seconds, 3),
         "jobs_per_second": round(len(finished) / seconds, 1) if finished else 0.0,
@@ -114,11 +124,23 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _when(value) -> datetime:
+    """RQ's timestamps are UTC, with or without a zone."""
+    moment = datetime.fromisoformat(_text(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="then this many jobs of BUSY_SECONDS on one kit worker and one RQ Worker: memory while jobs run",
+    )
     args = parser.parse_args()
     from fridge.config import for_worker, load
     from kitqueue.store import Store
@@ -130,6 +152,10 @@ def main() -> int:
             result = drain(store, kind, args.jobs * workers, workers)
             print(json.dumps(result), file=sys.stderr)
             results.append(result)
+    for kind in ("fridge", "rq") if args.busy else ():
+        result = drain(store, kind, args.busy, 1, BUSY_SECONDS)
+        print(json.dumps(result), file=sys.stderr)
+        results.append(result)
     json.dump(results, sys.stdout, indent=1)
     return 0
 

@@ -42,7 +42,20 @@ RESULTS = ROOT / "bench" / "results"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 NOOP_RUNS = 3
 CONNECTIONS = (8, 32, 128)
+CPU_AT = 32
 HELLO = "hello.bench"
+# A process's daemon, from its command line: the first pattern that matches (its groups fill
+# the name's {}), for the memory and the CPU tables.
+DAEMONS = [
+    (r"redis-sentinel|valkey-sentinel|\[sentinel\]", "sentinel"),
+    (r"redis-server|valkey-server", "redis-server"),
+    (r"^\(wsgi:([^)]+)\)", "mod_wsgi daemons ({})"),
+    (r"apache2", "apache2"),
+    (r"Horse waiting|Processing ", "worker horses"),
+    (r"^rq:worker:", "workers"),
+    (r"^rq:scheduler|Scheduler", "schedulers"),
+    (r"docker-proxy", "Docker's port proxy"),
+]
 
 
 def run(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
@@ -132,13 +145,17 @@ def _ms(text: str) -> float:
     return round(float(number) * _UNITS[unit], 2)
 
 
-def wrk(url: str, connections: int, host: str | None = None) -> dict:
+def wrk(url: str, connections: int, host: str | None = None, cpu: dict[str, str] | None = None) -> dict:
+    """wrk's rate, p50 and p99; with `cpu` (container id -> host name), also the CPU each
+    daemon spent per request during the measured run (`cpu_by_daemon`)."""
     args = ["wrk", "-t2", f"-c{connections}", f"-d{SECONDS}s", "--latency", url]
     if host:
         args[1:1] = ["-H", f"Host: {host}"]
     # Warm-up: the daemons load the app on their first request.
     run(*["-d2s" if a.startswith("-d") else a for a in args])
+    before = cpu_by_daemon(cpu) if cpu is not None else {}
     out = run(*args).stdout
+    spent = {k: v - before.get(k, 0.0) for k, v in cpu_by_daemon(cpu).items()} if cpu is not None else {}
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
@@ -147,7 +164,49 @@ def wrk(url: str, connections: int, host: str | None = None) -> dict:
         "p99_ms": _ms(latency["99"]),
         "non_2xx": int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
         "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+        **({"cpu_ms_per_request": per_request(spent, out)} if cpu is not None else {}),
     }
+
+
+def cpu_by_daemon(containers: dict[str, str]) -> dict[str, float]:
+    """CPU seconds (user + system) spent so far by every process of this machine, summed by
+    "host: daemon"; the containers' processes are seen here, on the kernel they share. Also
+    the whole machine's busy time (/proc/stat), which includes wrk's own and the time of any
+    process that exited meanwhile (wrk's is lost that way; Apache's and Redis's daemons stay)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            group = Path(f"/proc/{pid}/cgroup").read_text()
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found = re.search(r"docker[/-]([0-9a-f]{64})", group)
+        host = containers.get(found[1], "other container") if found else "this machine"
+        line = line.strip()
+        named = (name.format(*m.groups()) for pattern, name in DAEMONS if (m := re.search(pattern, line)))
+        daemon = next(named, "kernel threads" if not line else "other processes")
+        key = f"{host}: {daemon}"
+        spent[key] = spent.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    cpu = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+    spent["all: the whole machine"] = (sum(cpu[:8]) - cpu[3] - cpu[4]) / ticks
+    return spent
+
+
+def per_request(spent: dict[str, float], wrk_output: str) -> dict[str, float]:
+    """Milliseconds of CPU per request answered, for what spent at least 0.005 ms."""
+    requests = int(re.search(r"(\d+) requests in", wrk_output)[1])
+    rows = {k: round(v * 1000 / requests, 3) for k, v in spent.items()}
+    return dict(sorted(((k, v) for k, v in rows.items() if v >= 0.005), key=lambda kv: -kv[1]))
+
+
+def containers() -> dict[str, str]:
+    """Every running container's id -> its name."""
+    out = kit_faults.docker("ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}")
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
 
 def workers(platform: kit_faults.Platform, action: str) -> None:
@@ -171,10 +230,12 @@ def http(platform: kit_faults.Platform) -> list[dict]:
     playbook(str(ROOT / "bench" / "hello.yml"))
     workers(platform, "stop")
     rows = []
+    ids = containers()
     try:
         for connections in CONNECTIONS:
-            hello = wrk(f"{platform.url}/", connections, HELLO)
-            enqueue = wrk(f"{platform.url}/comer/bench", connections)
+            cpu = ids if connections == CPU_AT else None  # where the CPU goes, at one level
+            hello = wrk(f"{platform.url}/", connections, HELLO, cpu=cpu)
+            enqueue = wrk(f"{platform.url}/comer/bench", connections, cpu=cpu)
             purge(platform, "default")
             row = {"connections": connections, "hello": hello, "enqueue": enqueue}
             row["enqueue_over_hello"] = round(enqueue["rps"] / hello["rps"], 2)
@@ -209,7 +270,9 @@ def enqueue_to_start(platform: kit_faults.Platform, jobs: int = 200) -> dict:
     }
 
 
-def drain(platform: kit_faults.Platform) -> list[dict]:
+def drain(platform: kit_faults.Platform) -> tuple[list[dict], dict]:
+    """The drain table's rows, and the memory of one kit worker and one RQ `Worker` while they
+    run jobs that last (bench/drain.py --busy)."""
     host = platform.workers[0]
     unit = platform.worker_units.replace("*", "1")
     print(f"==> Drain on {host}: the kit's worker, RQ's Worker and SimpleWorker", flush=True)
@@ -230,6 +293,8 @@ def drain(platform: kit_faults.Platform) -> list[dict]:
             os.environ.get("BENCH_DRAIN_JOBS", "600"),
             "--workers",
             "1,2,4",
+            "--busy",
+            "20",
             input=(ROOT / "bench" / "drain.py").read_text(),
         )
     finally:
@@ -237,6 +302,8 @@ def drain(platform: kit_faults.Platform) -> list[dict]:
     if proc.returncode:
         sys.exit(f"bench/drain.py failed:\n{proc.stderr[-4000:]}")
     results = json.loads(proc.stdout)
+    busy = {r["kind"]: r for r in results if r["job_seconds"]}
+    results = [r for r in results if not r["job_seconds"]]
     rows = []
     for count in sorted({r["workers"] for r in results}):
         by_kind = {r["kind"]: r for r in results if r["workers"] == count}
@@ -252,7 +319,15 @@ def drain(platform: kit_faults.Platform) -> list[dict]:
             }
         )
         print(f"  {json.dumps(rows[-1])}", flush=True)
-    return rows
+    kit, rq = busy["fridge"], busy["rq"]
+    while_busy = {
+        "jobs": kit["jobs"],
+        "job_seconds": kit["job_seconds"],
+        **{f"{k}_pss_mib": v["pss_mib_mean"] for k, v in (("kit", kit), ("rq", rq))},
+        **{f"{k}_pss_mib_peak": v["pss_mib_peak"] for k, v in (("kit", kit), ("rq", rq))},
+    }
+    print(f"  while jobs run: {json.dumps(while_busy)}", flush=True)
+    return rows, while_busy
 
 
 MEMORY = r"""
@@ -269,27 +344,19 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
             if row.startswith("Rss:"): rss = int(row.split()[1])
     except OSError:
         continue
-    for pattern, name in PATTERNS:
-        if re.search(pattern, line):
+    for pattern, name in DAEMONS:
+        if m := re.search(pattern, line):
+            name = name.format(*m.groups())
             kinds[name][0] += 1; kinds[name][1] += rss; kinds[name][2] += pss
             break
 for name, (n, rss, pss) in sorted(kinds.items()):
     print(f"{name}\t{n}\t{rss / 1024:.1f}\t{pss / 1024:.1f}")
 """
-PATTERNS = [
-    (r"redis-sentinel|valkey-sentinel|\[sentinel\]", "sentinel"),
-    (r"redis-server|valkey-server", "redis-server"),
-    (r"^\(wsgi:", "mod_wsgi daemons"),
-    (r"apache2", "apache2"),
-    (r"Horse waiting|Processing ", "worker horses"),
-    (r"^rq:worker:", "workers"),
-    (r"^rq:scheduler|Scheduler", "schedulers"),
-]
 
 
 def memory(platform: kit_faults.Platform) -> list[dict]:
     print("==> Memory of every daemon (RSS and PSS)", flush=True)
-    code = f"PATTERNS = {PATTERNS!r}\n{MEMORY}"
+    code = f"DAEMONS = {DAEMONS!r}\n{MEMORY}"
     rows = []
     for host in sorted(platform.addresses):
         out = kit_faults.docker("exec", "-i", host, "python3", "-c", code)
@@ -337,6 +404,13 @@ def markdown(report: dict) -> str:
             f"{r['fridge_pss_mib']:.1f} ({r['fridge_pss_mib_peak']:.1f}), "
             f"{r['rq_pss_mib']:.1f} ({r['rq_pss_mib_peak']:.1f}) |"
         )
+    if b := report.get("memory_while_busy"):
+        lines += [
+            "",
+            f"PSS per worker while it runs jobs of {b['job_seconds']} s ({b['jobs']} jobs, one worker), "
+            f"mean (peak): kit {b['kit_pss_mib']} ({b['kit_pss_mib_peak']}) MiB, RQ `Worker` "
+            f"{b['rq_pss_mib']} ({b['rq_pss_mib_peak']}) MiB.",
+        ]
     lines += [
         "",
         "| Connections | Enqueue (`GET /comer/x`) | p50 / p99 | Hello-world | p50 / p99 | Enqueue / hello |",
@@ -348,6 +422,7 @@ def markdown(report: dict) -> str:
             f"| {r['connections']} | {e['rps']} req/s | {e['p50_ms']} / **{e['p99_ms']} ms** | "
             f"{h['rps']} req/s | {h['p50_ms']} / {h['p99_ms']} ms | **{r['enqueue_over_hello']:.2f}** |"
         )
+    lines += cpu_table(report["http"])
     s, d = report["enqueue_to_start"], report["deploy"]
     lines += [
         "",
@@ -386,6 +461,25 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_table(http: list[dict]) -> list[str]:
+    """Where the CPU went, per request, in the run that measured it (CPU_AT connections)."""
+    row = next((r for r in http if "cpu_ms_per_request" in r["enqueue"]), None)
+    if row is None:
+        return []
+    enqueue, hello = row["enqueue"]["cpu_ms_per_request"], row["hello"]["cpu_ms_per_request"]
+    total = "all: the whole machine"
+    keys = sorted(set(enqueue) | set(hello), key=lambda k: (k == total, -enqueue.get(k, 0.0)))
+    lines = [
+        "",
+        f"| CPU per request at {row['connections']} connections (ms) | Enqueue | Hello-world |",
+        "|---|---|---|",
+    ]
+    for key in keys:
+        e, h = (f"{side[key]:.3f}" if key in side else "-" for side in (enqueue, hello))
+        lines.append(f"| {key} | **{e}** | **{h}** |" if key == total else f"| {key} | {e} | {h} |")
+    return lines
+
+
 def readme(summary: str) -> None:
     path = ROOT / "README.md"
     text = path.read_text()
@@ -408,7 +502,7 @@ def main() -> int:
     platform.wait_healthy()
     report["http"] = http(platform)
     report["enqueue_to_start"] = enqueue_to_start(platform)
-    report["drain"] = drain(platform)
+    report["drain"], report["memory_while_busy"] = drain(platform)
     enqueue_to_start(platform, jobs=10)  # the restarted workers have their horses again
     report["memory"] = memory(platform)
     report["failover"] = failover()
