@@ -230,7 +230,8 @@ def http(platform: kit_faults.Platform) -> list[dict]:
     playbook(str(ROOT / "bench" / "hello.yml"))
     workers(platform, "stop")
     rows = []
-    ids = containers()
+    master = platform.master_host()
+    ids = {cid: f"{name} (master)" if name == master else name for cid, name in containers().items()}
     try:
         for connections in CONNECTIONS:
             cpu = ids if connections == CPU_AT else None  # where the CPU goes, at one level
