@@ -168,11 +168,12 @@ def wrk(url: str, connections: int, host: str | None = None, cpu: dict[str, str]
     }
 
 
-def cpu_by_daemon(containers: dict[str, str]) -> dict[str, float]:
+def cpu_by_daemon(names: dict[str, str]) -> dict[str, float]:
     """CPU seconds (user + system) spent so far by every process of this machine, summed by
-    "host: daemon"; the containers' processes are seen here, on the kernel they share. Also
-    the whole machine's busy time (/proc/stat), which includes wrk's own and the time of any
-    process that exited meanwhile (wrk's is lost that way; Apache's and Redis's daemons stay)."""
+    "host: daemon" (`names`: container id -> host name); the containers' processes are seen
+    here, on the kernel they share. Also the whole machine's busy time (/proc/stat), which
+    includes wrk's own and the time of any process that exited meanwhile (wrk's is lost that
+    way; Apache's and Redis's daemons stay)."""
     ticks = os.sysconf("SC_CLK_TCK")
     spent: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -184,7 +185,7 @@ def cpu_by_daemon(containers: dict[str, str]) -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         found = re.search(r"docker[/-]([0-9a-f]{64})", group)
-        host = containers.get(found[1], "other container") if found else "this machine"
+        host = names.get(found[1], "other container") if found else "this machine"
         line = line.strip()
         named = (name.format(*m.groups()) for pattern, name in DAEMONS if (m := re.search(pattern, line)))
         daemon = next(named, "kernel threads" if not line else "other processes")
