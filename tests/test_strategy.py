@@ -1,5 +1,6 @@
-"""The kit's strategy plugin (tools/ansible/strategy/mitogen_linear.py): Mitogen's scan of what
-a module imports gives the same answer with the kit's compile cache, and sees an edited file."""
+"""The kit's strategy plugin (tools/ansible/strategy/mitogen_linear.py) makes two of Mitogen's
+costs once per run: its scan of what a module imports gives the same answer with the compile
+cache and sees an edited file; the collections listed once are the ones Ansible lists."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import ansible_mitogen.module_finder as finder
+from ansible.plugins.loader import init_plugin_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tools" / "ansible" / "strategy" / "mitogen_linear.py"
@@ -43,3 +45,14 @@ def test_an_edited_module_is_scanned_again(tmp_path: Path) -> None:
     after = {name for name, _, _ in _scan(module)}
     assert "ansible.module_utils.urls" not in before
     assert "ansible.module_utils.urls" in after
+
+
+def test_the_collections_are_listed_once_with_the_same_answer() -> None:
+    init_plugin_loader()  # as ansible-playbook does before it runs a play
+    listed = strategy.listed_once()
+    assert list(listed()) == list(strategy._list_collection_dirs())
+    assert any(path.endswith(b"ansible_collections/community/crypto") for path in listed())
+    # With search paths or a filter it lists again, as Ansible's own function does.
+    assert list(listed(coll_filter="community.crypto")) == list(
+        strategy._list_collection_dirs(coll_filter="community.crypto")
+    )
