@@ -5,10 +5,12 @@ cache and sees an edited file; the collections listed once are the ones Ansible 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import ansible_mitogen.module_finder as finder
-from ansible.plugins.loader import init_plugin_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tools" / "ansible" / "strategy" / "mitogen_linear.py"
@@ -48,11 +50,28 @@ def test_an_edited_module_is_scanned_again(tmp_path: Path) -> None:
 
 
 def test_the_collections_are_listed_once_with_the_same_answer() -> None:
-    init_plugin_loader()  # as ansible-playbook does before it runs a play
-    listed = strategy.listed_once()
-    assert list(listed()) == list(strategy._list_collection_dirs())
-    assert any(path.endswith(b"ansible_collections/community/crypto") for path in listed())
+    # In a process of its own: Ansible's collection loader, once set up, stays in sys.meta_path.
+    probe = f"""
+import importlib.util, json
+from ansible.plugins.loader import init_plugin_loader
+spec = importlib.util.spec_from_file_location("kit_strategy", {str(PLUGIN)!r})
+strategy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(strategy)
+init_plugin_loader()  # as ansible-playbook does before it runs a play
+ansible_list, calls = strategy._list_collection_dirs, []
+strategy._list_collection_dirs = lambda *args, **kwargs: calls.append(1) or ansible_list(*args, **kwargs)
+listed = strategy.listed_once()
+print(json.dumps({{
+    "once": [p.decode() for p in listed()],
+    "again": [p.decode() for p in listed()],
+    "calls": len(calls),
+    "ansible": [p.decode() for p in ansible_list()],
+    "filtered": [p.decode() for p in listed(coll_filter="community.crypto")],
+}}))
+"""
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True).stdout)
+    assert found["once"] == found["again"] == found["ansible"]
+    assert found["calls"] == 1  # listed when the play starts, not at each task
+    assert any(path.endswith("ansible_collections/community/crypto") for path in found["once"])
     # With search paths or a filter it lists again, as Ansible's own function does.
-    assert list(listed(coll_filter="community.crypto")) == list(
-        strategy._list_collection_dirs(coll_filter="community.crypto")
-    )
+    assert [path.rsplit("/", 2)[-2:] for path in found["filtered"]] == [["community", "crypto"]]
