@@ -23,10 +23,13 @@ no-op site.yml, development topology):
   lists the installed collections, importing each and reading its YAML: 48 collections in the
   `ansible` package, 2.5 s over a run. The list is now made once, in the process that forks
   the workers, and they inherit it: 0.3 s.
-A no-op site.yml on the development topology went from 18.5-18.7 to 14.5-16.0 s.
+With the first alone, a no-op site.yml on the development topology went from 18.5-18.7 to
+14.5-16.0 s; the second shows in py-spy's samples, not beyond the spread of wall times here.
 """
 
 import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import ansible.collections.list
 import ansible_mitogen.affinity
@@ -40,18 +43,18 @@ ansible_mitogen.module_finder.compile = functools.lru_cache(maxsize=1024)(compil
 _list_collection_dirs = ansible.collections.list.list_collection_dirs
 
 
-def listed_once():
+def listed_once() -> Callable[..., Iterator[bytes]]:
     """list_collection_dirs with the configured search paths, listed once from now on."""
     found = list(_list_collection_dirs())
 
-    def list_collection_dirs(*args, **kwargs):
+    def list_collection_dirs(*args: Any, **kwargs: Any) -> Iterator[bytes]:
         return iter(found) if not (args or kwargs) else _list_collection_dirs(*args, **kwargs)
 
     return list_collection_dirs
 
 
 class StrategyModule(_MitogenLinear):
-    def run(self, iterator, play_context):
+    def run(self, iterator: Any, play_context: Any) -> int:
         # Collections do not come and go during a run.
         ansible.collections.list.list_collection_dirs = listed_once()
         return super().run(iterator, play_context)
