@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform as host_platform
 import re
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ sys.path[:0] = [str(ROOT / "molecule" / "resources" / "tests"), str(ROOT / "plug
 
 import kit_checks  # noqa: E402
 import kit_faults  # noqa: E402
+from chaos import machine  # noqa: E402
 
 INVENTORY = ROOT / "inventories" / "dev"
 RESULTS = ROOT / "bench" / "results"
@@ -391,7 +391,8 @@ def failover() -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        f"Measured by `make bench` on {report['date']} ({report['machine']['cpus']} cores, "
+        f"Measured by `make bench` on {report['date']} ({report['machine']['cpus']} cores"
+        f"{', ' + report['machine']['cpu'] if report['machine'].get('cpu') else ''}, "
         "inventories/dev: every host a container on one machine).",
         "",
         "| Drain, no-op jobs | Kit's worker | RQ `Worker` | RQ `SimpleWorker` | Kit / `Worker` "
@@ -498,7 +499,7 @@ def main() -> int:
     if not fresh and kit_faults.http_status("http://localhost:8080/healthz") != 200:
         fresh = True
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    report: dict = {"date": stamp, "machine": {"cpus": os.cpu_count(), "system": host_platform.platform()}}
+    report: dict = {"date": stamp, "machine": machine()}
     report["deploy"] = deploy(fresh)
     platform = kit_faults.Platform.from_inventory()
     platform.wait_healthy()

@@ -47,6 +47,19 @@ COLUMNS = [
 ]
 
 
+def machine() -> dict:
+    """What the figures were measured on: rates move with the CPU, not only with the core count
+    (README, "Performance": hello-world 2.5 times faster on one machine than on another). A
+    virtual machine's model name is often generic; its family and model numbers are not."""
+    info: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())  # the first CPU's
+    family, model = info.get("cpu family", "?"), info.get("model", "?")
+    cpu = f"{info.get('model name', 'unknown')} (family {family}, model {model})"
+    return {"cpus": os.cpu_count(), "cpu": cpu, "system": host_platform.platform()}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
@@ -89,7 +102,7 @@ def main() -> int:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     report = {
         "date": stamp,
-        "machine": {"cpus": os.cpu_count(), "system": host_platform.platform()},
+        "machine": machine(),
         "topology": "inventories/dev (make dev)",
         "minutes": round((time.monotonic() - started) / 60, 1),
         "summary": rows,
