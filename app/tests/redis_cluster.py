@@ -393,15 +393,28 @@ class Cluster:
         return old, new
 
     def wait_healthy(self) -> None:
-        """Master known, replica linked: the state every test starts from."""
+        """Master known, replica linked and seen up by every running Sentinel: the state every
+        test starts from. A Sentinel clears a replica's s_down flag only at its next PING after
+        the replica answers again: a test that freezes the replica right after one that thawed
+        it would otherwise find the old flag and go on before that Sentinel had seen the new
+        freeze (test_store.py, a failed CI run: "Sentinel ... could promote" the frozen one)."""
 
         def healthy() -> bool:
             master = self.master_port()
             replica = next(p for p in self.data_ports if p != master)
             info = self.admin(replica).info("replication")
-            return info.get("master_port") == master and info.get("master_link_status") == "up"
+            if info.get("master_port") != master or info.get("master_link_status") != "up":
+                return False
+            sentinels = [
+                p for p in self.sentinel_ports if p in self.processes and self.processes[p].poll() is None
+            ]
+            return not any(
+                r["is_sdown"] and int(r["port"]) == replica
+                for p in sentinels
+                for r in self.sentinel(p).sentinel_slaves(MASTER_NAME)
+            )
 
-        wait_until(healthy, 60, "the replica to follow the master")
+        wait_until(healthy, 60, "the replica to follow the master and every Sentinel to see it up")
 
     def flush(self) -> None:
         self.wait_healthy()
