@@ -4,7 +4,6 @@ cache and sees an edited file; the collections listed once are the ones Ansible 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,11 +11,9 @@ from pathlib import Path
 
 import ansible_mitogen.module_finder as finder
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = ROOT / "tools" / "ansible" / "strategy" / "mitogen_linear.py"
-spec = importlib.util.spec_from_file_location("kit_strategy", PLUGIN)
-strategy = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(strategy)
+STRATEGIES = Path(__file__).resolve().parents[1] / "tools" / "ansible" / "strategy"
+sys.path.insert(0, str(STRATEGIES))
+import mitogen_linear  # noqa: E402, F401  (the plugin, as ansible.cfg's strategy_plugins loads it)
 
 MODULE_UTILS = Path(finder.__file__).parents[1] / "ansible" / "module_utils"
 SEARCH = [str(MODULE_UTILS)]
@@ -52,11 +49,10 @@ def test_an_edited_module_is_scanned_again(tmp_path: Path) -> None:
 def test_the_collections_are_listed_once_with_the_same_answer() -> None:
     # In a process of its own: Ansible's collection loader, once set up, stays in sys.meta_path.
     probe = f"""
-import importlib.util, json
+import json, sys
 from ansible.plugins.loader import init_plugin_loader
-spec = importlib.util.spec_from_file_location("kit_strategy", {str(PLUGIN)!r})
-strategy = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(strategy)
+sys.path.insert(0, {str(STRATEGIES)!r})
+import mitogen_linear as strategy
 init_plugin_loader()  # as ansible-playbook does before it runs a play
 ansible_list, calls = strategy._list_collection_dirs, []
 strategy._list_collection_dirs = lambda *args, **kwargs: calls.append(1) or ansible_list(*args, **kwargs)

@@ -391,8 +391,8 @@ def failover() -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        f"Measured by `make bench` on {report['date']} ({report['machine']['cpus']} cores"
-        f"{', ' + report['machine']['cpu'] if report['machine'].get('cpu') else ''}, "
+        f"Measured by `make bench` on {report['date']} ({report['machine']['cpus']} cores, "
+        f"{report['machine']['cpu']}, "
         "inventories/dev: every host a container on one machine).",
         "",
         "| Drain, no-op jobs | Kit's worker | RQ `Worker` | RQ `SimpleWorker` | Kit / `Worker` "
