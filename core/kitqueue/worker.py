@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from rq.serializers import JSONSerializer
 
-from . import registry, stats
+from . import pool, registry, stats
 from .config import for_worker
 from .fetch import ReliableQueue
 from .follow import MasterWatch
@@ -60,10 +60,12 @@ class KitWorker(PreforkWorker):
         stats_prefix: str = "kitqueue",
         settings: dict[str, Any] | None = None,
         watch: MasterWatch | None = None,
+        notify: Callable[[str], None] = sd_notify,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.watch = watch
+        self.notify = notify  # what tells systemd (or a pool, pool.py) the worker's state
         if (
             watch is not None
             and issubclass(self.queue_class, ReliableQueue)
@@ -80,7 +82,7 @@ class KitWorker(PreforkWorker):
         """Registered in Redis: from now on it takes jobs. systemd's start (and so a rolling
         restart) waits for this moment."""
         super().register_birth(*args, **kwargs)
-        sd_notify(f"READY=1\nSTATUS=registered as {self.name}")
+        self.notify(f"READY=1\nSTATUS=registered as {self.name}")
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """A warm shutdown (SIGTERM, SIGINT). RQ stops an idle worker by raising StopRequested
@@ -135,7 +137,7 @@ class KitWorker(PreforkWorker):
     def procline(self, message: str) -> None:
         super().procline(message)
         if not self.is_horse:  # systemd hears the main process only (NotifyAccess=main)
-            sd_notify(f"STATUS={message}")
+            self.notify(f"STATUS={message}")
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a running job stays "started" without a heartbeat before it counts as
@@ -250,7 +252,9 @@ def check_schedules(config: dict[str, Any]) -> list[dict[str, Any]]:
     return schedules
 
 
-def build_worker(store: Store, queue_names: list[str], name: str) -> KitWorker:
+def build_worker(
+    store: Store, queue_names: list[str], name: str, notify: Callable[[str], None] = sd_notify
+) -> KitWorker:
     config = store.config
     queue_class = ReliableQueue.configured(store.key("wake"), float(config["WORKER_INTERMEDIATE_GRACE"]))
     return KitWorker(
@@ -259,6 +263,7 @@ def build_worker(store: Store, queue_names: list[str], name: str) -> KitWorker:
         stats_prefix=store.key_prefix,
         settings=config,
         watch=MasterWatch(store, float(config["WORKER_MASTER_CHECK_SECONDS"])),
+        notify=notify,
         max_jobs=int(config["WORKER_MAX_JOBS"]),
         max_memory_mb=float(config["WORKER_MAX_MEMORY_MB"]),
         name=name,
@@ -281,23 +286,43 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
     )
     parser.add_argument("--queues", help="comma-separated queues in priority order (default: QUEUES)")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="jobs run at once: one worker each, forked from this process once it has loaded "
+        f"the app, and restarted when it dies (1 to {pool.MAX_SLOTS}; default 1: this process "
+        "is the worker)",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.slots <= pool.MAX_SLOTS:
+        parser.error(f"--slots must be 1 to {pool.MAX_SLOTS}, not {args.slots}")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = for_worker(load_settings())
-    store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
     queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])
     unknown = [q for q in queue_names if q not in config["QUEUES"]]
     if unknown:
         parser.error(f"unknown queue(s): {', '.join(unknown)} (QUEUES: {', '.join(config['QUEUES'])})")
-    schedules = check_schedules(config)
-    name = f"{args.name}.{os.getpid()}"
-    worker = build_worker(store, queue_names, name)
-    recurring = Recurring(store, schedules, name)
-    if schedules:
-        recurring.start()
-    try:
-        worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
-    finally:
-        recurring.stopping.set()
-    return 0
+    schedules = check_schedules(config)  # this loads the app's tasks: before any fork
+
+    def serve(notify: Callable[[str], None]) -> int:
+        store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
+        name = f"{args.name}.{os.getpid()}"
+        worker = build_worker(store, queue_names, name, notify)
+        recurring = Recurring(store, schedules, name)
+        if schedules:
+            recurring.start()
+        try:
+            worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+        finally:
+            recurring.stopping.set()
+        return 0
+
+    if args.slots == 1:
+        return serve(sd_notify)
+
+    def slot(number: int, ready: Callable[[], None]) -> int:
+        return serve(lambda message: ready() if "READY=1" in message.splitlines() else None)
+
+    return pool.Pool(args.slots, slot, sd_notify, burst=args.burst).run()

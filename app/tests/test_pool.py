@@ -1,0 +1,129 @@
+"""`fridge-worker --slots N`: one unit, N job slots forked from a parent that loaded the app
+(kitqueue/pool.py), as systemd runs it: readiness, a slot killed mid-job, a warm stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import descendants, wait_for_status
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch) -> Iterator[socket.socket]:
+    """systemd's notification socket, as the unit's NOTIFY_SOCKET (Type=notify)."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        yield sock
+
+
+def notifications(sock: socket.socket, until: str, timeout: float = 30) -> list[str]:
+    """What the pool told systemd, until a message with `until` in it (or the deadline)."""
+    heard: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not any(until in message for message in heard):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            heard.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pytest.fail(f"no {until!r} from the pool in {timeout} s; heard {heard}")
+    return heard
+
+
+def registered(admin) -> set[str]:
+    """The names of the workers registered in Redis."""
+    return {key.decode().removeprefix("rq:worker:") for key in admin.smembers("rq:workers")}
+
+
+def worker_of(admin, job_id: str) -> str:
+    return (admin.hget(f"rq:job:{job_id}", "worker_name") or b"").decode()
+
+
+def slots_of(pool_pid: int, admin) -> dict[int, str]:
+    """The pool's slot processes (pid -> worker name), not their horses."""
+    names = registered(admin)
+    return {pid: name for pid in descendants(pool_pid) for name in names if name.endswith(f".{pid}")}
+
+
+def test_a_pool_is_ready_once_every_slot_takes_jobs_and_runs_that_many_at_once(
+    client, workers, admin, notify_socket
+):
+    (pool,) = workers.start(1, "--slots", "3")
+    heard = notifications(notify_socket, "READY=1")
+    ready = next(message for message in heard if "READY=1" in message)
+    assert "STATUS=3 of 3 slots taking jobs" in ready, heard
+    # Only the parent speaks to systemd (NotifyAccess=main); its slots registered first.
+    assert len(slots_of(pool.pid, admin)) == 3, registered(admin)
+
+    ids = [client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"] for _ in range(3)]
+    started = time.monotonic()
+    done = [wait_for_status(client, job_id, {"finished", "failed"}, timeout=30) for job_id in ids]
+    assert [d["status"] for d in done] == ["finished"] * 3, done
+    assert time.monotonic() - started < 5, "three 2 s jobs ran one after the other"
+    assert len({worker_of(admin, job_id) for job_id in ids}) == 3
+
+
+def test_a_slot_killed_mid_job_is_replaced_and_its_job_runs_again(client, workers, admin, notify_socket):
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [1]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"}, timeout=15)
+    victim = next(pid for pid, name in slots_of(pool.pid, admin).items() if name == worker_of(admin, job_id))
+    for pid in [victim, *descendants(victim)]:  # the slot and its horse at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # The pool starts a new worker in that slot; the job, abandoned, is retried and finished.
+    heard = notifications(notify_socket, "STATUS=2 of 2", timeout=30)
+    assert pool.poll() is None
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=60)
+    assert done["status"] == "finished", (done, heard)
+    assert done["retries_left"] == 1
+    assert victim not in slots_of(pool.pid, admin)
+    assert len(slots_of(pool.pid, admin)) == 2
+
+
+def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, workers, notify_socket):
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    ids = [client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"] for _ in range(2)]
+    for job_id in ids:
+        wait_for_status(client, job_id, {"started"}, timeout=15)
+    pool.send_signal(signal.SIGTERM)  # systemd's stop: to the main process only (KillMode=mixed)
+    assert pool.wait(timeout=30) == 0
+    assert "STOPPING=1" in "".join(notifications(notify_socket, "slots stopped"))
+    for job_id in ids:
+        done = client.get(f"/jobs/{job_id}").get_json()
+        assert done["status"] == "finished", done
+    assert descendants(pool.pid) == []
+
+
+def test_when_the_pool_dies_its_slots_finish_their_jobs_and_stop(client, workers, admin, notify_socket):
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    slots = list(slots_of(pool.pid, admin))
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"}, timeout=15)
+    pool.send_signal(signal.SIGKILL)  # the parent alone: the kernel tells each slot (SIGTERM)
+    pool.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in slots):
+        assert time.monotonic() < deadline, [pid for pid in slots if _alive(pid)]
+        time.sleep(0.1)
+    done = client.get(f"/jobs/{job_id}").get_json()
+    assert done["status"] == "finished", done  # a warm stop: the running job was not cut short
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
