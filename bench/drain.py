@@ -12,7 +12,8 @@ is not counted). Memory: the proportional set size (PSS) of one worker with its 
 (its horse), sampled every 50 ms over that same time: the mean and the peak. Kinds:
 - fridge: the kit's worker (one preforked work horse runs many jobs);
 - rq: RQ's stock forking `Worker` (a fork for every job);
-- rq-simple: RQ's `SimpleWorker` (no fork at all: no crash isolation; the ceiling).
+- rq-simple: RQ's `SimpleWorker` (no fork at all: no crash isolation; the ceiling);
+- fridge-pool, rq-pool: with 2 or more workers, one process forks them all (see POOLS).
 """
 
 from __future__ import annotations
@@ -33,21 +34,35 @@ from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 from fridge.config import for_worker, load
 from kitqueue.store import Store
-from kitqueue.worker import build_worker
+from kitqueue.worker import build_worker, run_slots
 
-kind, queue, name = sys.argv[1:4]
+kind, queue, name, slots = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 store = Store(for_worker(load()))
+quiet = {"burst": True, "with_scheduler": False, "logging_level": "WARNING"}
+if kind == "fridge-pool":  # fridge-worker --slots
+    sys.exit(run_slots(store, [queue], name, slots, lambda worker: worker.work(**quiet), burst=True))
 if kind == "fridge":
     worker = build_worker(store, [queue], name)
+elif kind == "rq-pool":
+    from rq.worker_pool import WorkerPool
+    master = store.node(store.master_address())  # its workers rebuild a plain connection from it
+    WorkerPool([queue], connection=master, num_workers=slots, serializer=JSONSerializer).start(
+        burst=True, logging_level="WARNING"
+    )
+    sys.exit(0)
 else:
     from rq import Queue
     cls = Worker if kind == "rq" else SimpleWorker
     worker = cls([Queue(queue, connection=store.redis, serializer=JSONSerializer)],
                  connection=store.redis, serializer=JSONSerializer, name=name)
-worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+worker.work(**quiet)
 """
 
-KINDS = ("fridge", "rq", "rq-simple")
+KINDS = ("fridge", "rq", "rq-simple", "fridge-pool", "rq-pool")
+# One process whose `workers` slots are worker processes forked from it: `fridge-worker --slots`
+# (kitqueue/pool.py) and RQ's WorkerPool (`rq worker-pool`). Their memory is per slot: the
+# whole process tree's over the number of slots. With one worker they are the plain kinds.
+POOLS = ("fridge-pool", "rq-pool")
 # A job that runs this long (fridge.tasks.sleep): RQ's horse then lives for most of the run, as
 # it does with real work, where with no-op jobs its worker is mostly the parent alone.
 BUSY_SECONDS = 0.3
@@ -85,14 +100,17 @@ def drain(store, kind: str, jobs: int, workers: int, job_seconds: float = 0.0) -
         enqueued = queue.enqueue_many(data, pipeline=pipe)
         pipe.execute()
     ids = [job.id for job in enqueued]
+    pooled = kind in POOLS
+    command = [sys.executable, "-c", CHILD, kind, name]
     procs = [
-        subprocess.Popen([sys.executable, "-c", CHILD, kind, name, f"{name}-{n}"], env=os.environ)  # noqa: S603
-        for n in range(workers)
+        subprocess.Popen([*command, f"{name}-{n}", str(workers)], env=os.environ)  # noqa: S603
+        for n in range(1 if pooled else workers)
     ]
-    sampled: list[tuple[float, float]] = []  # (when, PSS of one worker)
+    slots = workers if pooled else 1  # job slots in each process's tree
+    sampled: list[tuple[float, float]] = []  # (when, PSS of one worker, or one slot of a pool)
     while any(p.poll() is None for p in procs):
         now = time.time()
-        sampled += [(now, m) for m in (pss_mib(p.pid) for p in procs if p.poll() is None) if m]
+        sampled += [(now, m / slots) for m in (pss_mib(p.pid) for p in procs if p.poll() is None) if m]
         time.sleep(0.05)
     with store.redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
@@ -149,6 +167,8 @@ def main() -> int:
     results = []
     for workers in map(int, args.workers.split(",")):
         for kind in args.kinds.split(","):
+            if kind in POOLS and workers == 1:
+                continue
             result = drain(store, kind, args.jobs * workers, workers)
             print(json.dumps(result), file=sys.stderr)
             results.append(result)
