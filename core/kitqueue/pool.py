@@ -95,15 +95,17 @@ class Pool:
         readable = select.select([ready_out, *self.running], [], [], timeout)[0]
         if ready_out in readable:
             self.ready.update(os.read(ready_out, 512))
-            state = f"STATUS={len(self.ready)} of {self.slots} slots taking jobs"
             # systemd's start (and so a rolling restart) waits until every slot takes jobs.
-            self.notify(f"READY=1\n{state}" if len(self.ready) == self.slots else state)
+            self.notify(f"READY=1\n{self._status()}" if len(self.ready) == self.slots else self._status())
         for pidfd in (fd for fd in readable if fd in self.running):
             self._reap(self.running.pop(pidfd))
         for slot, when in list(self.due.items()):
             if not self.stopping and when <= time.monotonic():
                 del self.due[slot]
                 self._fork(slot, ready_out, ready_in)
+
+    def _status(self) -> str:
+        return f"STATUS={len(self.ready)} of {self.slots} slots taking jobs"
 
     def _reap(self, ended: _Running) -> None:
         os.close(ended.pidfd)
@@ -114,6 +116,7 @@ class Pool:
         self.ready.discard(ended.slot)
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         log.warning("slot %d (pid %d) ended (%s); it starts again", ended.slot, ended.pid, how)
+        self.notify(self._status())
         # Not sooner than respawn_seconds after its last start: a slot that cannot start
         # (Redis unreachable, a bad setting) does not spin.
         self.due[ended.slot] = max(time.monotonic(), ended.started + self.respawn_seconds)

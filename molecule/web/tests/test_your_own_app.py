@@ -77,6 +77,48 @@ def test_the_example_app_runs_its_own_task_with_its_own_dependency_version():
     }, registered
 
 
+def slot_workers(host, unit: str) -> dict[int, str]:
+    """The unit's job slots: its main process's children (pid -> process title)."""
+    main = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+    pids = host.run(f"cat /proc/{main}/task/{main}/children").stdout.split()
+    return {int(pid): host.run(f"ps -o args= -p {pid}").stdout.strip() for pid in pids}
+
+
+def test_the_example_app_s_unit_runs_two_job_slots_and_replaces_one_killed():
+    """rq_workers_slots: 2 (converge.yml): one unit, two workers forked from its process. A
+    slot killed by the kernel (SIGKILL, as the OOM killer does) is replaced by the unit itself:
+    systemd does not restart the unit and the other slot carries on."""
+    host = get_host(APP_HOST)
+    unit = "pantry-worker@1.service"
+
+    def show(prop: str) -> str:
+        return host.run(f"systemctl show -p {prop} --value {unit}").stdout.strip()
+
+    restarts = show("NRestarts")
+    assert show("StatusText") == "2 of 2 slots taking jobs"
+    slots = slot_workers(host, unit)
+    assert len(slots) == 2, slots
+    assert all(title.startswith("rq:worker:") for title in slots.values()), slots
+    victim = min(slots)
+    assert host.run(f"kill -KILL {victim}").rc == 0
+    wait_for(
+        lambda: len(new := slot_workers(host, unit)) == 2 and victim not in new,
+        30,
+        "a new slot in place of the killed one",
+        0.3,
+    )
+    wait_for(lambda: show("StatusText") == "2 of 2 slots taking jobs", 30, "both slots taking jobs", 0.3)
+    assert (show("ActiveState"), show("NRestarts")) == ("active", restarts)
+    job = pantry("/stock/salt", "POST")
+    done = wait_for(
+        lambda: (r := pantry(f"/jobs/{job['job_id']}"))["status"] in ("finished", "failed") and r,
+        30,
+        "the stock job to finish",
+        0.3,
+    )
+    assert done["status"] == "finished", done
+
+
 def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
     """pantry's clients keep posting while the master's host is frozen (no TCP reset reaches
     anyone) until the Sentinels promote the replica: every 202 is a job that runs."""
