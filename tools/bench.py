@@ -277,7 +277,7 @@ def drain(platform: kit_faults.Platform) -> tuple[list[dict], dict]:
     run jobs that last (bench/drain.py --busy)."""
     host = platform.workers[0]
     unit = platform.worker_units.replace("*", "1")
-    print(f"==> Drain on {host}: the kit's worker, RQ's Worker and SimpleWorker", flush=True)
+    print(f"==> Drain on {host}: the kit's worker, RQ's Worker and SimpleWorker; both pools", flush=True)
     env = kit_faults.sh(host, f"systemctl show -p Environment --value {unit}").split()
     python = kit_faults.sh(host, f"systemctl show -p ExecStart --value {unit}")
     python = re.search(r"path=(\S+)/[^/ ]+-worker ", python)[1] + "/python"
@@ -303,7 +303,12 @@ def drain(platform: kit_faults.Platform) -> tuple[list[dict], dict]:
         workers(platform, "start")
     if proc.returncode:
         sys.exit(f"bench/drain.py failed:\n{proc.stderr[-4000:]}")
-    results = json.loads(proc.stdout)
+    return drain_rows(json.loads(proc.stdout))
+
+
+def drain_rows(results: list[dict]) -> tuple[list[dict], dict]:
+    """bench/drain.py's results as the drain table's rows (one per number of workers) and the
+    memory while jobs run."""
     busy = {r["kind"]: r for r in results if r["job_seconds"]}
     results = [r for r in results if not r["job_seconds"]]
     rows = []
@@ -406,6 +411,22 @@ def markdown(report: dict) -> str:
             f"**{r['kit_over_rq']:.2f}x** | {r['kit_over_simple']:.2f}x | "
             f"{r['fridge_pss_mib']:.1f} ({r['fridge_pss_mib_peak']:.1f}), "
             f"{r['rq_pss_mib']:.1f} ({r['rq_pss_mib_peak']:.1f}) |"
+        )
+    pooled = [r for r in report["drain"] if "fridge-pool_pss_mib" in r]
+    if pooled:
+        lines += [
+            "",
+            "| Job slots in one process | Kit (`--slots`) | RQ `WorkerPool` | Kit / `WorkerPool` "
+            "| PSS per slot, mean (peak): kit, `WorkerPool`, one RQ `Worker` each (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+    for r in pooled:
+        lines.append(
+            f"| {r['workers']} slots | {r['fridge-pool_jobs_per_second']:.0f} jobs/s | "
+            f"{r['rq-pool_jobs_per_second']:.0f} | "
+            f"{r['fridge-pool_jobs_per_second'] / r['rq-pool_jobs_per_second']:.2f}x | "
+            f"**{r['fridge-pool_pss_mib']:.1f}** ({r['fridge-pool_pss_mib_peak']:.1f}), "
+            f"{r['rq-pool_pss_mib']:.1f} ({r['rq-pool_pss_mib_peak']:.1f}), {r['rq_pss_mib']:.1f} |"
         )
     if b := report.get("memory_while_busy"):
         lines += [
