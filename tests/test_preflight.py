@@ -447,3 +447,16 @@ def test_a_redis_certificate_must_name_the_node_and_be_valid_now(tmp_path, addre
     assert result.returncode != 0
     assert "must name this node's address (IP:127.0.0.1) and be valid now" in said
     assert f"SANs: IP:{address}" in said if address else "SANs: none" in said
+
+
+@pytest.mark.parametrize(("slots", "refused"), [(2, False), (0, True), (65, True)])
+def test_worker_slots_out_of_range_are_refused_naming_the_setting(tmp_path, slots, refused):
+    playbook = tmp_path / "workers.yml"
+    playbook.write_text(
+        "- hosts: all\n  gather_facts: false\n  roles:\n    - role: kit.jobqueue.rq_workers\n"
+        f"      vars: {{rq_workers_app: probe, rq_workers_slots: {slots}, rq_workers_in_container: false}}\n"
+    )
+    result = run(str(playbook), "rq_workers_preflight", tmp_path)
+    assert (result.returncode != 0) == refused, result.stdout[-3000:]
+    if refused:
+        assert f"rq_workers_slots 1 to 64 (got {slots})" in result.stdout
