@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,16 @@ def test_a_slot_killed_mid_job_is_replaced_and_its_job_runs_again(client, worker
     assert done["retries_left"] == 1
     assert victim not in slots_of(pool.pid, admin)
     assert len(slots_of(pool.pid, admin)) == 2
+    # Nothing the killed slot started stays behind (RQ's scheduler runs in a process it forks).
+    deadline = time.monotonic() + 10
+    while left := [pid for pid in group(victim) if _alive(pid)]:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
+def group(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True, check=True)
+    return [int(pid) for pid, of in (line.split() for line in out.stdout.splitlines()) if int(of) == pgid]
 
 
 def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, workers, notify_socket):
@@ -96,13 +107,33 @@ def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, work
     ids = [client.post("/jobs", json={"task": "sleep", "args": [2]}).get_json()["job_id"] for _ in range(2)]
     for job_id in ids:
         wait_for_status(client, job_id, {"started"}, timeout=15)
+    under = descendants(pool.pid)  # the slots and their horses
+    assert len(under) >= 4, under
     pool.send_signal(signal.SIGTERM)  # systemd's stop: to the main process only (KillMode=mixed)
     assert pool.wait(timeout=30) == 0
     assert "STOPPING=1" in "".join(notifications(notify_socket, "slots stopped"))
     for job_id in ids:
         done = client.get(f"/jobs/{job_id}").get_json()
         assert done["status"] == "finished", done
-    assert descendants(pool.pid) == []
+    assert [pid for pid in under if _alive(pid)] == []
+
+
+@pytest.mark.parametrize("after", [0.0, 0.3, 0.6, 1.0])
+def test_a_stop_while_the_slots_start_stops_them_all(workers, after):
+    """systemctl stop (or restart) right after a start: whenever the signal comes, while the
+    pool imports, forks its slots or waits for them, it reaches every slot."""
+    (pool,) = workers.start(1, "--slots", "3")
+    time.sleep(after)
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) in (0, -signal.SIGTERM)  # -SIGTERM: before its handler was set
+
+
+def test_the_pool_keeps_no_connection_of_its_own(workers, admin, notify_socket):
+    workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    names = [client["name"] for client in admin.client_list()]
+    assert "test-worker-0.pool" not in names, names
+    assert len([n for n in names if n.startswith("test-worker-0.")]) >= 2, names
 
 
 def test_when_the_pool_dies_its_slots_finish_their_jobs_and_stop(client, workers, admin, notify_socket):

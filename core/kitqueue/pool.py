@@ -3,11 +3,13 @@ per slot and keeps that many running (resque-pool's and Unicorn's master). The s
 parent's memory until they write to it, so a slot costs what its worker and its horse write,
 not a whole interpreter with the app.
 
-The parent runs no job and opens no Redis connection. It restarts a slot that died (after
+The parent runs no job and keeps no Redis connection. It restarts a slot that died (after
 `respawn_seconds`, as systemd's RestartSec would), tells systemd it is ready once every slot
 has registered, and passes SIGTERM and SIGINT on to the slots: each finishes its running job
 and exits (RQ's warm shutdown; a second signal kills the jobs), and the parent exits when the
-last one has. A slot whose parent is gone is sent SIGTERM by the kernel, and stops the same way.
+last one has. A slot whose parent is gone is sent SIGTERM by the kernel, and stops the same way
+(under systemd, the unit's stop then kills what is left at once: KillMode=mixed sends SIGKILL to
+the other processes once the main one has gone, and their jobs are retried as abandoned ones).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ Slot = Callable[[int, Callable[[], None]], int]
 class _Running:
     slot: int
     pid: int
-    pidfd: int
     started: float
 
 
@@ -60,7 +61,6 @@ class Pool:
         self.running: dict[int, _Running] = {}  # by pidfd
         self.due: dict[int, float] = {}  # slot -> when it starts again
         self.ready: set[int] = set()
-        self.started = 0  # slot processes started, restarts included
         self.stopping = False
 
     def run(self) -> int:
@@ -98,7 +98,7 @@ class Pool:
             # systemd's start (and so a rolling restart) waits until every slot takes jobs.
             self.notify(f"READY=1\n{self._status()}" if len(self.ready) == self.slots else self._status())
         for pidfd in (fd for fd in readable if fd in self.running):
-            self._reap(self.running.pop(pidfd))
+            self._reap(pidfd)
         for slot, when in list(self.due.items()):
             if not self.stopping and when <= time.monotonic():
                 del self.due[slot]
@@ -107,9 +107,14 @@ class Pool:
     def _status(self) -> str:
         return f"STATUS={len(self.ready)} of {self.slots} slots taking jobs"
 
-    def _reap(self, ended: _Running) -> None:
-        os.close(ended.pidfd)
+    def _reap(self, pidfd: int) -> None:
+        ended = self.running.pop(pidfd)
+        os.close(pidfd)
         _, status = os.waitpid(ended.pid, 0)
+        # What the slot started and left behind (RQ's scheduler, a forked process) goes with it;
+        # its horse has a group of its own and stops once it has no parent.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ended.pid, signal.SIGTERM)
         code = os.waitstatus_to_exitcode(status)
         if self.stopping or (self.burst and code == 0):
             return
@@ -123,31 +128,41 @@ class Pool:
 
     def _fork(self, slot: int, ready_out: int, ready_in: int) -> None:
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the slot: it never returns
-            code = 1
-            try:
-                for number in _STOP_SIGNALS:
-                    signal.signal(number, signal.SIG_DFL)
-                os.close(ready_out)
-                _stop_with(parent)
-                for running in self.running.values():
-                    os.close(running.pidfd)
+        # A stop signal that comes while the slot is forked waits until the slot is in
+        # self.running: _stop then passes it on. The slot itself must not run _stop (a copy of
+        # this process's handler) in that window: it would keep the signal and work on.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            if self.stopping:
+                return
+            pid = os.fork()
+            if pid == 0:  # the slot: it never returns
+                code = 1
+                try:
+                    os.setpgid(0, 0)  # the slot and what it starts, apart from the instance
+                    for number in _STOP_SIGNALS:
+                        signal.signal(number, signal.SIG_DFL)  # until its worker has its own
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                    os.close(ready_out)
+                    for pidfd in self.running:
+                        os.close(pidfd)
+                    _stop_with(parent)
 
-                def ready() -> None:
-                    with contextlib.suppress(OSError):
-                        os.write(ready_in, bytes([slot]))
+                    def ready() -> None:
+                        with contextlib.suppress(OSError):
+                            os.write(ready_in, bytes([slot]))
 
-                code = self.work(slot, ready)
-            except BaseException:
-                log.exception("slot %d failed", slot)
-            finally:
-                os._exit(code)
-        pidfd = os.pidfd_open(pid)
-        self.running[pidfd] = _Running(slot, pid, pidfd, time.monotonic())
-        self.started += 1
-        if self.stopping:  # the stop signal came while it was being forked
-            os.kill(pid, signal.SIGTERM)
+                    code = self.work(slot, ready)
+                except BaseException:
+                    log.exception("slot %d failed", slot)
+                finally:
+                    os._exit(code)
+            self.running[os.pidfd_open(pid)] = _Running(slot, pid, time.monotonic())
+            # A signal caught just before the mask, whose handler ran right after the fork.
+            if self.stopping:
+                os.kill(pid, signal.SIGTERM)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _stop_with(parent: int) -> None:

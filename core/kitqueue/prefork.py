@@ -157,7 +157,10 @@ class PreforkWorker(Worker):
         answers_out, answers_in = os.pipe()
         parent = os.getpid()
         # The horse's collector leaves the parent's objects alone, so the pages they share are
-        # not copied for it (the gc module's advice for fork without exec).
+        # not copied for it (the gc module's advice for fork without exec). A worker forked by a
+        # pool (pool.py) came frozen, and stays so: thawing would hand the pool's objects to its
+        # collector, whose full collections would then copy the pool's pages for every slot.
+        thaw = gc.get_freeze_count() == 0
         gc.freeze()
         pid = os.fork()
         if pid == 0:  # the horse: it never returns
@@ -168,7 +171,8 @@ class PreforkWorker(Worker):
                 code = self._run_horse(parent, jobs_out, answers_in)
             finally:
                 os._exit(code)
-        gc.unfreeze()
+        if thaw:
+            gc.unfreeze()
         os.close(jobs_out)
         os.close(answers_in)
         self._horse = Horse(pid, jobs_in, answers_out, os.pidfd_open(pid))

@@ -481,6 +481,13 @@ class Store:
                 f"{limit:.0%} (ENQUEUE_MEMORY_LIMIT) so that the workers can drain the queues"
             )
 
+    def disconnect(self) -> None:
+        """Close this process's connections to Redis and the Sentinels; a later command opens
+        new ones."""
+        self.redis.connection_pool.disconnect()
+        for sentinel in self.sentinel.sentinels:
+            sentinel.connection_pool.disconnect()
+
     def key(self, *parts: str) -> str:
         return ":".join((self.key_prefix, *parts))
 
