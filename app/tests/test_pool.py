@@ -89,10 +89,22 @@ def test_a_slot_killed_mid_job_is_replaced_and_its_job_runs_again(client, worker
     assert done["retries_left"] == 1
     assert victim not in slots_of(pool.pid, admin)
     assert len(slots_of(pool.pid, admin)) == 2
-    # Nothing the killed slot started stays behind (RQ's scheduler runs in a process it forks).
+
+
+def test_what_a_killed_slot_started_goes_with_it(workers, admin, notify_socket):
+    """RQ's scheduler runs in a process the slot holding its lock forks, which outlives a slot
+    killed outright: the pool ends it with the slot (each slot heads a process group)."""
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    deadline = time.monotonic() + 15
+    while not (holder := [pid for pid in slots_of(pool.pid, admin) if len(group(pid)) > 1]):
+        assert time.monotonic() < deadline, "no slot started RQ's scheduler"
+        time.sleep(0.1)
+    scheduler = [pid for pid in group(holder[0]) if pid != holder[0]]
+    os.kill(holder[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while left := [pid for pid in group(victim) if _alive(pid)]:
-        assert time.monotonic() < deadline, left
+    while left := [pid for pid in scheduler if _alive(pid)]:
+        assert time.monotonic() < deadline, f"left behind: {left}"
         time.sleep(0.1)
 
 
