@@ -30,6 +30,16 @@ def pantry(path: str, method: str = "GET") -> dict:
     return json.loads(run.stdout)
 
 
+def outcome(job_id: str) -> dict:
+    """The job once it has finished or failed (30 s at most)."""
+    return wait_for(
+        lambda: (r := pantry(f"/jobs/{job_id}"))["status"] in ("finished", "failed") and r,
+        30,
+        f"job {job_id} to finish",
+        0.3,
+    )
+
+
 def answers() -> list[tuple[str | None, int]]:
     """(job id or None, HTTP status) of every request the load has made so far."""
     found = []
@@ -55,12 +65,7 @@ def test_the_example_app_runs_its_own_task_with_its_own_dependency_version():
     assert versions == {"fridge": ["1.0.0", "2.2.0"], "pantry": ["1.0.0", "2.1.2"]}, versions
     job = pantry("/stock/honey", "POST")
     assert job["queue"] == "pantry", job
-    done = wait_for(
-        lambda: (r := pantry(f"/jobs/{job['job_id']}"))["status"] in ("finished", "failed") and r,
-        30,
-        "the stock job to finish",
-        0.3,
-    )
+    done = outcome(job["job_id"])
     assert done["status"] == "finished", done
     assert done["result"]["item"] == "honey"
     assert done["result"]["itsdangerous"] == "2.1.2"  # run by pantry's worker, in pantry's venv
@@ -110,12 +115,7 @@ def test_the_example_app_s_unit_runs_two_job_slots_and_replaces_one_killed():
     wait_for(lambda: show("StatusText") == "2 of 2 slots taking jobs", 30, "both slots taking jobs", 0.3)
     assert (show("ActiveState"), show("NRestarts")) == ("active", restarts)
     job = pantry("/stock/salt", "POST")
-    done = wait_for(
-        lambda: (r := pantry(f"/jobs/{job['job_id']}"))["status"] in ("finished", "failed") and r,
-        30,
-        "the stock job to finish",
-        0.3,
-    )
+    done = outcome(job["job_id"])
     assert done["status"] == "finished", done
 
 
