@@ -115,6 +115,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def group(pgid: int) -> list[int]:
+    """The processes of a process group."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True, check=True).stdout
+    return [int(pid) for pid, of in (line.split() for line in out.splitlines()) if int(of) == pgid]
+
+
 class Workers:
     """`fridge-worker` processes, each in its own process group like a systemd unit's cgroup."""
 

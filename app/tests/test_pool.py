@@ -7,13 +7,13 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import descendants, wait_for_status
+from conftest import alive, descendants, group, wait_for_status
+from redis_cluster import wait_until
 
 
 @pytest.fixture
@@ -96,21 +96,14 @@ def test_what_a_killed_slot_started_goes_with_it(workers, admin, notify_socket):
     killed outright: the pool ends it with the slot (each slot heads a process group)."""
     (pool,) = workers.start(1, "--slots", "2")
     notifications(notify_socket, "READY=1")
-    deadline = time.monotonic() + 15
-    while not (holder := [pid for pid in slots_of(pool.pid, admin) if len(group(pid)) > 1]):
-        assert time.monotonic() < deadline, "no slot started RQ's scheduler"
-        time.sleep(0.1)
+
+    def with_scheduler() -> list[int]:
+        return [pid for pid in slots_of(pool.pid, admin) if len(group(pid)) > 1]
+
+    holder = wait_until(with_scheduler, 15, "a slot with RQ's scheduler")
     scheduler = [pid for pid in group(holder[0]) if pid != holder[0]]
     os.kill(holder[0], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while left := [pid for pid in scheduler if _alive(pid)]:
-        assert time.monotonic() < deadline, f"left behind: {left}"
-        time.sleep(0.1)
-
-
-def group(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True, check=True)
-    return [int(pid) for pid, of in (line.split() for line in out.stdout.splitlines()) if int(of) == pgid]
+    wait_until(lambda: not any(alive(pid) for pid in scheduler), 10, f"its scheduler {scheduler} to end")
 
 
 def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, workers, notify_socket):
@@ -127,7 +120,7 @@ def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, work
     for job_id in ids:
         done = client.get(f"/jobs/{job_id}").get_json()
         assert done["status"] == "finished", done
-    assert [pid for pid in under if _alive(pid)] == []
+    assert [pid for pid in under if alive(pid)] == []
 
 
 @pytest.mark.parametrize("after", [0.0, 0.3, 0.6, 1.0])
@@ -156,17 +149,6 @@ def test_when_the_pool_dies_its_slots_finish_their_jobs_and_stop(client, workers
     wait_for_status(client, job_id, {"started"}, timeout=15)
     pool.send_signal(signal.SIGKILL)  # the parent alone: the kernel tells each slot (SIGTERM)
     pool.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in slots):
-        assert time.monotonic() < deadline, [pid for pid in slots if _alive(pid)]
-        time.sleep(0.1)
+    wait_until(lambda: not any(alive(pid) for pid in slots), 30, f"the slots {slots} to stop")
     done = client.get(f"/jobs/{job_id}").get_json()
     assert done["status"] == "finished", done  # a warm stop: the running job was not cut short
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"

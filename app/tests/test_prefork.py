@@ -10,7 +10,7 @@ import signal
 import time
 
 import pytest
-from conftest import wait_for_status
+from conftest import alive, wait_for_status
 from fridge.web import create_app
 from redis_cluster import wait_until
 from test_workers import children, proc_title
@@ -108,17 +108,9 @@ def test_the_horse_goes_with_its_worker(client, workers):
         os.kill(worker.pid, kill)
         worker.wait(timeout=20)
         deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{horse}") and _alive(horse):
+        while os.path.exists(f"/proc/{horse}") and alive(horse):
             assert time.monotonic() < deadline, f"horse {horse} outlived its worker ({kill!r})"
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def counted(admin, name: str) -> int:
@@ -126,7 +118,7 @@ def counted(admin, name: str) -> int:
 
 
 def zombies(worker) -> list[int]:
-    return [pid for pid in children(worker.pid) if not _alive(pid)]
+    return [pid for pid in children(worker.pid) if not alive(pid)]
 
 
 def test_timeouts_that_coincide_with_heartbeats_are_recorded_once(settings, workers, admin):
@@ -178,7 +170,7 @@ def test_a_cold_shutdown_kills_the_job_and_a_new_worker_runs_it_again(client, wo
     time.sleep(1.2)  # RQ ignores a second signal within a second of the first
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) is not None
-    assert not _alive(horse)
+    assert not alive(horse)
     workers.start(1)
     done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=60)
     assert (done["status"], done["retries_left"]) == ("finished", 1), done
