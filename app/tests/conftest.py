@@ -140,9 +140,10 @@ class Workers:
         self._supervising = threading.Event()
         self._supervisor: threading.Thread | None = None
 
-    def _spawn(self, index: int, args: tuple[str, ...], env: dict) -> subprocess.Popen:
+    def _spawn(self, index: int | str, args: tuple[str, ...], env: dict) -> subprocess.Popen:
+        name = index if isinstance(index, str) else f"test-worker-{index}"
         return subprocess.Popen(
-            [sys.executable, "-m", "fridge.worker", "--name", f"test-worker-{index}", *args],
+            [sys.executable, "-m", "fridge.worker", "--name", name, *args],
             env=env,
             start_new_session=True,
         )
@@ -154,6 +155,14 @@ class Workers:
         self.procs += started
         self._args, self._env = args, env
         return started
+
+    def start_named(self, name: str, *args: str, **extra) -> subprocess.Popen:
+        """One worker named `name` (`--name`), as a unit of that name starts again."""
+        env = env_for(self.cluster, **{**FAST, **extra})
+        env["PYTHONPATH"] = str(APP_DIR)
+        proc = self._spawn(name, args, env)
+        self.procs.append(proc)
+        return proc
 
     def supervise(self) -> None:
         """Restart any worker that exits, one second later: systemd's Restart=always."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for_status
+from fridge.web import create_app
 
 
 def proc_title(pid: int) -> str:
@@ -87,6 +88,33 @@ def test_a_job_whose_worker_was_sigkilled_is_retried_and_finished(client, worker
     print(f"\njob retried and finished {time.monotonic() - killed:.1f}s after its worker was SIGKILLed")
     assert done["status"] == "finished", done
     assert done["retries_left"] == 1
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_unit_restarted_after_a_kill_retries_its_last_process_s_job_at_once(settings, workers, slots):
+    """systemd's restart of a unit whose process died (Restart=always): every process of the
+    unit is gone (KillMode=mixed) before the same name starts again. With `--recover` the job
+    its last process was running is retried at once, not after the heartbeat's grace (60 s
+    here), and the retry (due 1 s later) is not held back by the scheduler lock the dead
+    process held on its queue (61 s); the job a worker of another name runs, in another
+    queue, is left alone."""
+    client = create_app({**settings, "JOB_RETRY_INTERVALS": [1]}).test_client()
+    grace = {"WORKER_HEARTBEAT_GRACE": 60}
+    options = ("--recover", "--slots", str(slots))
+    unit = workers.start_named("host-1", *options, "--queues", "low", **grace)
+    workers.start_named("host-2", *options, "--queues", "default", **grace)
+    abandoned = client.post("/jobs", json={"task": "sleep", "args": [3], "queue": "low"}).get_json()
+    running = client.post("/jobs", json={"task": "sleep", "args": [6], "queue": "default"}).get_json()
+    wait_started(client, abandoned["job_id"])
+    wait_started(client, running["job_id"])
+    workers.kill_all(unit)
+    killed = time.monotonic()
+    workers.start_named("host-1", *options, "--queues", "low", **grace)
+    done = wait_for_status(client, abandoned["job_id"], {"finished", "failed"}, timeout=20)
+    print(f"\njob retried and finished {time.monotonic() - killed:.1f}s after its unit was killed")
+    assert (done["status"], done["retries_left"]) == ("finished", 1), done
+    kept = wait_for_status(client, running["job_id"], {"finished", "failed"}, timeout=20)
+    assert (kept["status"], kept["retries_left"]) == ("finished", 2), kept
 
 
 def test_the_process_title_says_what_the_worker_does(client, workers):

@@ -10,10 +10,17 @@ stuck longer than a grace period.
 
 Idle workers block on a small wake-up list that every enqueue pushes to, and look at the
 queues again at least once a second for jobs that arrive another way (scheduled, retried).
+
+A job whose worker died while running it stays "started" until its heartbeat expires (the job
+monitoring interval plus WORKER_HEARTBEAT_GRACE), and the next maintenance pass retries it.
+A worker that owns its name (one systemd unit: `--recover`) does not wait for that: at start
+it hands the jobs its predecessors of that name were running to the same retry at once
+(`recover_predecessors`), as Sidekiq's super_fetch does for a restarted process.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -21,7 +28,12 @@ from datetime import timedelta
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.intermediate_queue import IntermediateQueue
-from rq.utils import as_text, now
+from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.scripts import release_lock
+from rq.utils import as_text, now, parse_composite_key
+
+log = logging.getLogger(__name__)
 
 # Shorter than the socket timeout (REDIS_SOCKET_TIMEOUT), which a blocking read must not reach.
 POLL_SECONDS = 0.5
@@ -110,3 +122,52 @@ class ReliableQueue(Queue):
                     # pubsub connection is in use, so it is left alone.)
                     connection.connection_pool.disconnect(inuse_connections=False)
                     raise
+
+
+def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float = 10.0) -> list[str]:
+    """Retry at once, as abandoned, the jobs that earlier workers named `<prefix>.<pid>` were
+    running, and free the scheduler locks they held; return the jobs' ids.
+
+    Only for a name one process owns: a systemd unit (`<host>-<instance>`), whose next
+    process starts only once every process of the last one has gone, so none of those jobs
+    still runs. Each job goes through RQ's own handling of an abandoned job (the maintenance
+    pass's, under the same per-queue lock): retried after its retry interval while it has
+    retries left, else failed. What this misses (an execution whose record expired) the
+    maintenance pass still finds. A scheduler lock (KitWorker names its scheduler
+    `<worker>.scheduler`) left to lapse would hold back every retry and delayed job of the
+    queue for up to a minute."""
+    recovered: list[str] = []
+    for queue in queues:
+        connection = queue.connection
+        lock = RQScheduler.get_locking_key(queue.name)
+        holder = connection.get(lock)
+        if holder and as_text(holder).startswith(prefix + "."):
+            release_lock(connection, lock, as_text(holder))
+        registry = StartedJobRegistry(
+            queue.name, connection=connection, job_class=queue.job_class, serializer=queue.serializer
+        )
+        entries = [as_text(entry) for entry in connection.zrange(registry.key, 0, -1)]
+        if not entries:
+            continue
+        with connection.pipeline(transaction=False) as pipeline:
+            for entry in entries:
+                pipeline.hget(f"rq:execution:{entry}", "worker_name")
+            names = pipeline.execute()
+        ours = [e for e, n in zip(entries, names, strict=True) if n and as_text(n).startswith(prefix + ".")]
+        if not ours:
+            continue
+        deadline = time.monotonic() + lock_wait
+        while not (locked := queue.acquire_maintenance_lock()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Expired now (score 1, kept only if still there): the pass below, or the next
+        # maintenance pass if another worker holds the lock, handles them as abandoned.
+        connection.zadd(registry.key, dict.fromkeys(ours, 1), xx=True)
+        if not locked:
+            log.warning("queue %s: its maintenance lock is held; the next pass retries %s", queue.name, ours)
+            continue
+        try:
+            registry.cleanup(timestamp=1)
+        finally:
+            queue.release_maintenance_lock()
+        recovered += [parse_composite_key(entry)[0] for entry in ours]
+    return recovered

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from . import pool, registry, stats
 from .config import for_worker
-from .fetch import ReliableQueue
+from .fetch import ReliableQueue, recover_predecessors
 from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
@@ -133,6 +135,39 @@ class KitWorker(PreforkWorker):
         if self.watch is not None:
             self.watch.took(job.id, self.execution, queue)
         super().fork_work_horse(job, queue)
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's, with the scheduler named after this worker (`<worker>.scheduler`) instead of
+        a random id. Its lock on each queue then says whose it is, so a restarted unit frees
+        its dead predecessor's lock at once (fetch.recover_predecessors), instead of leaving
+        every retry and delayed job waiting for that lock to lapse (61 s)."""
+        self.scheduler = RQScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+            name=f"{self.name}.scheduler",
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if not burst:
+            self.scheduler.start()
+            return
+        try:
+            self.scheduler.register_birth()
+            self.scheduler.enqueue_scheduled_jobs()
+        finally:
+            self.scheduler.release_locks()
+            self.scheduler.register_death()
 
     def procline(self, message: str) -> None:
         super().procline(message)
@@ -294,6 +329,13 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
         f"the app, and restarted when it dies (1 to {pool.MAX_SLOTS}; default 1: this process "
         "is the worker)",
     )
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="the name is this process's alone (one systemd unit, whose next process starts "
+        "only once the last one's have all gone): at start, retry at once the jobs that earlier "
+        "processes of that name were running, instead of after their heartbeat's grace",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.slots <= pool.MAX_SLOTS:
         parser.error(f"--slots must be 1 to {pool.MAX_SLOTS}, not {args.slots}")
@@ -306,6 +348,8 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
         parser.error(f"unknown queue(s): {', '.join(unknown)} (QUEUES: {', '.join(config['QUEUES'])})")
     schedules = check_schedules(config)  # this loads the app's tasks: before any fork
     store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
+    if args.recover:
+        recover(store, args.name)
 
     def serve(worker: KitWorker) -> None:
         recurring = Recurring(store, schedules, worker.name)
@@ -320,6 +364,26 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
         return run_slots(store, queue_names, args.name, args.slots, serve, burst=args.burst)
     serve(build_worker(store, queue_names, f"{args.name}.{os.getpid()}"))
     return 0
+
+
+def recover(store: Store, name: str) -> list[str]:
+    """Retry the jobs this name's earlier processes were running (fetch.recover_predecessors),
+    in every queue of the app. A failure leaves them to the maintenance pass, and the worker
+    starts all the same."""
+    try:
+        queues = [make_queue(store, q) for q in store.config["QUEUES"]]
+        recovered = store.retrying(lambda: recover_predecessors(queues, name))
+    except (redis.RedisError, Unavailable) as error:
+        log.warning("%s: its earlier processes' jobs are left to the maintenance pass (%s)", name, error)
+        return []
+    if recovered:
+        log.warning(
+            "%s: %d job(s) its earlier processes were running, retried as abandoned: %s",
+            name,
+            len(recovered),
+            ", ".join(recovered),
+        )
+    return recovered
 
 
 def run_slots(

@@ -61,13 +61,18 @@ def test_lowering_the_count_leaves_exactly_that_many_and_kills_no_running_job(ho
     assert instances(host, "running") == ["fridge-worker@1.service", "fridge-worker@2.service"]
 
 
-def test_sigterm_lets_a_busy_worker_finish_its_5_second_job(host, http):
-    job_id = http.post("/jobs", body={"task": "sleep", "args": [5]}).json()["job_id"]
-    job = http.wait_for_job(job_id, {"started"}, timeout=10)
+def _instance_running(http, job_id: str) -> str:
+    """The instance number of the unit whose worker runs the job."""
     worker = http.get("/dashboard/api/overview", headers=_auth()).json()
     busy = [w["name"] for w in worker["workers"] if w["current_job"] == job_id]
     assert busy, worker
-    instance = busy[0].split(".")[0].rsplit("-", 1)[1]  # <host>-<instance>.<pid>
+    return busy[0].split(".")[0].rsplit("-", 1)[1]  # <host>-<instance>.<pid>
+
+
+def test_sigterm_lets_a_busy_worker_finish_its_5_second_job(host, http):
+    job_id = http.post("/jobs", body={"task": "sleep", "args": [5]}).json()["job_id"]
+    job = http.wait_for_job(job_id, {"started"}, timeout=10)
+    instance = _instance_running(http, job_id)
     started = time.monotonic()
     stop = host.run(f"systemctl stop fridge-worker@{instance}.service")  # SIGTERM to the main process
     waited = time.monotonic() - started
@@ -102,3 +107,24 @@ def _auth() -> dict:
     import base64
 
     return {"Authorization": "Basic " + base64.b64encode(b"admin:dev-dashboard-3d7f1a9c").decode()}
+
+
+def test_a_unit_killed_mid_job_is_restarted_and_retries_its_job_at_once(host, http):
+    """The way the world kills a worker: every process of its unit SIGKILLed at once (the OOM
+    killer, `systemctl kill`). systemd restarts the unit (Restart=always), and the new process
+    retries the job its last one was running at once (`--recover`), not once the job's heartbeat
+    has lapsed (10 s of monitoring interval plus 30 s of grace)."""
+    job_id = http.post("/jobs", body={"task": "sleep", "args": [2]}).json()["job_id"]
+    job = http.wait_for_job(job_id, {"started"}, timeout=10)
+    unit = f"fridge-worker@{_instance_running(http, job_id)}.service"
+    restarts = int(host.service(unit).systemd_properties["NRestarts"])
+    killed = time.monotonic()
+    assert host.run(f"systemctl kill --signal=SIGKILL {unit}").rc == 0
+    done = http.wait_for_job(job_id, {"finished", "failed"}, timeout=60)
+    took = time.monotonic() - killed
+    print(f"\n{unit} SIGKILLed mid-job: job {done['status']} {took:.1f}s later")
+    assert done["status"] == "finished", done
+    assert done["retries_left"] == job["retries_left"] - 1, "the job ran again as a retry"
+    assert took < 20, f"retried only after {took:.1f}s: the heartbeat's grace, not the restart"
+    assert int(host.service(unit).systemd_properties["NRestarts"]) == restarts + 1
+    wait_for(lambda: host.service(unit).is_running, 30, f"{unit} to run again")
