@@ -44,6 +44,7 @@ COLUMNS = [
     ("longest_request", "Longest request (s)"),
     ("rate_host_away", "Acknowledged/s, host still lost (before)"),
     ("workers_restarted", "Workers restarted"),
+    ("rerun_after_max", "Every job run, s after the worker host's return (max)"),
 ]
 
 

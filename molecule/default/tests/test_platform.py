@@ -42,6 +42,7 @@ FAULTS = [
     "partition",
     "replica-restart+host-loss",
     "power-cut",
+    "worker-host-loss",
 ]
 
 
@@ -67,6 +68,10 @@ def test_fault_under_load_loses_no_acknowledged_job(platform, fault):
         # Failed over, and the lost host still away: the clients go on at their pace (asking
         # the lost host's Sentinel on every request had cut them from about 60 to 3 per second).
         assert result.rate_during >= 0.5 * result.rate_before, result.line()
+    if fault == "worker-host-loss":
+        # Its units retry at once the jobs they were running (--recover): 5 s of retry interval
+        # and the 3 s job. Waiting for those jobs' heartbeat to lapse would take 40 s or more.
+        assert result.rerun_after < 30, result.line()
 
 
 def test_rerun_changes_nothing_with_a_dead_node_and_after_its_return(platform, group):

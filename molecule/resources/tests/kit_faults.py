@@ -422,6 +422,8 @@ class Result:
     # failed over while the lost host is still away (host-loss drills only).
     rate_before: float | None = None
     rate_during: float | None = None
+    # Seconds from a lost worker host's return until every job had run (worker-host-loss).
+    rerun_after: float | None = None
 
     @property
     def errors_5xx(self) -> int:
@@ -476,10 +478,13 @@ def _finish(
     before: dict,
     detail: str = "",
     rates: tuple[float, float] | tuple[None, None] = (None, None),
+    also: list[str] | None = None,
 ) -> Result:
+    """The drill's outcome: every job the load got a 202 for, and `also` (acknowledged to the
+    drill itself), must exist on the master and have run."""
     after = platform.workers_state()
     restarted = [unit for unit, state in before.items() if after.get(unit) != state]
-    acked = load.acknowledged()
+    acked = [*load.acknowledged(), *(also or [])]
     missing, unfinished = executed(platform.group, acked, timeout=180)
     return Result(
         fault=fault,
@@ -705,6 +710,54 @@ def drill_partition(platform: Platform, name: str = "partition", hold: float | N
     )
 
 
+def _job(url: str, job_id: str | None = None, task: str = "", args: list | None = None) -> dict:
+    """GET /jobs/<job_id>, or with `task` POST /jobs (no Idempotency-Key): the answer's JSON."""
+    import json
+
+    request = urllib.request.Request(  # noqa: S310 (http to a test host)
+        f"{url}/jobs/{job_id}" if job_id else f"{url}/jobs",
+        data=json.dumps({"task": task, "args": args or []}).encode() if task else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as reply:  # noqa: S310
+        return json.loads(reply.read())
+
+
+def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", hold: float = 5.0) -> Result:
+    """A worker host lost while every one of its workers runs a job (no TCP reset reaches
+    Redis), powered back on `hold` seconds later. Its units start again with it and retry at
+    once the jobs their last processes were running (`--recover`), instead of after the jobs'
+    heartbeat has lapsed; the jobs acknowledged meanwhile wait in their queues; none is lost.
+    `rerun_after`: from the host's return until every job had run."""
+    host = platform.workers[0]
+    units = sum(1 for unit in platform.workers_state() if unit.startswith(f"{host}/"))
+    with under_load(platform, name) as load:
+        running = [_job(platform.url, task="sleep", args=[3])["job_id"] for _ in range(units)]
+
+        def started() -> dict[str, int] | None:
+            jobs = {j: _job(platform.url, j) for j in running}
+            if any(job["status"] != "started" for job in jobs.values()):
+                return None
+            return {j: job["retries_left"] for j, job in jobs.items()}
+
+        retries = wait_for(started, 30, f"every worker of {host} to run a job")
+        began = time.monotonic()
+        lose_host(host)
+        time.sleep(hold)
+        return_host(host)
+        back = time.monotonic()
+        _settle(load, 0.5)
+    before = platform.workers_state()  # its units started again with the host
+    result = _finish(platform, name, load, began, before, also=running)
+    result.rerun_after = round(time.monotonic() - back, 2)
+    retried = sum(_job(platform.url, j)["retries_left"] < left for j, left in retries.items())
+    result.detail = (
+        f"{retried} of the {len(running)} jobs it was running retried; every job run "
+        f"{result.rerun_after:.1f}s after the host's return"
+    )
+    return result
+
+
 def repl_timeout(platform: Platform) -> int:
     with platform.group.node(platform.group.current_master()) as conn:
         return int(conn.command("CONFIG", "GET", "repl-timeout")[1])
@@ -722,6 +775,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     ),
     "freeze": drill_freeze_master,
     "partition": drill_partition,
+    "worker-host-loss": drill_lose_worker_host,
 }
 
 
@@ -733,6 +787,7 @@ def summary(results: list[Result]) -> list[dict]:
         runs = list(group)
         gaps = [r.write_gap for r in runs]
         during = [r.rate_during for r in runs if r.rate_during is not None]
+        reruns = [r.rerun_after for r in runs if r.rerun_after is not None]
         before = [r.rate_before for r in runs if r.rate_before is not None]
         rows.append(
             {
@@ -753,6 +808,8 @@ def summary(results: list[Result]) -> list[dict]:
                     f"{statistics.median(during)} ({statistics.median(before)})" if during else "-"
                 ),
                 "workers_restarted": sum(len(r.workers_restarted) for r in runs),
+                # Slowest drill: from a lost worker host's return until every job had run.
+                "rerun_after_max": max(reruns) if reruns else "-",
             }
         )
     return rows
