@@ -488,7 +488,7 @@ def _finish(
     missing, unfinished = executed(platform.group, acked, timeout=180)
     return Result(
         fault=fault,
-        requests=len(load.answers),
+        requests=len(load.answers) + len(also or []),
         acknowledged=len(acked),
         lost=len(missing),
         unfinished=len(unfinished),
