@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_status
 from fridge.web import create_app
+from kitqueue.fetch import recover_predecessors
+from kitqueue.queueing import make_queue
+from kitqueue.store import Store
+from redis_cluster import PASSWORDS, WORKER_USER
 
 
 def proc_title(pid: int) -> str:
@@ -49,9 +54,7 @@ def test_a_stop_request_dropped_by_a_finalizer_still_stops_the_idle_worker(app, 
     __del__: a CI run of test_a_stopped_worker_fires_workers_down) has that exception printed
     and dropped by Python, and the worker listened on. Here the handler runs in a real
     finalizer; the fetch loop must still stop, and leave the waiting job to another worker."""
-    from kitqueue.store import Store
     from kitqueue.worker import build_worker
-    from redis_cluster import PASSWORDS, WORKER_USER
     from rq.exceptions import StopRequested
 
     reply = client.get("/comer/dropped-stop")
@@ -96,13 +99,13 @@ def test_a_unit_restarted_after_a_kill_retries_its_last_process_s_job_at_once(se
     unit is gone (KillMode=mixed) before the same name starts again. With `--recover` the job
     its last process was running is retried at once, not after the heartbeat's grace (60 s
     here), and the retry (due 1 s later) is not held back by the scheduler lock the dead
-    process held on its queue (61 s); the job a worker of another name runs, in another
-    queue, is left alone."""
+    process held on its queue (up to 61 s); the job a worker of another name (`host-10`, whose
+    names also start with `host-1`) runs, in another queue, is left alone."""
     client = create_app({**settings, "JOB_RETRY_INTERVALS": [1]}).test_client()
     grace = {"WORKER_HEARTBEAT_GRACE": 60}
     options = ("--recover", "--slots", str(slots))
     unit = workers.start_named("host-1", *options, "--queues", "low", **grace)
-    workers.start_named("host-2", *options, "--queues", "default", **grace)
+    workers.start_named("host-10", *options, "--queues", "default", **grace)
     abandoned = client.post("/jobs", json={"task": "sleep", "args": [3], "queue": "low"}).get_json()
     running = client.post("/jobs", json={"task": "sleep", "args": [6], "queue": "default"}).get_json()
     wait_started(client, abandoned["job_id"])
@@ -115,6 +118,48 @@ def test_a_unit_restarted_after_a_kill_retries_its_last_process_s_job_at_once(se
     assert (done["status"], done["retries_left"]) == ("finished", 1), done
     kept = wait_for_status(client, running["job_id"], {"finished", "failed"}, timeout=20)
     assert (kept["status"], kept["retries_left"]) == ("finished", 2), kept
+
+
+def test_recovery_waits_for_the_maintenance_lock_and_leaves_the_job_while_it_stays_taken(
+    app, client, workers, admin
+):
+    """The maintenance pass of another worker may be cleaning the same registry: recovery
+    touches nothing without its lock (the pass would drop an entry it did not read), and
+    leaves the job to the heartbeat's grace; once the lock is free it retries the job."""
+    (dead,) = workers.start(1, WORKER_HEARTBEAT_GRACE=60)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [3]}).get_json()["job_id"]
+    wait_started(client, job_id)
+    workers.kill_all(dead)
+    registry, lock = "rq:wip:low", "rq:clean_registries:low"
+    (entry,) = [e for e in admin.zrange(registry, 0, -1) if e.decode().startswith(job_id)]
+    expiry = admin.zscore(registry, entry)
+    as_worker = {**app.config, "REDIS_USERNAME": WORKER_USER, "REDIS_PASSWORD": PASSWORDS["worker"]}
+    queues = [make_queue(Store(as_worker), q) for q in app.config["QUEUES"]]
+    admin.set(lock, 1, ex=60)  # RQ's own pass holds it
+    assert recover_predecessors(queues, "test-worker-0", lock_wait=0.5) == []
+    assert admin.zscore(registry, entry) == expiry
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "started"
+    admin.delete(lock)
+    assert recover_predecessors(queues, "test-worker-0", lock_wait=0.5) == [job_id]
+    assert recover_predecessors(queues, "test-worker-0", lock_wait=0.5) == [], "handled once"
+    assert admin.exists(lock) == 0
+    retried = client.get(f"/jobs/{job_id}").get_json()
+    assert (retried["status"], retried["retries_left"]) == ("queued", 1), retried
+
+
+def test_recover_without_a_name_of_its_own_is_refused():
+    """The host name, the default, is every unit's of the host: one would retry the jobs the
+    others run."""
+    run = subprocess.run(
+        [sys.executable, "-m", "fridge.worker", "--recover"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert run.returncode == 2, run
+    assert "--recover needs --name" in run.stderr, run.stderr
 
 
 def test_the_process_title_says_what_the_worker_does(client, workers):

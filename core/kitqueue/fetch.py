@@ -15,15 +15,17 @@ A job whose worker died while running it stays "started" until its heartbeat exp
 monitoring interval plus WORKER_HEARTBEAT_GRACE), and the next maintenance pass retries it.
 A worker that owns its name (one systemd unit: `--recover`) does not wait for that: at start
 it hands the jobs its predecessors of that name were running to the same retry at once
-(`recover_predecessors`), as Sidekiq's super_fetch does for a restarted process.
+(`recover_predecessors`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from functools import partial
 
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
@@ -132,17 +134,19 @@ def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float 
     process starts only once every process of the last one has gone, so none of those jobs
     still runs. Each job goes through RQ's own handling of an abandoned job (the maintenance
     pass's, under the same per-queue lock): retried after its retry interval while it has
-    retries left, else failed. What this misses (an execution whose record expired) the
-    maintenance pass still finds. A scheduler lock (KitWorker names its scheduler
-    `<worker>.scheduler`) left to lapse would hold back every retry and delayed job of the
-    queue for up to a minute."""
+    retries left, else failed. When the lock stays taken, or the execution's record has
+    expired, the jobs are left to the maintenance pass once their heartbeat lapses, as before.
+    A scheduler lock (KitWorker names its scheduler `<worker>.scheduler`) left to lapse would
+    hold back every retry and delayed job of the queue for up to a minute."""
+    worker = re.compile(rf"{re.escape(prefix)}\.\d+")
+    scheduler = re.compile(rf"{re.escape(prefix)}\.\d+\.scheduler")
     recovered: list[str] = []
     for queue in queues:
         connection = queue.connection
         lock = RQScheduler.get_locking_key(queue.name)
-        holder = connection.get(lock)
-        if holder and as_text(holder).startswith(prefix + "."):
-            release_lock(connection, lock, as_text(holder))
+        holder = as_text(connection.get(lock) or b"")
+        if scheduler.fullmatch(holder):
+            release_lock(connection, lock, holder)
         registry = StartedJobRegistry(
             queue.name, connection=connection, job_class=queue.job_class, serializer=queue.serializer
         )
@@ -152,22 +156,40 @@ def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float 
         with connection.pipeline(transaction=False) as pipeline:
             for entry in entries:
                 pipeline.hget(f"rq:execution:{entry}", "worker_name")
-            names = pipeline.execute()
-        ours = [e for e, n in zip(entries, names, strict=True) if n and as_text(n).startswith(prefix + ".")]
-        if not ours:
-            continue
-        deadline = time.monotonic() + lock_wait
-        while not (locked := queue.acquire_maintenance_lock()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        # Expired now (score 1, kept only if still there): the pass below, or the next
-        # maintenance pass if another worker holds the lock, handles them as abandoned.
-        connection.zadd(registry.key, dict.fromkeys(ours, 1), xx=True)
-        if not locked:
-            log.warning("queue %s: its maintenance lock is held; the next pass retries %s", queue.name, ours)
-            continue
-        try:
-            registry.cleanup(timestamp=1)
-        finally:
-            queue.release_maintenance_lock()
-        recovered += [parse_composite_key(entry)[0] for entry in ours]
+                job_id = parse_composite_key(entry)[0]
+                pipeline.hget(f"{queue.job_class.redis_job_namespace_prefix}{job_id}", "status")
+            replies = [as_text(r) if r is not None else "" for r in pipeline.execute()]
+        ours = [
+            entry
+            for entry, name, status in zip(entries, replies[::2], replies[1::2], strict=True)
+            if worker.fullmatch(name) and status == "started"
+        ]
+        if ours and _with_maintenance_lock(queue, prefix, lock_wait, partial(_expire, registry, ours)):
+            recovered += [parse_composite_key(entry)[0] for entry in ours]
     return recovered
+
+
+def _expire(registry: StartedJobRegistry, entries: list[str]) -> None:
+    """RQ's cleanup of the started registry, for these entries alone: their score (their
+    heartbeat's expiry) set to 1, kept only if they are still there, then cleaned up to 1."""
+    registry.connection.zadd(registry.key, dict.fromkeys(entries, 1), xx=True)
+    registry.cleanup(timestamp=1)
+
+
+def _with_maintenance_lock(queue: Queue, owner: str, wait: float, action: Callable[[], None]) -> bool:
+    """`action` under the queue's maintenance lock (RQ's: a worker's pass takes it too), taken
+    with an owner and a short expiry: a retry after a lost connection finds it its own, and a
+    lock left by a crash lapses in a minute (RQ's own lasts 15). False: it stayed taken."""
+    key, token = queue.registry_cleaning_key, f"{owner}.recover"
+    connection = queue.connection
+    deadline = time.monotonic() + wait
+    while not connection.set(key, token, nx=True, ex=60) and as_text(connection.get(key) or b"") != token:
+        if time.monotonic() > deadline:
+            log.warning("queue %s: the maintenance lock stayed taken; left to the next pass", queue.name)
+            return False
+        time.sleep(0.2)
+    try:
+        action()
+    finally:
+        release_lock(connection, key, token)
+    return True

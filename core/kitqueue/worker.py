@@ -146,7 +146,7 @@ class KitWorker(PreforkWorker):
         """RQ's, with the scheduler named after this worker (`<worker>.scheduler`) instead of
         a random id. Its lock on each queue then says whose it is, so a restarted unit frees
         its dead predecessor's lock at once (fetch.recover_predecessors), instead of leaving
-        every retry and delayed job waiting for that lock to lapse (61 s)."""
+        every retry and delayed job waiting up to 61 s for that lock to lapse."""
         self.scheduler = RQScheduler(
             self.queues,
             connection=self.connection,
@@ -316,9 +316,7 @@ def build_worker(
 def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str] | None = None) -> int:
     """An app's worker command: `load_settings` reads the app's settings (its config.load)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--name", default=socket.gethostname(), help="worker name prefix (the pid is appended)"
-    )
+    parser.add_argument("--name", help="worker name prefix (the pid is appended; default: the host name)")
     parser.add_argument("--queues", help="comma-separated queues in priority order (default: QUEUES)")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument(
@@ -339,6 +337,10 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
     args = parser.parse_args(argv)
     if not 1 <= args.slots <= pool.MAX_SLOTS:
         parser.error(f"--slots must be 1 to {pool.MAX_SLOTS}, not {args.slots}")
+    if args.recover and not args.name:
+        # The host name alone is every unit's of the host: one would retry the others' jobs.
+        parser.error("--recover needs --name, a name this process alone has (a unit's: --name %H-%i)")
+    args.name = args.name or socket.gethostname()
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = for_worker(load_settings())
@@ -373,8 +375,8 @@ def recover(store: Store, name: str) -> list[str]:
     try:
         queues = [make_queue(store, q) for q in store.config["QUEUES"]]
         recovered = store.retrying(lambda: recover_predecessors(queues, name))
-    except (redis.RedisError, Unavailable) as error:
-        log.warning("%s: its earlier processes' jobs are left to the maintenance pass (%s)", name, error)
+    except Exception:  # it only hastens what the maintenance pass does: never keep the worker down
+        log.exception("%s: its earlier processes' jobs are left to the maintenance pass", name)
         return []
     if recovered:
         log.warning(

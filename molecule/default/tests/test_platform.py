@@ -70,7 +70,9 @@ def test_fault_under_load_loses_no_acknowledged_job(platform, fault):
         assert result.rate_during >= 0.5 * result.rate_before, result.line()
     if fault == "worker-host-loss":
         # Its units retry at once the jobs they were running (--recover): 5 s of retry interval
-        # and the 3 s job. Waiting for those jobs' heartbeat to lapse would take 40 s or more.
+        # and the 5 s job. Waiting for those jobs' heartbeat to lapse would take 40 s or more.
+        assert result.in_flight > 0, result.line()
+        assert result.retried == result.in_flight, result.line()
         assert result.rerun_after < 30, result.line()
 
 

@@ -422,7 +422,10 @@ class Result:
     # failed over while the lost host is still away (host-loss drills only).
     rate_before: float | None = None
     rate_during: float | None = None
-    # Seconds from a lost worker host's return until every job had run (worker-host-loss).
+    # worker-host-loss: the jobs its workers were running when the host was lost, how many of
+    # them ran again as retries, and the seconds from its return until every job had run.
+    in_flight: int = 0
+    retried: int = 0
     rerun_after: float | None = None
 
     @property
@@ -732,7 +735,7 @@ def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", h
     host = platform.workers[0]
     units = sum(1 for unit in platform.workers_state() if unit.startswith(f"{host}/"))
     with under_load(platform, name) as load:
-        running = [_job(platform.url, task="sleep", args=[3])["job_id"] for _ in range(units)]
+        running = [_job(platform.url, task="sleep", args=[5])["job_id"] for _ in range(units)]
 
         def started() -> dict[str, int] | None:
             jobs = {j: _job(platform.url, j) for j in running}
@@ -750,9 +753,10 @@ def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", h
     before = platform.workers_state()  # its units started again with the host
     result = _finish(platform, name, load, began, before, also=running)
     result.rerun_after = round(time.monotonic() - back, 2)
-    retried = sum(_job(platform.url, j)["retries_left"] < left for j, left in retries.items())
+    result.in_flight = len(running)
+    result.retried = sum(_job(platform.url, j)["retries_left"] < left for j, left in retries.items())
     result.detail = (
-        f"{retried} of the {len(running)} jobs it was running retried; every job run "
+        f"{result.retried} of the {result.in_flight} jobs it was running retried; every job run "
         f"{result.rerun_after:.1f}s after the host's return"
     )
     return result

@@ -114,7 +114,7 @@ def test_a_unit_killed_mid_job_is_restarted_and_retries_its_job_at_once(host, ht
     killer, `systemctl kill`). systemd restarts the unit (Restart=always), and the new process
     retries the job its last one was running at once (`--recover`), not once the job's heartbeat
     has lapsed (10 s of monitoring interval plus 30 s of grace)."""
-    job_id = http.post("/jobs", body={"task": "sleep", "args": [2]}).json()["job_id"]
+    job_id = http.post("/jobs", body={"task": "sleep", "args": [5]}).json()["job_id"]
     job = http.wait_for_job(job_id, {"started"}, timeout=10)
     unit = f"fridge-worker@{_instance_running(http, job_id)}.service"
     restarts = int(host.service(unit).systemd_properties["NRestarts"])
@@ -125,6 +125,6 @@ def test_a_unit_killed_mid_job_is_restarted_and_retries_its_job_at_once(host, ht
     print(f"\n{unit} SIGKILLed mid-job: job {done['status']} {took:.1f}s later")
     assert done["status"] == "finished", done
     assert done["retries_left"] == job["retries_left"] - 1, "the job ran again as a retry"
-    assert took < 20, f"retried only after {took:.1f}s: the heartbeat's grace, not the restart"
+    assert took < 25, f"retried only after {took:.1f}s: the heartbeat's grace, not the restart"
     assert int(host.service(unit).systemd_properties["NRestarts"]) == restarts + 1
     wait_for(lambda: host.service(unit).is_running, 30, f"{unit} to run again")
