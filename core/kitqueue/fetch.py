@@ -29,6 +29,7 @@ from functools import partial
 
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
@@ -155,7 +156,7 @@ def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float 
             continue
         with connection.pipeline(transaction=False) as pipeline:
             for entry in entries:
-                pipeline.hget(f"rq:execution:{entry}", "worker_name")
+                pipeline.hget(Execution.from_composite_key(entry, connection).key, "worker_name")
                 job_id = parse_composite_key(entry)[0]
                 pipeline.hget(f"{queue.job_class.redis_job_namespace_prefix}{job_id}", "status")
             replies = [as_text(r) if r is not None else "" for r in pipeline.execute()]
