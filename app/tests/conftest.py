@@ -140,27 +140,26 @@ class Workers:
         self._supervising = threading.Event()
         self._supervisor: threading.Thread | None = None
 
-    def _spawn(self, index: int | str, args: tuple[str, ...], env: dict) -> subprocess.Popen:
-        name = index if isinstance(index, str) else f"test-worker-{index}"
+    def _spawn(self, name: str, args: tuple[str, ...], env: dict) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "fridge.worker", "--name", name, *args],
             env=env,
             start_new_session=True,
         )
 
+    def _env(self, extra: dict) -> dict:
+        return {**env_for(self.cluster, **{**FAST, **extra}), "PYTHONPATH": str(APP_DIR)}
+
     def start(self, count: int = 1, *args: str, **extra) -> list[subprocess.Popen]:
-        env = env_for(self.cluster, **{**FAST, **extra})
-        env["PYTHONPATH"] = str(APP_DIR)
-        started = [self._spawn(index, args, env) for index in range(count)]
+        env = self._env(extra)
+        started = [self._spawn(f"test-worker-{index}", args, env) for index in range(count)]
         self.procs += started
-        self._args, self._env = args, env
+        self._args, self._env_used = args, env
         return started
 
     def start_named(self, name: str, *args: str, **extra) -> subprocess.Popen:
         """One worker named `name` (`--name`), as a unit of that name starts again."""
-        env = env_for(self.cluster, **{**FAST, **extra})
-        env["PYTHONPATH"] = str(APP_DIR)
-        proc = self._spawn(name, args, env)
+        proc = self._spawn(name, args, self._env(extra))
         self.procs.append(proc)
         return proc
 
@@ -172,7 +171,8 @@ class Workers:
                 for position, proc in enumerate(self.procs):
                     if proc.poll() is not None:
                         time.sleep(1)
-                        self.procs[position] = self._spawn(position, self._args, self._env)
+                        name = f"test-worker-{position}"
+                        self.procs[position] = self._spawn(name, self._args, self._env_used)
                         self.restarts += 1
 
         self._supervisor = threading.Thread(target=loop, daemon=True)

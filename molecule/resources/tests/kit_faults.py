@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit_checks import Group, hosts_in, hostvars, load_group, rendered, run_playbook, wait_for
+from kit_checks import Group, Http, hosts_in, hostvars, load_group, rendered, run_playbook, wait_for
 from kit_redis import ReplyError, parse_info
 
 # --- The platform ---------------------------------------------------------------------------
@@ -713,19 +713,6 @@ def drill_partition(platform: Platform, name: str = "partition", hold: float | N
     )
 
 
-def _job(url: str, job_id: str | None = None, task: str = "", args: list | None = None) -> dict:
-    """GET /jobs/<job_id>, or with `task` POST /jobs (no Idempotency-Key): the answer's JSON."""
-    import json
-
-    request = urllib.request.Request(  # noqa: S310 (http to a test host)
-        f"{url}/jobs/{job_id}" if job_id else f"{url}/jobs",
-        data=json.dumps({"task": task, "args": args or []}).encode() if task else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=15) as reply:  # noqa: S310
-        return json.loads(reply.read())
-
-
 def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", hold: float = 5.0) -> Result:
     """A worker host lost while every one of its workers runs a job (no TCP reset reaches
     Redis), powered back on `hold` seconds later. Its units start again with it and retry at
@@ -734,11 +721,12 @@ def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", h
     `rerun_after`: from the host's return until every job had run."""
     host = platform.workers[0]
     units = sum(1 for unit in platform.workers_state() if unit.startswith(f"{host}/"))
+    http = Http(platform.addresses[platform.web])
     with under_load(platform, name) as load:
-        running = [_job(platform.url, task="sleep", args=[5])["job_id"] for _ in range(units)]
+        running = [http.post("/jobs", {"task": "sleep", "args": [5]}).json()["job_id"] for _ in range(units)]
 
         def started() -> dict[str, int] | None:
-            jobs = {j: _job(platform.url, j) for j in running}
+            jobs = {j: http.get(f"/jobs/{j}").json() for j in running}
             if any(job["status"] != "started" for job in jobs.values()):
                 return None
             return {j: job["retries_left"] for j, job in jobs.items()}
@@ -754,7 +742,7 @@ def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", h
     result = _finish(platform, name, load, began, before, also=running)
     result.rerun_after = round(time.monotonic() - back, 2)
     result.in_flight = len(running)
-    result.retried = sum(_job(platform.url, j)["retries_left"] < left for j, left in retries.items())
+    result.retried = sum(http.get(f"/jobs/{j}").json()["retries_left"] < left for j, left in retries.items())
     result.detail = (
         f"{result.retried} of the {result.in_flight} jobs it was running retried; every job run "
         f"{result.rerun_after:.1f}s after the host's return"
