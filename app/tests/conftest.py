@@ -37,7 +37,8 @@ FAST = {
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """Master, replica and three Sentinels on free 127.0.0.1 ports, with the role's ACL users."""
-    cluster = Cluster(tmp_path_factory.mktemp("redis"))
+    # As root, each data node gets a disk of its own (test_failover's disk-full-master).
+    cluster = Cluster(tmp_path_factory.mktemp("redis"), disk_mib=256 if os.geteuid() == 0 else None)
     try:
         cluster.start()
         yield cluster

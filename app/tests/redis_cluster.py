@@ -4,6 +4,7 @@ plain TCP or, with `tls=make_tls(dir)`, over TLS only (`port 0`, a `tls-port`)."
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -232,6 +233,10 @@ class Cluster:
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     down_after_ms: int = 1000
     tls: TLS | None = None
+    # Each data node's directory on a filesystem of its own of this size (tmpfs, as root), like
+    # the disks of separate hosts: fill_disk then fills one node's disk alone. None: plain
+    # directories of the work directory (fill_disk is not available).
+    disk_mib: int | None = None
 
     @property
     def sentinels(self) -> list[str]:
@@ -274,6 +279,9 @@ class Cluster:
         for index, port in enumerate(self.data_ports):
             data = self.workdir / f"redis-{port}"
             data.mkdir()
+            if self.disk_mib:
+                options = f"size={self.disk_mib}m,mode=0700"
+                subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(data)], check=True)
             conf = data / "redis.conf"
             lines = [
                 *self.listen_lines(port),
@@ -375,6 +383,23 @@ class Cluster:
     def thaw(self, port: int) -> None:
         self.processes[port].send_signal(signal.SIGCONT)
 
+    def fill_disk(self, port: int) -> int:
+        """Fill the disk of a data node (disk_mib) as a growing log file would, until the
+        filesystem refuses (ENOSPC); returns the bytes written."""
+        written = 0
+        chunk = b"\0" * 2**20
+        with open(self.workdir / f"redis-{port}" / "filler", "wb", buffering=0) as filler:
+            while True:
+                try:
+                    written += filler.write(chunk)
+                except OSError as error:
+                    if error.errno != errno.ENOSPC:
+                        raise
+                    return written
+
+    def free_disk(self, port: int) -> None:
+        (self.workdir / f"redis-{port}" / "filler").unlink(missing_ok=True)
+
     def failover(self) -> tuple[int, int]:
         """SENTINEL FAILOVER; returns (old, new) master ports once every Sentinel agrees."""
         old = self.master_port()
@@ -454,6 +479,9 @@ class Cluster:
             except subprocess.TimeoutExpired:  # a master waits up to shutdown-timeout for replicas
                 proc.kill()
                 proc.wait()
+        if self.disk_mib:
+            for port in self.data_ports:
+                subprocess.run(["umount", str(self.workdir / f"redis-{port}")], check=False)
 
 
 def env_for(cluster: Cluster, **extra) -> dict[str, str]:

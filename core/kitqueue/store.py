@@ -152,8 +152,9 @@ class StaleMaster(redis.ConnectionError):
 
 
 def refusal(error: BaseException) -> Unavailable | None:
-    """What a server's refusal to write means for the caller: memory full (OOM) or a disk it
-    cannot write (MISCONF). Neither is cured by a retry within a request."""
+    """What a server's refusal to write means for the caller: memory full (OOM), not cured by
+    a retry within a request; or a disk it cannot write (MISCONF) on a client of one node (on
+    the master's pool it is a CannotPersist, retried until the Sentinels replace that master)."""
     text = str(error) if isinstance(error, redis.ResponseError) else ""
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return Full(f"Redis refused a write: {text}")
@@ -320,6 +321,12 @@ class QuorumSentinel(Sentinel):
         return f"only {confirmed} of {len(self.sentinels)} Sentinels confirmed the master"
 
 
+class CannotPersist(redis.ConnectionError):
+    """The master refused a write because it cannot write to its disk (MISCONF: a full disk,
+    an I/O error). Such a master also refuses Sentinel's PING, so the Sentinels fail it over
+    after down-after; until they do, the retry finds the same master and the same refusal."""
+
+
 class FollowingConnection(SentinelManagedConnection):
     """A master connection that reconnects to the master the Sentinels name now.
 
@@ -327,12 +334,28 @@ class FollowingConnection(SentinelManagedConnection):
     reuses the address the connection had (redis/redis-py issue 3874): after a failover every
     retry went back to the demoted master, and a worker gave up with "The previous master is
     now a slave". Reconnecting through `connect()` asks the Sentinels first.
+
+    A master that cannot write to its disk is treated as redis-py treats a demoted one (its
+    READONLY): the connection is dropped and the refusal raised as a connection error, which
+    the workers' connection retries and the web's `Store.retrying` ride out until the Sentinels
+    name a new master. Measured before (make dev, the master's disk filled under load): every
+    worker died on the refusal, a horse died writing its job's outcome (the job ran twice), and
+    the app kept writing to the old master for 8 s after the Sentinels had replaced it.
     """
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self._sock:
             self.connect()
         super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as error:
+            if not str(error).startswith("MISCONF") or not self.connection_pool.is_master:
+                raise
+            self.disconnect()
+            raise CannotPersist(f"{self.host}:{self.port} cannot write to its disk: {error}") from error
 
 
 class FollowingSSLConnection(FollowingConnection, KitSSLConnection):
