@@ -97,8 +97,8 @@ class PreforkWorker(Worker):
         self.max_memory_mb = float(max_memory_mb)
         self.horses_started = 0
         self._horse: Horse | None = None
-        # Sent with each job: when it changes, the horse drops its Redis connections before the
-        # job (the worker follows a new master, follow.py).
+        # Bumped when the worker follows a new master (follow.py); part of `_epoch`, sent with
+        # each job: when that changes, the horse drops its Redis connections before the job.
         self.connection_epoch = 0
 
     # The parent.
@@ -111,7 +111,7 @@ class PreforkWorker(Worker):
     def fork_work_horse(self, job, queue) -> None:
         """Hand the job to the horse (starting one when there is none): RQ calls this after it
         registered the execution, then waits for the horse with `wait_for_horse`."""
-        line = json.dumps([job.id, self.execution.id, queue.name, self.connection_epoch]).encode() + b"\n"
+        line = json.dumps([job.id, self.execution.id, queue.name, self._epoch()]).encode() + b"\n"
         horse = self._horse
         if horse is not None and horse.exited():  # it died while idle: no job was lost with it
             self._bury(horse)
@@ -123,6 +123,15 @@ class PreforkWorker(Worker):
         # reported by wait_for_horse, as the job's failure.
         with contextlib.suppress(BrokenPipeError):
             os.write(horse.jobs, line)
+
+    def _epoch(self) -> str:
+        """What the horse's connections must match, sent with each job: follow.py's epoch, and
+        the master the parent's pool reached last. That one also changes without follow.py,
+        when a command's own retries reconnect to a new master (one that could not write to
+        its disk: store.CannotPersist). A horse still connected to the old master would read
+        the job there, but not the execution the parent registered on the new one (seen: the
+        horse died and the job ran twice)."""
+        return f"{self.connection_epoch}/{getattr(self.connection.connection_pool, 'master_address', None)}"
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         """Until the horse has run the job: (pid, 0, None) when it carries on; (pid, 0, rusage)
@@ -222,7 +231,7 @@ class PreforkWorker(Worker):
         self.setup_work_horse_signals()
         self._is_horse = True
         os.environ["RQ_WORKER_ID"] = self.name
-        buffered, done, epoch = b"", 0, self.connection_epoch
+        buffered, done, epoch = b"", 0, self._epoch()
         self.procline("Horse waiting for a job (0 run)")
         while True:
             while b"\n" not in buffered:

@@ -12,7 +12,9 @@ Every host is a systemd container named after its inventory host, driven from th
 - a host frozen (`docker pause`) and thawed;
 - a network partition: iptables DROP rules in a container's network namespace, entered from
   the controller with nsenter, in both directions or only for one user's outgoing traffic
-  (an asymmetric partition), then healed.
+  (an asymmetric partition), then healed;
+- a full disk: a file grows on a data node's filesystem until it refuses (ENOSPC), as a log
+  does, then is deleted.
 
 `Load` enqueues through Apache without pause and records every answer; `executed` checks that
 every job that got a 202 exists on the current master and ran. A drill (see `DRILLS`) starts
@@ -276,6 +278,60 @@ def heal(*hosts: str) -> None:
         _netns(host, "-F", "OUTPUT")
 
 
+def data_dir(group: Group, host: str) -> str:
+    with group.node(group.nodes[host]) as conn:
+        return str(conn.command("CONFIG", "GET", "dir")[1])
+
+
+@contextlib.contextmanager
+def small_disk(group: Group, host: str, mib: int = 256) -> Iterator[str]:
+    """The data node's directory on a filesystem of its own of `mib` MiB (tmpfs) while the
+    context lasts: a disk that can fill up without filling the machine's. The node must be a
+    replica on entry (its restart then costs the platform nothing): its server is stopped, its
+    files copied over, and it is started again; on exit the same, back to its disk."""
+    directory = data_dir(group, host)
+    saved = f"{directory}.on-disk"
+
+    def restarted(command: str) -> None:
+        sh(host, f"systemctl stop {group.service} && {command} && systemctl start {group.service}")
+        wait_for(lambda: loaded(group, group.nodes[host]), 60, f"the server on {host} to load its data")
+
+    assert group.role(group.nodes[host]).get("role") == "slave", f"{host} is not a replica"
+    restarted(
+        f"cp -a {directory} {saved} && mount -t tmpfs -o size={mib}m tmpfs {directory}"
+        f" && chown --reference={saved} {directory} && chmod --reference={saved} {directory}"
+        f" && cp -a {saved}/. {directory}/"
+    )
+    try:
+        yield directory
+    finally:
+        restarted(
+            f"rm -rf {saved} && cp -a {directory} {saved} && umount {directory}"
+            f" && find {directory} -mindepth 1 -delete && cp -a {saved}/. {directory}/ && rm -rf {saved}"
+        )
+
+
+def fill_disk(host: str, directory: str) -> None:
+    """A file grows in `directory` until its filesystem refuses (ENOSPC), as a log does."""
+    sh(host, f"dd if=/dev/zero of={directory}/filler bs=1M 2>/dev/null", check=False)
+    assert "100%" in sh(host, f"df --output=pcent {directory}"), f"the disk of {host} is not full"
+
+
+def free_disk(host: str, directory: str) -> None:
+    sh(host, f"rm -f {directory}/filler")
+
+
+def retried(group: Group, job_ids: list[str]) -> list[str]:
+    """The jobs run more than once: a run failed (its horse died, its outcome was not recorded)
+    and the job was retried. Every job of the load starts with the same retries, so those with
+    fewer left than the others were retried."""
+    with group.node(group.current_master()) as conn:
+        left = {j: conn.command("HGET", f"rq:job:{j}", "retries_left") for j in job_ids}
+    counts = {j: int(n) for j, n in left.items() if n is not None}
+    most = max(counts.values(), default=0)
+    return [j for j, n in counts.items() if n < most]
+
+
 # --- Load -------------------------------------------------------------------------------------
 
 
@@ -427,6 +483,8 @@ class Result:
     in_flight: int = 0
     retried: int = 0
     rerun_after: float | None = None
+    # disk-full: acknowledged jobs that ran twice (a run's outcome could not be recorded).
+    run_twice: int | None = None
 
     @property
     def errors_5xx(self) -> int:
@@ -750,6 +808,61 @@ def drill_lose_worker_host(platform: Platform, name: str = "worker-host-loss", h
     return result
 
 
+def drill_disk_full(platform: Platform, name: str = "disk-full") -> Result:
+    """The master's disk fills up (a file grows until ENOSPC): it refuses every write
+    (MISCONF) and Sentinel's PING, so the Sentinels fail it over; the app and the workers
+    follow the new master (no worker restarts, no job run twice because its outcome could not
+    be recorded), and once the disk is freed the old master comes back as a replica. Its
+    directory is first put on a small filesystem of its own (small_disk), as a replica, which
+    a planned failover then makes the master."""
+    group = platform.group
+    host = platform.replica_hosts()[0]
+    with small_disk(group, host) as directory:
+        platform.wait_healthy()
+
+        def switched() -> bool:
+            """A Sentinel promotes a replica only once its view of it is fresh: NOGOODSLAVE
+            for up to 10 s after the replica's restart."""
+            with group.sentinel(next(iter(group.sentinels.values()))) as conn:
+                try:
+                    conn.command("SENTINEL", "FAILOVER", group.master_name)
+                except ReplyError as error:
+                    if "NOGOODSLAVE" not in str(error):
+                        raise
+                    return False
+            return True
+
+        wait_for(switched, 30, f"a Sentinel to fail over to {host}", 0.5)
+        address = f"{platform.addresses[host]}:6379"
+        wait_for(lambda: set(group.masters_named().values()) == {address}, 60, f"{host} to be the master")
+        platform.wait_healthy()
+        with under_load(platform, name) as load:
+            time.sleep(1)
+            before = platform.workers_state()
+            began = time.monotonic()
+            fill_disk(host, directory)
+            wait_for(lambda: {a for a in group.masters_named().values() if a} - {address}, 60, "a new master")
+            promoted = time.monotonic() - began
+            _settle(load)
+            free_disk(host, directory)
+            freed = time.monotonic()
+            node = group.nodes[host]
+            wait_for(lambda: group.role(node).get("role") == "slave", 60, "the old master to rejoin")
+            rejoined = time.monotonic() - freed
+        result = _finish(
+            platform,
+            name,
+            load,
+            began,
+            before,
+            f"promoted after {promoted:.2f}s; a replica again {rejoined:.1f}s after its disk was freed",
+        )
+        platform.wait_healthy()
+    result.run_twice = len(retried(group, load.acknowledged()))
+    result.detail += f"; {result.run_twice} job(s) run twice"
+    return result
+
+
 def repl_timeout(platform: Platform) -> int:
     with platform.group.node(platform.group.current_master()) as conn:
         return int(conn.command("CONFIG", "GET", "repl-timeout")[1])
@@ -768,6 +881,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "freeze": drill_freeze_master,
     "partition": drill_partition,
     "worker-host-loss": drill_lose_worker_host,
+    "disk-full": drill_disk_full,
 }
 
 
@@ -780,6 +894,7 @@ def summary(results: list[Result]) -> list[dict]:
         gaps = [r.write_gap for r in runs]
         during = [r.rate_during for r in runs if r.rate_during is not None]
         reruns = [r.rerun_after for r in runs if r.rerun_after is not None]
+        twice = [r.run_twice for r in runs if r.run_twice is not None]
         before = [r.rate_before for r in runs if r.rate_before is not None]
         rows.append(
             {
@@ -802,6 +917,7 @@ def summary(results: list[Result]) -> list[dict]:
                 "workers_restarted": sum(len(r.workers_restarted) for r in runs),
                 # Slowest drill: from a lost worker host's return until every job had run.
                 "rerun_after_max": max(reruns) if reruns else "-",
+                "run_twice": sum(twice) if twice else "-",
             }
         )
     return rows
