@@ -45,7 +45,7 @@ COLUMNS = [
     ("rate_host_away", "Acknowledged/s, host still lost (before)"),
     ("workers_restarted", "Workers restarted"),
     ("rerun_after_max", "Every job run, s after the worker host's return (max)"),
-    ("run_twice", "Run twice"),
+    ("failed_runs", "Retried after a failed run"),
 ]
 
 
@@ -122,7 +122,7 @@ def main() -> int:
         or r.errors_5xx
         or r.workers_restarted
         or r.replays
-        or r.run_twice
+        or r.failed_runs
         or (r.rate_during is not None and r.rate_during < 0.5 * (r.rate_before or 0))
     ]
     for result in broken:

@@ -4,6 +4,7 @@ plain TCP or, with `tls=make_tls(dir)`, over TLS only (`port 0`, a `tls-port`)."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -383,19 +384,28 @@ class Cluster:
     def thaw(self, port: int) -> None:
         self.processes[port].send_signal(signal.SIGCONT)
 
-    def fill_disk(self, port: int) -> int:
+    def fill_disk(self, port: int) -> None:
         """Fill the disk of a data node (disk_mib) as a growing log file would, until the
-        filesystem refuses (ENOSPC); returns the bytes written."""
-        written = 0
+        filesystem refuses (ENOSPC). A node meets it at its next write (until then it still
+        accepts one): one is made on the master here, so that the node has met it on return
+        (a replica through replication: fill a replica's disk before the master's)."""
         chunk = b"\0" * 2**20
-        with open(self.workdir / f"redis-{port}" / "filler", "wb", buffering=0) as filler:
+        with open(self.workdir / f"redis-{port}" / "filler", "ab", buffering=0) as filler:
             while True:
                 try:
-                    written += filler.write(chunk)
+                    filler.write(chunk)
                 except OSError as error:
                     if error.errno != errno.ENOSPC:
                         raise
-                    return written
+                    break
+        node, master = self.admin(port), self.admin(self.master_port())
+
+        def refusing() -> bool:
+            with contextlib.suppress(redis.ResponseError):  # MISCONF, when `port` is the master
+                master.set("fill-disk-probe", 1)
+            return node.info("persistence")["aof_last_write_status"] == "err"
+
+        wait_until(refusing, 10, f"redis on {port} to meet its full disk")
 
     def free_disk(self, port: int) -> None:
         (self.workdir / f"redis-{port}" / "filler").unlink(missing_ok=True)

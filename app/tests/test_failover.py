@@ -153,3 +153,34 @@ def test_faults_under_continuous_enqueueing(app, cluster, workers, how):
     assert wait_for_status(client, delayed, {"finished"}, timeout=90)["result"] == 3
     late = time.monotonic() - asked
     print(f"{how}: a job delayed by 1 s after the failover ran {late:.1f}s after it was asked")
+
+
+def test_with_every_data_node_s_disk_full_an_enqueue_is_refused_with_503_then_accepted_once_freed(
+    app, cluster, caplog
+):
+    """No master can write: nothing to fail over to. The enqueue is retried for the budget,
+    then refused with 503 and Retry-After, the log naming the disk; the same request is
+    accepted once there is room, as one job."""
+    if not cluster.disk_mib:
+        pytest.skip("needs root: each data node's directory on a filesystem of its own (tmpfs)")
+    client = app.test_client()
+    key = {"Idempotency-Key": "both-disks-full"}
+    master = cluster.master_port()
+    for port in sorted(cluster.data_ports, key=lambda p: p == master):  # the replica's first
+        cluster.fill_disk(port)
+    try:
+        asked = time.monotonic()
+        refused = client.post("/comer/platano", headers=key)
+        took = time.monotonic() - asked
+    finally:
+        for port in cluster.data_ports:
+            cluster.free_disk(port)
+    assert refused.status_code == 503, refused.get_json()
+    assert int(refused.headers["Retry-After"]) > 0
+    assert took <= app.config["RETRY_BUDGET"] + 1.5, took
+    assert any("cannot write to its disk" in r.getMessage() for r in caplog.records), caplog.text
+    accepted = wait_until(
+        lambda: (r := client.post("/comer/platano", headers=key)).status_code == 202 and r, 30, "room"
+    )
+    again = client.post("/comer/platano", headers=key)
+    assert again.get_json()["job_id"] == accepted.get_json()["job_id"]

@@ -131,7 +131,7 @@ class PreforkWorker(Worker):
         its disk: store.CannotPersist). A horse still connected to the old master would read
         the job there, but not the execution the parent registered on the new one (seen: the
         horse died and the job ran twice)."""
-        return f"{self.connection_epoch}/{getattr(self.connection.connection_pool, 'master_address', None)}"
+        return f"{self.connection_epoch}/{self.connection.connection_pool.master_address}"
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         """Until the horse has run the job: (pid, 0, None) when it carries on; (pid, 0, rusage)

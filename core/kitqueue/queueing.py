@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from .fetch import ReliableQueue
 from .registry import Task, allowed_paths
 from .store import (
+    CannotPersist,
     Full,
     Replication,
     StaleMaster,
@@ -212,8 +213,8 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
         raise NotDurable(job_id, acked, wanted, doubt)
     try:
         store.redis.incr(store.key("stats", "unreplicated"))
-    except redis.ResponseError as error:
-        if refusal(error) is None:
+    except (redis.ResponseError, CannotPersist) as error:
+        if isinstance(error, redis.ResponseError) and refusal(error) is None:
             raise
         log.warning("job %s stored; its count as unreplicated was refused: %s", job_id, error)
     _unreplicated_log.note(job_id)

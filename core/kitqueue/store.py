@@ -321,6 +321,10 @@ class QuorumSentinel(Sentinel):
         return f"only {confirmed} of {len(self.sentinels)} Sentinels confirmed the master"
 
 
+# How long a master connection waits before it raises CannotPersist (see FollowingConnection).
+CANNOT_PERSIST_PAUSE = 0.25
+
+
 class CannotPersist(redis.ConnectionError):
     """The master refused a write because it cannot write to its disk (MISCONF: a full disk,
     an I/O error). Such a master also refuses Sentinel's PING, so the Sentinels fail it over
@@ -352,9 +356,18 @@ class FollowingConnection(SentinelManagedConnection):
         try:
             return super().read_response(*args, **kwargs)
         except redis.ResponseError as error:
-            if not str(error).startswith("MISCONF") or not self.connection_pool.is_master:
+            # A transaction's EXEC refused for it: "EXECABORT Transaction discarded because of:
+            # MISCONF ..." (nothing of it ran, as with a refused command).
+            text = str(error)
+            refused = text.startswith("MISCONF") or (
+                isinstance(error, redis.exceptions.ExecAbortError) and "MISCONF" in text
+            )
+            if not refused or not self.connection_pool.is_master:
                 raise
             self.disconnect()
+            # Not at once: RQ retries a WATCHed transaction without a pause (redis-py turns the
+            # connection error into a WatchError), and each retry asks the Sentinels again.
+            time.sleep(CANNOT_PERSIST_PAUSE)
             raise CannotPersist(f"{self.host}:{self.port} cannot write to its disk: {error}") from error
 
 
@@ -606,7 +619,9 @@ class PinnedConnection:
 
     def run(self, *commands: tuple[Any, ...], raising: bool = True) -> list[Any]:
         """Send `commands` in one round trip and return their raw replies, in order. An error
-        reply is raised once every reply is read (`raising`), or returned in its place."""
+        reply is raised once every reply is read (`raising`), or returned in its place; but a
+        master's MISCONF is raised at once as CannotPersist, the connection dropped with the
+        replies not read (FollowingConnection)."""
         conn = self.connection
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
