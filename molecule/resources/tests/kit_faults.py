@@ -609,14 +609,21 @@ def _queued_across(platform: Platform, name: str, fault: Callable[[str], None]) 
 KIT = Path(__file__).resolve().parents[3]
 
 
+def switch_over(platform: Platform, target: str) -> None:
+    """The planned switchover (playbooks/failover.yml) to the replica `target`. It waits until
+    the Sentinels have a fresh view of it: a raw SENTINEL FAILOVER right after the replica's
+    restart once raced a Sentinel that had just seen it reboot, which turned the new master
+    back into a replica of the old one."""
+    run = run_playbook("-e", f"to={target}", playbook=str(KIT / "playbooks" / "failover.yml"))
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert platform.master_host() == target, "the master did not move to the chosen replica"
+
+
 def drill_failover(platform: Platform, name: str = "failover") -> Result:
     """The planned switchover (playbooks/failover.yml) to a replica named by host."""
 
     def switch(master: str) -> None:
-        target = next(h for h in platform.group.nodes if h != master)
-        run = run_playbook("-e", f"to={target}", playbook=str(KIT / "playbooks" / "failover.yml"))
-        assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-        assert platform.master_host() == target, "the master did not move to the chosen replica"
+        switch_over(platform, next(h for h in platform.group.nodes if h != master))
 
     return _queued_across(platform, name, switch)
 
@@ -841,23 +848,11 @@ def drill_disk_full(platform: Platform, name: str = "disk-full") -> Result:
     host = platform.replica_hosts()[0]
     with small_disk(group, host) as directory:
         platform.wait_healthy()
-
-        def switched() -> bool:
-            """A Sentinel promotes a replica only once its view of it is fresh: NOGOODSLAVE
-            for up to 10 s after the replica's restart."""
-            with group.sentinel(next(iter(group.sentinels.values()))) as conn:
-                try:
-                    conn.command("SENTINEL", "FAILOVER", group.master_name)
-                except ReplyError as error:
-                    if "NOGOODSLAVE" not in str(error):
-                        raise
-                    return False
-            return True
-
-        wait_for(switched, 30, f"a Sentinel to fail over to {host}", 0.5)
-        address = f"{platform.addresses[host]}:6379"
-        wait_for(lambda: set(group.masters_named().values()) == {address}, 60, f"{host} to be the master")
+        switch_over(platform, host)
         platform.wait_healthy()
+        address = f"{platform.addresses[host]}:6379"
+        assert platform.master_host() == host, f"{host} is no longer the master"
+        assert group.role(group.nodes[host]).get("role") == "master", f"{host} is not a master"
         with under_load(platform, name) as load:
             time.sleep(1)
             before = platform.workers_state()
