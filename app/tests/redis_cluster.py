@@ -299,6 +299,8 @@ class Cluster:
                 "repl-diskless-sync yes",
                 "repl-diskless-sync-delay 0",
                 f"stream-node-max-bytes {role_default('redis_stream_node_max_bytes')}",
+                "replica-ignore-disk-write-errors "
+                + ("yes" if role_default("redis_replica_ignore_disk_write_errors") else "no"),
                 "logfile redis.log",
             ]
             if index:

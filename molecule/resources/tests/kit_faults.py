@@ -324,14 +324,16 @@ def small_disk(group: Group, host: str, mib: int = 256) -> Iterator[str]:
         )
 
 
-def fill_disk(group: Group, host: str, directory: str) -> None:
+def fill_disk(group: Group, host: str, directory: str, stopped: Callable[[], bool] = lambda: False) -> None:
     """A file grows in `directory` until its filesystem refuses (ENOSPC), as a log does, and
     again if space comes free (a failed rewrite's temporary file deleted) before the server
-    has met the full disk."""
+    has met the full disk (or, `stopped`, has stopped on it)."""
 
     def refused() -> bool:
         dd = f"dd if=/dev/zero of={directory}/filler bs=1M oflag=append conv=notrunc 2>/dev/null"
         sh(host, dd, check=False)
+        if stopped():
+            return True
         with group.node(group.nodes[host]) as conn:
             return parse_info(conn.command("INFO", "persistence")).get("aof_last_write_status") == "err"
 
@@ -507,6 +509,8 @@ class Result:
     # disk-full: acknowledged jobs retried after a run that failed (its horse died, for one
     # that could not record the outcome). A job put back by follow.py is not counted.
     failed_runs: int | None = None
+    # replica-disk-full: whether the replica's server stopped (and systemd started it again).
+    replica_restarts: int | None = None
 
     @property
     def errors_5xx(self) -> int:
@@ -880,6 +884,85 @@ def drill_disk_full(platform: Platform, name: str = "disk-full") -> Result:
     return result
 
 
+def sentinels_seeing_down(group: Group, address: str) -> int:
+    """How many Sentinels flag the replica at `address` down (s_down): none of them would
+    promote it."""
+    down = 0
+    for sentinel in group.sentinels.values():
+        with group.sentinel(sentinel) as conn:
+            replicas = conn.command("SENTINEL", "REPLICAS", group.master_name)
+        states = [dict(zip(*[iter(r)] * 2, strict=True)) for r in replicas]
+        down += any(s["ip"] == address and "s_down" in s["flags"] for s in states)
+    return down
+
+
+def drill_replica_disk_full(
+    platform: Platform, name: str = "replica-disk-full", full_for: float = 12.0
+) -> Result:
+    """A replica's disk fills up and stays full for `full_for` seconds under load. The replica
+    goes on applying what its master sends, so it still confirms every write and enqueues are
+    acknowledged on two hosts as before; it refuses Sentinel's PING, so every Sentinel sees it
+    down and none could promote it while its files lag its memory. Once the disk has room it
+    writes what it held and is in sync again, never having stopped (roles/redis,
+    redis_replica_ignore_disk_write_errors). Redis' default stops it: systemd starts it again,
+    it cannot resynchronise while the disk is full, and with one replica every enqueue answers
+    503 until the disk has room."""
+    group = platform.group
+    host = platform.replica_hosts()[0]
+    address = group.nodes[host]
+
+    def server() -> str:
+        return sh(host, f"systemctl show -p MainPID,NRestarts {group.service}").strip()
+
+    def written() -> bool:
+        with group.node(address) as conn:
+            status = parse_info(conn.command("INFO", "persistence")).get("aof_last_write_status")
+        return status == "ok" and sentinels_seeing_down(group, address) == 0
+
+    since = int(time.time())
+    with small_disk(group, host) as directory:
+        platform.wait_healthy()
+        started = server()
+        with under_load(platform, name) as load:
+            time.sleep(1)
+            before = platform.workers_state()
+            began = time.monotonic()
+            fill_disk(group, host, directory, stopped=lambda: server() != started)
+            seen_down: float | None = None
+            with contextlib.suppress(AssertionError):  # one that stopped and started may not be
+                wait_for(
+                    lambda: sentinels_seeing_down(group, address) == len(group.sentinels),
+                    10,
+                    f"every Sentinel to see {host} down",
+                    0.2,
+                )
+                seen_down = time.monotonic() - began
+            time.sleep(max(0.0, began + full_for - time.monotonic()))  # the fault lasts full_for
+            free_disk(host, directory)
+            freed = time.monotonic()
+            wait_for(written, 60, f"{host} to write what it held and be seen up again", 0.2)
+            back = time.monotonic() - freed
+            _settle(load)
+        result = _finish(
+            platform,
+            name,
+            load,
+            began,
+            before,
+            (f"every Sentinel saw the replica down after {seen_down:.1f}s" if seen_down else "not seen down")
+            + f"; its disk full for "
+            f"{freed - began:.0f}s; written and up {back:.1f}s after it was freed",
+        )
+        result.replica_restarts = 0 if server() == started else 1
+        result.detail += f"; the replica {'kept running' if not result.replica_restarts else 'was restarted'}"
+        platform.wait_healthy()
+    # small_disk started the server again: the hole the full disk may have left in its AOF
+    # (roles/redis/files/kit-aof-repair.py) was removed first, or the server would not have loaded.
+    repairs = sh(host, f"journalctl -u {group.service} --since @{since} -o cat | grep 'NUL bytes' || true")
+    result.detail += f"; its next start removed {len(repairs.splitlines())} hole(s) from its AOF"
+    return result
+
+
 def repl_timeout(platform: Platform) -> int:
     with platform.group.node(platform.group.current_master()) as conn:
         return int(conn.command("CONFIG", "GET", "repl-timeout")[1])
@@ -899,6 +982,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "partition": drill_partition,
     "worker-host-loss": drill_lose_worker_host,
     "disk-full": drill_disk_full,
+    "replica-disk-full": drill_replica_disk_full,
 }
 
 

@@ -1,0 +1,219 @@
+"""roles/redis/files/kit-aof-repair.py against a real redis-server: the hole a short write
+leaves in an append-only file stops the server from starting, the repair removes it and every
+write (those after the hole too) loads again; what is not such a hole is left alone."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / ".collections"))
+kit_redis = importlib.import_module("ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis")
+spec = importlib.util.spec_from_file_location("kit_aof_repair", ROOT / "roles/redis/files/kit-aof-repair.py")
+aof_repair = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(aof_repair)
+
+CHECK_TOOL = shutil.which("redis-check-aof") or "/usr/bin/redis-check-aof"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A redis-server with an AOF in `directory`, as a data node runs it (everysec)."""
+
+    def __init__(self, directory: Path) -> None:
+        if not shutil.which("redis-server"):
+            pytest.fail(
+                "redis-server is needed (make test installs it with the app tests' tools/app-tests.sh)"
+            )
+        self.directory = directory
+        self.port = free_port()
+        self.log = directory.parent / f"redis-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)),
+                *(
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--logfile",
+                    str(self.log),
+                ),
+            ]
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-600:]}")
+            with contextlib.suppress(OSError):
+                self.conn = kit_redis.Connection("127.0.0.1", self.port, None, None, 2.0)
+                if self.conn.command("PING") == "PONG":
+                    break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def __call__(self, *args):
+        return self.conn.command(*args)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def directory(tmp_path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+def manifest(directory: Path) -> Path:
+    return directory / "appendonlydir" / "appendonly.aof.manifest"
+
+
+def incremental(directory: Path) -> Path:
+    (path,) = aof_repair.incremental_files(manifest(directory))
+    return path
+
+
+def repair(directory: Path) -> int:
+    return aof_repair.main([str(manifest(directory)), "--check-tool", CHECK_TOOL])
+
+
+def fails_to_start(directory: Path) -> str:
+    """Start a server on `directory` and return its log, asserting that it exits."""
+    port = free_port()
+    log = directory.parent / f"refused-{port}.log"
+    run = subprocess.run(
+        [
+            *("redis-server", "--port", str(port), "--dir", str(directory), "--appendonly", "yes"),
+            *("--save", "", "--logfile", str(log)),
+        ],
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode != 0
+    return log.read_text()
+
+
+def with_keys(directory: Path, count: int) -> Server:
+    server = Server(directory)
+    server("BGREWRITEAOF")  # as after a full sync: the incremental file it opens has no O_APPEND
+    deadline = time.monotonic() + 10
+    while "aof_rewrite_in_progress:0" not in server("INFO", "persistence"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for i in range(count):
+        server("SET", f"job:{i}", "x" * 100)
+    return server
+
+
+def test_a_hole_of_nuls_between_two_commands_is_removed_and_every_write_loads(directory):
+    server = with_keys(directory, 200)
+    server.stop()
+    path = incremental(directory)
+    data = path.read_bytes()
+    at = data.index(b"*3\r\n$3\r\nSET\r\n$6\r\njob:99\r\n")
+    path.write_bytes(data[:at] + b"\0" * 612 + data[at:])
+    assert "Bad file format" in fails_to_start(directory)
+
+    assert aof_repair.repair(CHECK_TOOL, path) == [(at, 612)]
+    assert path.read_bytes() == data
+    server = Server(directory)
+    assert server("DBSIZE") == 200
+    server.stop()
+
+
+def test_nuls_at_the_end_are_removed_and_a_command_cut_short_is_left_to_the_server(directory):
+    server = with_keys(directory, 50)
+    server.stop()
+    path = incremental(directory)
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0" * 100)
+    assert repair(directory) == 0
+    assert path.read_bytes() == data
+
+    # A crash in the middle of a write: redis-check-aof calls it bad, the server loads what is
+    # whole (aof-load-truncated), and the repair changes nothing.
+    path.write_bytes(data[:-7])
+    assert aof_repair.repair(CHECK_TOOL, path) == []
+    assert path.read_bytes() == data[:-7]
+    server = Server(directory)
+    assert server("DBSIZE") == 49
+    server.stop()
+
+
+def test_other_damage_is_left_for_the_server_to_report(directory):
+    server = with_keys(directory, 50)
+    server.stop()
+    path = incremental(directory)
+    data = path.read_bytes()
+    at = data.index(b"*3\r\n$3\r\nSET\r\n$6\r\njob:20\r\n")
+    broken = data[:at] + b"garbage\r\n" + data[at:]
+    path.write_bytes(broken)
+    assert repair(directory) == 0
+    assert path.read_bytes() == broken
+
+
+def test_no_aof_yet_is_nothing_to_do(tmp_path):
+    assert aof_repair.main([str(tmp_path / "appendonlydir" / "appendonly.aof.manifest")]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a small filesystem of its own (tmpfs) needs root")
+def test_a_real_full_disk_leaves_a_hole_that_the_repair_removes(directory):
+    """The fault itself: the disk fills in the middle of a write (a short write), Redis
+    truncates it and writes the whole buffer again once the disk has room, after a hole."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)], check=True)
+    try:
+        server = with_keys(directory, 10)
+        filler = directory / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=100000"], capture_output=True)
+        os.truncate(filler, filler.stat().st_size - 12 * 1024)  # 12 KiB left: a 50 kB write is cut short
+        refused = None
+        written = 10
+        for i in range(10, 100):
+            try:
+                server("SET", f"job:{i}", "y" * 50_000)
+                written += 1
+            except kit_redis.ReplyError as error:
+                refused = str(error)
+                break
+        assert refused is not None
+        assert refused.startswith("MISCONF"), refused
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while True:  # the server writes its buffer again once it can
+            try:
+                server("SET", "after", "1")
+                break
+            except kit_redis.ReplyError:
+                assert time.monotonic() < deadline, "the server never wrote again"
+                time.sleep(0.2)
+        assert "Short write" in server.log.read_text()
+        server.stop()
+        assert "Bad file format" in fails_to_start(directory)
+
+        assert repair(directory) == 0
+        server = Server(directory)
+        assert server("DBSIZE") == written + 1
+        assert server("GET", "after") == "1"
+        server.stop()
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
