@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,8 @@ sys.path.insert(0, str(ROOT / ".collections"))
 kit_redis = importlib.import_module("ansible_collections.kit.jobqueue.plugins.module_utils.kit_redis")
 spec = importlib.util.spec_from_file_location("kit_aof_repair", ROOT / "roles/redis/files/kit-aof-repair.py")
 aof_repair = importlib.util.module_from_spec(spec)
+sys.modules["kit_aof_repair"] = aof_repair  # its dataclass looks its module up
 spec.loader.exec_module(aof_repair)
-
-CHECK_TOOL = shutil.which("redis-check-aof") or "/usr/bin/redis-check-aof"
 
 
 def free_port() -> int:
@@ -94,7 +94,15 @@ def incremental(directory: Path) -> Path:
 
 
 def repair(directory: Path) -> int:
-    return aof_repair.main([str(manifest(directory)), "--check-tool", CHECK_TOOL])
+    return aof_repair.main([str(manifest(directory))])
+
+
+def with_hole(data: bytes, before: bytes) -> tuple[bytes, int, int]:
+    """`data` with a hole as a full disk leaves it: NUL bytes from the start of the command
+    `before` up to the next 4 KiB boundary, then that command and the rest."""
+    at = data.index(before)
+    length = (-at) % 4096 or 4096
+    return data[:at] + b"\0" * length + data[at:], at, length
 
 
 def fails_to_start(directory: Path) -> str:
@@ -130,11 +138,11 @@ def test_a_hole_of_nuls_between_two_commands_is_removed_and_every_write_loads(di
     server.stop()
     path = incremental(directory)
     data = path.read_bytes()
-    at = data.index(b"*3\r\n$3\r\nSET\r\n$6\r\njob:99\r\n")
-    path.write_bytes(data[:at] + b"\0" * 612 + data[at:])
+    holed, at, length = with_hole(data, b"*3\r\n$3\r\nSET\r\n$6\r\njob:99\r\n")
+    path.write_bytes(holed)
     assert "Bad file format" in fails_to_start(directory)
 
-    assert aof_repair.repair(CHECK_TOOL, path) == [(at, 612)]
+    assert aof_repair.repair(path).holes == [(at, length)]
     assert path.read_bytes() == data
     server = Server(directory)
     assert server("DBSIZE") == 200
@@ -150,23 +158,43 @@ def test_nuls_at_the_end_are_removed_and_a_command_cut_short_is_left_to_the_serv
     assert repair(directory) == 0
     assert path.read_bytes() == data
 
-    # A crash in the middle of a write: redis-check-aof calls it bad, the server loads what is
-    # whole (aof-load-truncated), and the repair changes nothing.
-    path.write_bytes(data[:-7])
-    assert aof_repair.repair(CHECK_TOOL, path) == []
+    # A crash in the middle of a write: the server loads what is whole (aof-load-truncated),
+    # and the repair changes nothing, also with a hole before it (which it removes).
+    holed, _, _ = with_hole(data[:-7], b"*3\r\n$3\r\nSET\r\n$6\r\njob:20\r\n")
+    path.write_bytes(holed)
+    found = aof_repair.repair(path)
+    assert (len(found.holes), found.damage) == (1, None)
     assert path.read_bytes() == data[:-7]
     server = Server(directory)
     assert server("DBSIZE") == 49
     server.stop()
 
 
-def test_other_damage_is_left_for_the_server_to_report(directory):
-    server = with_keys(directory, 50)
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage before a command", "zeros from a block boundary", "zeros not up to a block boundary"],
+)
+def test_other_damage_is_left_for_the_server_to_report(directory, damage):
+    """What a full disk does not leave (zeros that a power cut left over whole blocks, bytes
+    that are no command) is not touched, whatever holes the file also has."""
+    server = with_keys(directory, 200)
     server.stop()
     path = incremental(directory)
     data = path.read_bytes()
-    at = data.index(b"*3\r\n$3\r\nSET\r\n$6\r\njob:20\r\n")
-    broken = data[:at] + b"garbage\r\n" + data[at:]
+    holed, _, _ = with_hole(data, b"*3\r\n$3\r\nSET\r\n$6\r\njob:20\r\n")
+    at = holed.index(b"*3\r\n$3\r\nSET\r\n$7\r\njob:150\r\n")
+    if damage == "garbage before a command":
+        broken = holed[:at] + b"garbage\r\n" + holed[at:]
+    elif damage == "zeros from a block boundary":
+        # A command that ends at a block boundary, then a whole block of zeros, then commands.
+        pad = next(
+            c
+            for n in range(4096)
+            if (at + len(c := b"*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n" % (n, b"x" * n))) % 4096 == 0
+        )
+        broken = holed[:at] + pad + b"\0" * 4096 + holed[at:]
+    else:
+        broken = holed[:at] + b"\0" * 10 + holed[at:]
     path.write_bytes(broken)
     assert repair(directory) == 0
     assert path.read_bytes() == broken
@@ -174,46 +202,95 @@ def test_other_damage_is_left_for_the_server_to_report(directory):
 
 def test_no_aof_yet_is_nothing_to_do(tmp_path):
     assert aof_repair.main([str(tmp_path / "appendonlydir" / "appendonly.aof.manifest")]) == 0
+    (tmp_path / "appendonlydir").mkdir()
+    (tmp_path / "appendonlydir" / "appendonly.aof.1.incr.aof").write_bytes(b"")
+    (tmp_path / "appendonlydir" / "appendonly.aof.manifest").write_text(
+        "file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\n"
+    )
+    assert aof_repair.main([str(tmp_path / "appendonlydir" / "appendonly.aof.manifest")]) == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a small filesystem of its own (tmpfs) needs root")
-def test_a_real_full_disk_leaves_a_hole_that_the_repair_removes(directory):
-    """The fault itself: the disk fills in the middle of a write (a short write), Redis
-    truncates it and writes the whole buffer again once the disk has room, after a hole."""
+def full_disk_episode(server: Server, directory: Path, tag: str) -> int:
+    """The disk fills in the middle of a write (a short write): writes of 50 kB until the
+    server refuses one (MISCONF), then the disk is freed and the server writes its buffer
+    again. Returns how many writes it accepted."""
+    filler = directory / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=100000"], capture_output=True)
+    os.truncate(filler, filler.stat().st_size - 12 * 1024)  # 12 KiB left: a 50 kB write is cut short
+    refused = None
+    written = 0
+    for i in range(100):
+        try:
+            server("SET", f"{tag}:{i}", "y" * 50_000)
+            written += 1
+        except kit_redis.ReplyError as error:
+            refused = str(error)
+            break
+    assert refused is not None
+    assert refused.startswith("MISCONF"), refused
+    filler.unlink()
+    deadline = time.monotonic() + 10
+    while True:  # the server writes its buffer again once it can
+        try:
+            server("SET", f"{tag}:after", "1")
+            return written + 1
+        except kit_redis.ReplyError:
+            assert time.monotonic() < deadline, "the server never wrote again"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def small_disk(directory) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("a small filesystem of its own (tmpfs) needs root")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)], check=True)
-    try:
-        server = with_keys(directory, 10)
-        filler = directory / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=100000"], capture_output=True)
-        os.truncate(filler, filler.stat().st_size - 12 * 1024)  # 12 KiB left: a 50 kB write is cut short
-        refused = None
-        written = 10
-        for i in range(10, 100):
-            try:
-                server("SET", f"job:{i}", "y" * 50_000)
-                written += 1
-            except kit_redis.ReplyError as error:
-                refused = str(error)
-                break
-        assert refused is not None
-        assert refused.startswith("MISCONF"), refused
-        filler.unlink()
-        deadline = time.monotonic() + 10
-        while True:  # the server writes its buffer again once it can
-            try:
-                server("SET", "after", "1")
-                break
-            except kit_redis.ReplyError:
-                assert time.monotonic() < deadline, "the server never wrote again"
-                time.sleep(0.2)
-        assert "Short write" in server.log.read_text()
-        server.stop()
-        assert "Bad file format" in fails_to_start(directory)
+    yield directory
+    subprocess.run(["umount", str(directory)], check=False)
 
-        assert repair(directory) == 0
-        server = Server(directory)
-        assert server("DBSIZE") == written + 1
-        assert server("GET", "after") == "1"
-        server.stop()
-    finally:
-        subprocess.run(["umount", str(directory)], check=False)
+
+def test_a_real_full_disk_leaves_a_hole_that_the_repair_removes(small_disk):
+    """The fault itself, on a master that was not failed over: Redis truncates the write cut
+    short and writes the whole buffer again once the disk has room, after a hole."""
+    server = with_keys(small_disk, 10)
+    written = 10 + full_disk_episode(server, small_disk, "first")
+    assert "Short write" in server.log.read_text()
+    server.stop()
+    assert "Bad file format" in fails_to_start(small_disk)
+
+    assert repair(small_disk) == 0
+    server = Server(small_disk)
+    assert server("DBSIZE") == written
+    server.stop()
+
+
+def test_a_second_full_disk_cuts_commands_unless_the_aof_was_rewritten_in_between(small_disk):
+    """After a hole, Redis's idea of the file's size is short by the hole: the next short write
+    truncates the file there and cuts off the end of commands already written. The repair
+    cannot bring those back and leaves the file alone; a rewrite after the first episode (a
+    new incremental file) prevents it."""
+    server = with_keys(small_disk, 10)
+    full_disk_episode(server, small_disk, "first")
+    full_disk_episode(server, small_disk, "second")
+    server.stop()
+    path = incremental(small_disk)
+    damaged = path.read_bytes()
+    found = aof_repair.repair(path)
+    assert found.damage is not None
+    assert path.read_bytes() == damaged
+    assert "Bad file format" in fails_to_start(small_disk)
+
+    for name in list((small_disk / "appendonlydir").iterdir()):
+        name.unlink()
+    server = with_keys(small_disk, 10)
+    written = 10 + full_disk_episode(server, small_disk, "first")
+    server("BGREWRITEAOF")
+    deadline = time.monotonic() + 10
+    while "aof_rewrite_in_progress:0" not in server("INFO", "persistence"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    written += full_disk_episode(server, small_disk, "second")
+    server.stop()
+    assert repair(small_disk) == 0
+    server = Server(small_disk)
+    assert server("DBSIZE") == written
+    server.stop()

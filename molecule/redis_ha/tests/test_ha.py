@@ -224,12 +224,14 @@ def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job
         _bulk(group, master, prefix, _BULK_DROP)
 
 
-def test_a_replica_whose_disk_fills_confirms_every_write_and_its_next_start_loads_them(group):
-    """A replica's disk fills up under a stream of jobs, and is freed. The replica goes on
-    applying and confirming its master's writes (replica-ignore-disk-write-errors) instead of
-    stopping. Its AOF may then hold a hole that stops its next start (a short write: see
-    roles/redis/files/kit-aof-repair.py); the repair runs before that start, inside the unit's
-    sandbox, and the server loads every job from its own files."""
+def test_a_hole_a_full_disk_left_in_the_aof_is_removed_before_the_next_start(group):
+    """A node's disk fills up in the middle of an AOF write and is freed while the node runs
+    on: Redis truncates the write cut short without moving the file offset, and writes the data
+    again past a run of NUL bytes, a hole that would stop the next start. The node here is a
+    replica told to go on through its full disk (replica-ignore-disk-write-errors, for this
+    test only: the role keeps Redis' default), as a master does when no failover takes it
+    away; it confirms every job meanwhile. Its next start runs kit-aof-repair.py inside the
+    unit's sandbox, which removes the hole, and the server loads every job from its own files."""
     master = group.current_master()
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
@@ -248,6 +250,8 @@ def test_a_replica_whose_disk_fills_confirms_every_write_and_its_next_start_load
         # In sync first: a full sync cannot be written to a full disk.
         wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
         running = (unit("MainPID"), unit("NRestarts"))
+        with group.node(replica) as conn:  # not rewritten: its next start has the role's "no"
+            assert conn.command("CONFIG", "SET", "replica-ignore-disk-write-errors", "yes") == "OK"
 
         # The disk filled, then 12 KiB given back: the write that meets the end is cut short.
         filler = f"{directory}/filler"
@@ -271,7 +275,10 @@ def test_a_replica_whose_disk_fills_confirms_every_write_and_its_next_start_load
         restart_server(group, host)
         wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
         log = sh(host, f"journalctl -u {service} --no-pager -o cat --since @{since}")
-        print(f"\n{group.name}: {[line for line in log.splitlines() if 'NUL bytes' in line]}")
+        repairs = [line for line in log.splitlines() if "kit-aof-repair" in line or "NUL bytes" in line]
+        print(f"\n{group.name}: {repairs}")
+        assert any("removed the NUL bytes" in line for line in repairs), repairs
+        assert not any("left as it is" in line or "could not" in line for line in repairs), repairs
         assert "Bad file format" not in log
         assert "DB loaded from append only file" in log
         assert "code=exited ; status=0" in unit("ExecStartPre"), unit("ExecStartPre")  # ran, not refused

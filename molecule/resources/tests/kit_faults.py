@@ -899,14 +899,13 @@ def sentinels_seeing_down(group: Group, address: str) -> int:
 def drill_replica_disk_full(
     platform: Platform, name: str = "replica-disk-full", full_for: float = 12.0
 ) -> Result:
-    """A replica's disk fills up and stays full for `full_for` seconds under load. The replica
-    goes on applying what its master sends, so it still confirms every write and enqueues are
-    acknowledged on two hosts as before; it refuses Sentinel's PING, so every Sentinel sees it
-    down and none could promote it while its files lag its memory. Once the disk has room it
-    writes what it held and is in sync again, never having stopped (roles/redis,
-    redis_replica_ignore_disk_write_errors). Redis' default stops it: systemd starts it again,
-    it cannot resynchronise while the disk is full, and with one replica every enqueue answers
-    503 until the disk has room."""
+    """A replica's disk fills up and stays full for `full_for` seconds under load, then is
+    freed. Nothing acknowledged is lost either way. With Redis' default (roles/redis,
+    redis_replica_ignore_disk_write_errors: false) the replica stops on its first failed AOF
+    write, systemd starts it again, and it cannot resynchronise until the disk has room: with
+    one replica the app acknowledges nothing meanwhile (503). With true it goes on confirming
+    writes and refuses Sentinel's PING, so every Sentinel sees it down; its AOF is then left
+    with a hole that kit-aof-repair.py removes before its next start (small_disk's)."""
     group = platform.group
     host = platform.replica_hosts()[0]
     address = group.nodes[host]
