@@ -296,7 +296,8 @@ def small_disk(group: Group, host: str, mib: int = 256) -> Iterator[str]:
         """Stop the server, run `command`, start the server whatever came of it."""
         out = sh(
             host,
-            f"systemctl stop {group.service}; ( {command} ); done=$?; systemctl start {group.service};"
+            f"systemctl stop {group.service}; ( {command} ); done=$?; systemctl reset-failed {group.service};"
+            f" systemctl start {group.service};"
             " echo command=$done",
         )
         assert out.strip().endswith("command=0"), f"on {host}: {command}: {out}"
