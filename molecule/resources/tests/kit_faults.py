@@ -510,8 +510,6 @@ class Result:
     # disk-full: acknowledged jobs retried after a run that failed (its horse died, for one
     # that could not record the outcome). A job put back by follow.py is not counted.
     failed_runs: int | None = None
-    # replica-disk-full: whether the replica's server stopped (and systemd started it again).
-    replica_restarts: int | None = None
 
     @property
     def errors_5xx(self) -> int:
@@ -950,11 +948,9 @@ def drill_replica_disk_full(
             began,
             before,
             (f"every Sentinel saw the replica down after {seen_down:.1f}s" if seen_down else "not seen down")
-            + f"; its disk full for "
-            f"{freed - began:.0f}s; written and up {back:.1f}s after it was freed",
+            + f"; its disk full for {freed - began:.0f}s; written and up {back:.1f}s after it was freed"
+            + f"; the replica {'kept running' if server() == started else 'was restarted'}",
         )
-        result.replica_restarts = 0 if server() == started else 1
-        result.detail += f"; the replica {'kept running' if not result.replica_restarts else 'was restarted'}"
         platform.wait_healthy()
     # small_disk started the server again: the hole the full disk may have left in its AOF
     # (roles/redis/files/kit-aof-repair.py) was removed first, or the server would not have loaded.
