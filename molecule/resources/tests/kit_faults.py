@@ -14,7 +14,9 @@ Every host is a systemd container named after its inventory host, driven from th
   the controller with nsenter, in both directions or only for one user's outgoing traffic
   (an asymmetric partition), then healed;
 - a full disk: a file grows on a data node's filesystem until it refuses (ENOSPC), as a log
-  does, then is deleted.
+  does, then is deleted;
+- Apache reloaded (`systemctl reload`, what logrotate runs every night), which starts the
+  app's mod_wsgi daemon processes again.
 
 `Load` enqueues through Apache without pause and records every answer; `executed` checks that
 every job that got a 202 exists on the current master and ran. A drill (see `DRILLS`) starts
@@ -52,6 +54,7 @@ class Platform:
     web: str  # inventory host of the VirtualHost
     workers: list[str]
     addresses: dict[str, str]
+    app: str = "fridge"  # the app's name: its daemon processes, units and user
     worker_target: str = "fridge-workers.target"
     worker_units: str = "fridge-worker@*.service"
 
@@ -66,6 +69,7 @@ class Platform:
             web=hosts_in("web")[0],
             workers=hosts_in("workers"),
             addresses={h: hostvars(h)["kit_address"] for h in every},
+            app=app,
             worker_target=f"{app}-workers.target",
             worker_units=f"{app}-worker@*.service",
         )
@@ -510,6 +514,9 @@ class Result:
     # disk-full: acknowledged jobs retried after a run that failed (its horse died, for one
     # that could not record the outcome). A job put back by follow.py is not counted.
     failed_runs: int | None = None
+    # 503s that did not say when to retry (no Retry-After): a client cannot tell them from a
+    # failure, and the kit promises Retry-After with every 503.
+    bare_503: int = 0
 
     @property
     def errors_5xx(self) -> int:
@@ -534,6 +541,7 @@ class Result:
                 if self.rate_during is not None
                 else ""
             )
+            + (f"; {self.bare_503} x 503 without Retry-After" if self.bare_503 else "")
             + (f"; {self.detail}" if self.detail else "")
         )
 
@@ -584,6 +592,7 @@ def _finish(
         detail=detail,
         workers_restarted=restarted,
         replays=sum(a.replayed for a in load.answers),
+        bare_503=sum(1 for a in load.answers if a.status == 503 and not a.retry_after),
         rate_before=rates[0],
         rate_during=rates[1],
     )
@@ -883,6 +892,28 @@ def drill_disk_full(platform: Platform, name: str = "disk-full") -> Result:
     return result
 
 
+def drill_web_reload(platform: Platform, name: str = "web-reload", reloads: int = 5) -> Result:
+    """Apache reloaded `reloads` times under a heavier load (`systemctl reload`: what logrotate's
+    postrotate runs every night, and the kit's handlers on a changed configuration). Each
+    reload starts the app's mod_wsgi daemon processes again while requests are on their way to
+    the old ones: none may fail with a 500, and a 503 must say when to retry."""
+    daemons = f"pgrep -d, -f '^[(]wsgi:{platform.app}[)]'"
+    with under_load(platform, name, clients=6, pause=0.005) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        for _ in range(reloads):
+            old = sh(platform.web, daemons).strip()
+            sh(platform.web, "systemctl reload apache2")
+            wait_for(
+                lambda old=old: sh(platform.web, daemons, check=False).strip() not in ("", old),
+                30,
+                "mod_wsgi to start the app's daemon processes again",
+            )
+            _settle(load, 0.5)
+    return _finish(platform, name, load, began, before, f"{reloads} reloads")
+
+
 def sentinels_seeing_down(group: Group, address: str) -> int:
     """How many Sentinels flag the replica at `address` down (s_down): none of them would
     promote it."""
@@ -979,6 +1010,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "worker-host-loss": drill_lose_worker_host,
     "disk-full": drill_disk_full,
     "replica-disk-full": drill_replica_disk_full,
+    "web-reload": drill_web_reload,
 }
 
 
@@ -1002,6 +1034,7 @@ def summary(results: list[Result]) -> list[dict]:
                 "not_run": sum(r.unfinished for r in runs),
                 "5xx": sum(r.errors_5xx for r in runs),
                 "503": sum(r.unavailable_503 for r in runs),
+                "503_bare": sum(r.bare_503 for r in runs),
                 "unanswered": sum(r.unanswered for r in runs),
                 "write_gap_median": round(statistics.median(gaps), 2),
                 "write_gap_max": round(max(gaps), 2),
