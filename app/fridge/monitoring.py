@@ -50,11 +50,19 @@ def describe_job(job: Job) -> dict[str, Any]:
 
 
 def live_workers(store: Store) -> list[Worker]:
-    """Workers whose last heartbeat is recent (a killed worker's key lingers until its TTL)."""
+    """Workers whose last heartbeat is recent (a killed worker's key lingers until its TTL),
+    read without writing. A worker that died without deregistering stays in `rq:workers` after
+    its key expired, until a worker's maintenance pass removes it; RQ's `Worker.all` removes it
+    itself (SREM), a write the web tier's user may not make: /healthz answered 503 and /metrics
+    said Redis was down meanwhile (from 119 s after a worker's SIGKILL on make dev)."""
     now = datetime.now(UTC)
     ttl = float(store.config["WORKER_TTL"])
+    prefix = Worker.redis_worker_namespace_prefix
     alive = []
-    for worker in Worker.all(connection=store.redis):
+    for key in sorted(as_text(k) for k in store.redis.smembers(Worker.redis_workers_keys)):
+        # What Worker.find_by_key builds, without its SREM of a key that has expired.
+        worker = Worker([], key.removeprefix(prefix), connection=store.redis, prepare_for_work=False)
+        worker.refresh()  # nothing to read once the key has expired: no heartbeat
         beat = worker.last_heartbeat
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=UTC)

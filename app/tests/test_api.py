@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import wait_for_status
@@ -190,6 +191,32 @@ def test_healthz_needs_a_worker(client, workers):
     port = str(app_store(client.application).master_address()[1])
     assert "master" not in body
     assert port not in json.dumps(body)  # no internal address in a public answer
+
+
+def test_a_dead_worker_s_registration_leaves_healthz_and_metrics_alone(client, workers, admin):
+    """A worker that died without deregistering (SIGKILL, a lost host) stays in `rq:workers`
+    once its key has expired, until a worker's maintenance pass removes it. RQ's `Worker.all`
+    removes it itself (SREM), which the web tier's user may not do: on make dev /healthz
+    answered 503 ("the Redis master is not reachable") and /metrics said Redis was down from
+    119 s after a worker unit's SIGKILL until that pass. The app reads the workers without
+    writing and leaves the entry to the workers."""
+    workers.start(1)
+    deadline = time.monotonic() + 15
+    while client.get("/healthz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/healthz").get_json()
+        time.sleep(0.1)
+    ghost = "rq:worker:lost-host-1.4242"  # registered, its key expired with its heartbeats
+    admin.sadd("rq:workers", ghost)
+    try:
+        response = client.get("/healthz")
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["workers"] == 1
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert "fridge_redis_up 1" in metrics
+        assert 'fridge_workers{state="idle"} 1' in metrics or 'fridge_workers{state="busy"} 1' in metrics
+        assert admin.sismember("rq:workers", ghost), "the web tier removed a worker's registration"
+    finally:
+        admin.srem("rq:workers", ghost)
 
 
 def test_healthz_is_503_when_no_sentinel_answers(settings):
