@@ -892,16 +892,21 @@ def drill_disk_full(platform: Platform, name: str = "disk-full") -> Result:
     return result
 
 
+def app_daemons(platform: Platform) -> set[str]:
+    """The PIDs of the app's mod_wsgi daemon processes on the web host (its user runs them)."""
+    found = sh(platform.web, f"pgrep -u {platform.app} -d, -f '^[(]wsgi:'", check=False)
+    return set(filter(None, found.strip().split(",")))
+
+
 def drill_web_reload(platform: Platform, name: str = "web-reload", reloads: int = 5) -> Result:
     """Apache reloaded `reloads` times under a heavier load (`systemctl reload`: what logrotate's
     postrotate runs every night, and the kit's handlers on a changed configuration). Each
     reload starts the app's mod_wsgi daemon processes again while requests are on their way to
     the old ones: a request that meets no daemon must get a 503 that says when to retry. The
     six clients stay below the daemons' threads (see the README on a reload under more)."""
-    daemons = f"pgrep -u {platform.app} -d, -f '^[(]wsgi:'"  # the app's user runs its daemons
 
     def replaced(old: set[str]) -> bool:
-        new = set(filter(None, sh(platform.web, daemons, check=False).strip().split(",")))
+        new = app_daemons(platform)
         return bool(new) and not new & old
 
     with under_load(platform, name, clients=6, pause=0.005) as load:
@@ -909,11 +914,40 @@ def drill_web_reload(platform: Platform, name: str = "web-reload", reloads: int 
         before = platform.workers_state()
         began = time.monotonic()
         for _ in range(reloads):
-            old = set(sh(platform.web, daemons).strip().split(","))
+            old = app_daemons(platform)
             sh(platform.web, "systemctl reload apache2")
             wait_for(lambda old=old: replaced(old), 30, "mod_wsgi to start the app's daemon processes again")
             _settle(load, 0.5)
     return _finish(platform, name, load, began, before, f"{reloads} reloads")
+
+
+def drill_log_rotation(platform: Platform, name: str = "log-rotation") -> Result:
+    """The nightly rotation of Apache's logs (`logrotate --force /etc/logrotate.d/apache2`, what
+    logrotate.timer runs) under web-reload's load. The kit rotates them with copytruncate
+    (role apache): Apache is not reloaded, its app daemons keep their processes, no request
+    waits, and Apache goes on writing into the emptied logs."""
+    log = f"/var/log/apache2/{platform.app}-access.log"
+    with under_load(platform, name, clients=6, pause=0.005) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        daemons = app_daemons(platform)
+        began = time.monotonic()
+        sh(platform.web, "logrotate --force /etc/logrotate.d/apache2")
+        _settle(load, 1.0)
+    kept = app_daemons(platform) == daemons
+    written = int(sh(platform.web, f"wc -l < {log}").strip())
+    rotated = sh(platform.web, f"ls {log}.1", check=False).strip() == f"{log}.1"
+    assert rotated, f"logrotate did not rotate {log}"
+    assert written > 0, f"Apache wrote nothing into {log} after its rotation"
+    return _finish(
+        platform,
+        name,
+        load,
+        began,
+        before,
+        f"app daemons {'kept' if kept else 'started again (Apache reloaded)'}; "
+        f"{written} requests logged in {log} since its rotation",
+    )
 
 
 def sentinels_seeing_down(group: Group, address: str) -> int:
@@ -1013,6 +1047,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "disk-full": drill_disk_full,
     "replica-disk-full": drill_replica_disk_full,
     "web-reload": drill_web_reload,
+    "log-rotation": drill_log_rotation,
 }
 
 
