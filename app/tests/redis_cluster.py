@@ -405,6 +405,10 @@ class Cluster:
         def refusing() -> bool:
             with contextlib.suppress(redis.ResponseError):  # MISCONF, when `port` is the master
                 master.set("fill-disk-probe", 1)
+            if self.processes[port].poll() is not None:
+                # A replica stops at the next write it is sent after its AOF write failed
+                # (replica-ignore-disk-write-errors no): met, even before INFO could say so.
+                return True
             return node.info("persistence")["aof_last_write_status"] == "err"
 
         wait_until(refusing, 10, f"redis on {port} to meet its full disk")
