@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".collections"))
@@ -289,6 +290,80 @@ def test_a_second_full_disk_cuts_commands_unless_the_aof_was_rewritten_in_betwee
         assert time.monotonic() < deadline
         time.sleep(0.05)
     written += full_disk_episode(server, small_disk, "second")
+    server.stop()
+    assert repair(small_disk) == 0
+    server = Server(small_disk)
+    assert server("DBSIZE") == written
+    server.stop()
+
+
+# The guard (files/kit-aof-guard.py), logged in with the role's own rules for its user.
+GUARD_RULES = yaml.safe_load((ROOT / "roles/redis/vars/main.yml").read_text())["__redis_acl_aof_guard_rules"]
+
+
+@contextlib.contextmanager
+def guard(server: Server, directory: Path) -> Iterator[Path]:
+    """kit-aof-guard watching `server`, as the unit runs it; yields its log."""
+    password = directory.parent / "guard.pass"
+    password.write_text("guard-secret\n")
+    server("ACL", "SETUSER", "kit-aof-guard", "on", ">guard-secret", *GUARD_RULES.split())
+    log = directory.parent / f"guard-{server.port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, str(ROOT / "roles/redis/files/kit-aof-guard.py")),
+                *("--port", str(server.port)),
+                *("--user", "kit-aof-guard", "--password-file", str(password), "--interval", "0.2"),
+                *("--manifest", str(manifest(directory))),
+            ],
+            stderr=out,
+        )
+    try:
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def rewritten_after(log: Path, count: int) -> None:
+    """Wait until the guard has reported `count` finished rewrites."""
+    deadline = time.monotonic() + 20
+    while log.read_text().count("the AOF was rewritten") < count:
+        assert time.monotonic() < deadline, f"the guard rewrote nothing: {log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_the_guard_rewrites_the_aof_once_a_full_disk_is_over_and_a_second_one_loses_nothing(small_disk):
+    """Two full disks, one after the other, on a server that runs on through them: with the
+    guard, every write of both loads again after a restart (without it, the test above: the
+    file is damaged for good). Writes with no episode make it ask for nothing."""
+    server = with_keys(small_disk, 10)
+    with guard(server, small_disk) as log:
+        for i in range(200):  # no episode: nothing to do
+            server("SET", f"calm:{i}", "z" * 1000)
+        time.sleep(1)
+        assert "BGREWRITEAOF" not in log.read_text()
+        written = 210 + full_disk_episode(server, small_disk, "first")
+        rewritten_after(log, 1)
+        written += full_disk_episode(server, small_disk, "second")
+        rewritten_after(log, 2)
+    server.stop()
+    assert repair(small_disk) == 0
+    server = Server(small_disk)
+    assert server("DBSIZE") == written
+    server.stop()
+
+
+def test_a_hole_left_while_the_guard_was_away_is_found_by_the_files_size(small_disk):
+    """An episode the guard did not see (stopped, or shorter than its interval): the hole
+    makes the incremental file longer than the server's count, and it rewrites all the same."""
+    server = with_keys(small_disk, 10)
+    written = 10 + full_disk_episode(server, small_disk, "first")
+    with guard(server, small_disk) as log:
+        rewritten_after(log, 1)
+        assert "bytes more than the server wrote" in log.read_text()
+        written += full_disk_episode(server, small_disk, "second")
+        rewritten_after(log, 2)
     server.stop()
     assert repair(small_disk) == 0
     server = Server(small_disk)

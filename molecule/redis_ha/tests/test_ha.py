@@ -224,68 +224,94 @@ def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job
         _bulk(group, master, prefix, _BULK_DROP)
 
 
-def test_a_hole_a_full_disk_left_in_the_aof_is_removed_before_the_next_start(group):
+def _full_disk(group, master: str, replica: str, directory: str, tag: str) -> list[tuple[str, int]]:
+    """The replica's disk fills up in the middle of an AOF write (12 KiB left: the write that
+    meets the end is cut short), jobs go on being confirmed by it (WAIT), and the disk is freed.
+    Returns the queues written and their lengths."""
+    host = group.host_of(replica)
+    filler = f"{directory}/filler"
+    sh(host, f"dd if=/dev/zero of={filler} bs=1M conv=notrunc 2>/dev/null; truncate -s -12K {filler}", False)
+    queues = []
+
+    def aof_status() -> str | None:
+        with group.node(replica) as conn:
+            return parse_info(conn.command("INFO", "persistence")).get("aof_last_write_status")
+
+    def full() -> bool:
+        queues.append((_write_jobs(group, master, f"{tag}-disk", 20), 20))
+        return aof_status() == "err"
+
+    wait_for(full, 60, "the replica to meet its full disk", 0.2)
+    queues.append((_write_jobs(group, master, f"{tag}-disk-full", 100), 100))
+    free_disk(host, directory)
+    wait_for(lambda: aof_status() == "ok", 30, "the replica to write what it held")
+    queues.append((_write_jobs(group, master, f"{tag}-disk-freed", 20), 20))
+    return queues
+
+
+@pytest.mark.parametrize("guard", ["stopped", "running"])
+def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group, guard):
     """A node's disk fills up in the middle of an AOF write and is freed while the node runs
     on: Redis truncates the write cut short without moving the file offset, and writes the data
     again past a run of NUL bytes, a hole that would stop the next start. The node here is a
     replica told to go on through its full disk (replica-ignore-disk-write-errors, for this
     test only: the role keeps Redis' default), as a master does when no failover takes it
-    away; it confirms every job meanwhile. Its next start runs kit-aof-repair.py inside the
-    unit's sandbox, which removes the hole, and the server loads every job from its own files."""
+    away; it confirms every job meanwhile.
+    - guard stopped: its next start runs kit-aof-repair.py inside the unit's sandbox, which
+      removes the hole, and the server loads every job from its own files;
+    - guard running (kit-aof-guard, the role's default): it rewrites the AOF once the disk has
+      room, and a second full disk, which would otherwise cut commands out of the file for good
+      (tests/test_aof_repair.py), loses nothing either."""
     master = group.current_master()
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
     service = group.service
     wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
 
-    def aof_status() -> str | None:
-        with group.node(replica) as conn:
-            return parse_info(conn.command("INFO", "persistence")).get("aof_last_write_status")
+    def unit(field: str, name: str = service) -> str:
+        return sh(host, f"systemctl show -p {field} --value {name}").strip()
 
-    def unit(field: str) -> str:
-        return sh(host, f"systemctl show -p {field} --value {service}").strip()
+    def rewrites() -> int:
+        return sh(host, "journalctl -u kit-aof-guard --no-pager -o cat").count("the AOF was rewritten")
 
     queues = []
-    with small_disk(group, host) as directory:
-        # In sync first: a full sync cannot be written to a full disk.
-        wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
-        running = (unit("MainPID"), unit("NRestarts"))
-        with group.node(replica) as conn:  # not rewritten: its next start has the role's "no"
-            assert conn.command("CONFIG", "SET", "replica-ignore-disk-write-errors", "yes") == "OK"
-
-        # The disk filled, then 12 KiB given back: the write that meets the end is cut short.
-        filler = f"{directory}/filler"
-        sh(
-            host,
-            f"dd if=/dev/zero of={filler} bs=1M conv=notrunc 2>/dev/null; truncate -s -12K {filler}",
-            False,
-        )
-
-        def full() -> bool:
-            queues.append((_write_jobs(group, master, "disk", 20), 20))  # confirmed by the replica (WAIT)
-            return aof_status() == "err"
-
-        wait_for(full, 60, "the replica to meet its full disk", 0.2)
-        queues.append((_write_jobs(group, master, "disk-full", 100), 100))
-        assert (unit("MainPID"), unit("NRestarts")) == running, "the replica stopped on its full disk"
-        free_disk(host, directory)
-        wait_for(lambda: aof_status() == "ok", 30, "the replica to write what it held")
-        queues.append((_write_jobs(group, master, "disk-freed", 20), 20))
-        since = sh(host, "date +%s.%N").strip()
-        sh(host, f"systemctl reset-failed {service}")  # small_disk's start was seconds ago
-        restart_server(group, host)
-        wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
-        log = sh(host, f"journalctl -u {service} --no-pager -o cat --since @{since}")
-        repairs = [line for line in log.splitlines() if "kit-aof-repair" in line or "NUL bytes" in line]
-        print(f"\n{group.name}: {repairs}")
-        assert any("removed the NUL bytes" in line for line in repairs), repairs
-        assert not any("left as it is" in line or "could not" in line for line in repairs), repairs
-        assert "Bad file format" not in log
-        assert "DB loaded from append only file" in log
-        assert "code=exited ; status=0" in unit("ExecStartPre"), unit("ExecStartPre")  # ran, not refused
-        wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
-        for queue, count in queues:
-            assert set(_queue_length_everywhere(group, queue).values()) == {count}, queue
+    sh(host, "systemctl stop kit-aof-guard")
+    try:
+        with small_disk(group, host) as directory:
+            if guard == "running":
+                # Started on the small disk: a container's mounts are private, so one made
+                # after the guard's start would not reach its namespace (on a host they do).
+                sh(host, "systemctl start kit-aof-guard")
+            # In sync first: a full sync cannot be written to a full disk.
+            wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
+            running = (unit("MainPID"), unit("NRestarts"))
+            with group.node(replica) as conn:  # not rewritten: its next start has the role's "no"
+                assert conn.command("CONFIG", "SET", "replica-ignore-disk-write-errors", "yes") == "OK"
+            episodes = 1 if guard == "stopped" else 2
+            for episode in range(episodes):
+                before = rewrites()
+                queues += _full_disk(group, master, replica, directory, f"{guard}{episode}")
+                if guard == "running":
+                    wait_for(lambda before=before: rewrites() > before, 30, "the guard to rewrite the AOF")
+            assert (unit("MainPID"), unit("NRestarts")) == running, "the replica stopped on its full disk"
+            since = sh(host, "date +%s.%N").strip()
+            sh(host, f"systemctl reset-failed {service}")  # small_disk's start was seconds ago
+            restart_server(group, host)
+            wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
+            log = sh(host, f"journalctl -u {service} --no-pager -o cat --since @{since}")
+            repairs = [line for line in log.splitlines() if "kit-aof-repair" in line or "NUL bytes" in line]
+            print(f"\n{group.name}, guard {guard}: {repairs}")
+            if guard == "stopped":
+                assert any("removed the NUL bytes" in line for line in repairs), repairs
+            assert not any("left as it is" in line or "could not" in line for line in repairs), repairs
+            assert "Bad file format" not in log
+            assert "DB loaded from append only file" in log
+            assert "code=exited ; status=0" in unit("ExecStartPre"), unit("ExecStartPre")  # ran, not refused
+            wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+            for queue, count in queues:
+                assert set(_queue_length_everywhere(group, queue).values()) == {count}, queue
+    finally:
+        sh(host, "systemctl start kit-aof-guard")
 
 
 def test_failover_rerun_and_return_of_the_old_master(group):

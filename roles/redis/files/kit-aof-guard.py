@@ -1,0 +1,172 @@
+#!/usr/bin/python3
+"""Rewrite the append-only file once a full disk is over, before a second one can damage it.
+
+A node that runs on through a full disk (a replica with replica-ignore-disk-write-errors, a
+master that no failover took away) is left with a hole in its incremental AOF file (see
+kit-aof-repair.py), and with the server's idea of that file's size short by the hole. The next
+write the disk cuts short is truncated to that size, which cuts off the end of commands
+already written: no repair brings them back. A rewrite (BGREWRITEAOF) starts a new incremental
+file at a fresh offset and ends the exposure. Not during the episode: a rewrite under a full
+disk can duplicate commands (redis/redis#14372, valkey-io/valkey#2627).
+
+Runs beside the server as its user (systemd unit kit-aof-guard), logged in as a Redis user that
+may run INFO and BGREWRITEAOF only, with a password that exists on this node alone. Every
+--interval seconds it reads INFO persistence. It asks for a rewrite, and asks again until one
+has finished well, once the server writes its AOF again after either sign of an episode:
+- the last write failed (aof_last_write_status:err), however it ended;
+- its incremental files are longer than what the server wrote to them (INFO's sizes): a hole,
+  also from an episode it did not see (shorter than --interval, or while it was stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+
+class ReplyError(Exception):
+    """An error reply from the server."""
+
+
+class Client:
+    """Just enough RESP2 for INFO and BGREWRITEAOF."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        sock = socket.create_connection((args.host, args.port), timeout=5)
+        if args.tls_ca:
+            context = ssl.create_default_context(cafile=args.tls_ca)
+            if args.tls_cert:
+                context.load_cert_chain(args.tls_cert, args.tls_key)
+            sock = context.wrap_socket(sock, server_hostname=args.tls_name or args.host)
+        self.stream = sock.makefile("rwb")
+        password = Path(args.password_file).read_text().strip()
+        self.command("AUTH", args.user, password)
+
+    def command(self, *words: str) -> str:
+        self.stream.write(f"*{len(words)}\r\n".encode())
+        for word in words:
+            data = word.encode()
+            self.stream.write(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.stream.flush()
+        line = self.stream.readline()
+        kind, rest = line[:1], line[1:-2].decode()
+        if kind == b"$":
+            return self.stream.read(int(rest) + 2)[:-2].decode()
+        if kind == b"-":
+            raise ReplyError(rest)
+        if kind in (b"+", b":"):
+            return rest
+        raise OSError(f"unexpected reply {line!r}")
+
+    def info(self) -> dict[str, str]:
+        pairs = (line.split(":", 1) for line in self.command("INFO", "persistence").splitlines())
+        return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def on_disk(manifest: Path) -> int:
+    """The size of the incremental files the manifest lists: what the server counts as
+    aof_current_size - aof_base_size (OSError while a rewrite replaces them: asked again)."""
+    total = 0
+    for line in manifest.read_text().splitlines():
+        fields = line.split()
+        pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+        if pairs.get("type") == "i" and "file" in pairs:
+            total += (manifest.parent / pairs["file"].strip('"')).stat().st_size
+    return total
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Guard:
+    """What one reading of INFO persistence asks for."""
+
+    def __init__(self, manifest: Path) -> None:
+        self.manifest = manifest
+        self.reason: str | None = None  # why a rewrite is due, until one has finished well
+        self.asked: int | None = None  # aof_rewrites when the guard asked for one
+        self.asked_at = 0.0
+
+    def check(self, client: Client) -> None:
+        info = client.info()
+        if info.get("aof_enabled") != "1" or info.get("loading") == "1":
+            return
+        rewriting = info.get("aof_rewrite_in_progress") == "1" or info.get("aof_rewrite_scheduled") == "1"
+        if info.get("aof_last_write_status") == "err":
+            if self.reason is None:
+                log("the server cannot write its AOF (a full or failing disk): a rewrite once it can")
+            self.reason = "its AOF could not be written"
+            self.asked = None  # a rewrite that ran through the episode does not count
+            return
+        if self.reason is None and not rewriting:
+            try:
+                size = on_disk(self.manifest)
+            except OSError:
+                return
+            after = client.info()  # what it wrote by now: at least what was on disk, but for a hole
+            began = after.get("aof_rewrite_in_progress") != "0"
+            if began or after.get("aof_rewrites") != info.get("aof_rewrites"):
+                return  # a rewrite began meanwhile: the files changed
+            written = int(after.get("aof_current_size", 0)) - int(after.get("aof_base_size", 0))
+            if size > written:
+                self.reason = f"its AOF holds {size - written} bytes more than the server wrote (a hole)"
+        if self.reason is None or rewriting:
+            return
+        rewrites = int(info.get("aof_rewrites", 0))
+        if self.asked is not None and rewrites > self.asked:
+            if info.get("aof_last_bgrewrite_status") == "ok":
+                log("the AOF was rewritten: a new disk error can no longer cut commands out of it")
+                self.reason = self.asked = None
+                return
+            log("the rewrite failed: asking again")
+        elif self.asked is not None and time.monotonic() < self.asked_at + 10:
+            return  # asked, not started yet
+        log(f"asking for BGREWRITEAOF: {self.reason}")
+        self.asked, self.asked_at = rewrites, time.monotonic()
+        try:
+            client.command("BGREWRITEAOF")
+        except ReplyError as error:  # one already runs, or a save: asked again in 10 s
+            log(f"BGREWRITEAOF refused: {error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password-file", required=True)
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-name", help="the name the server's certificate carries")
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    guard, client, failing = Guard(args.manifest), None, None
+    while True:
+        try:
+            client = client or Client(args)
+            guard.check(client)
+            if failing:
+                log("the server answers again")
+            failing = None
+        except (OSError, ReplyError) as error:
+            if client is not None:
+                client.close()
+            client = None
+            if str(error) != failing:
+                log(f"cannot read the server's state: {error}")
+            failing = str(error)
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
