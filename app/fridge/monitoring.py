@@ -197,6 +197,29 @@ def replication(store: Store) -> dict[str, Any]:
     return {"role": info.get("role"), "replicas": replicas}
 
 
+def _writes_its_disk(info: dict[str, Any]) -> bool:
+    """INFO persistence: the last AOF write (when the AOF is on) and the last RDB save worked."""
+    aof = info.get("aof_enabled") != 1 or info.get("aof_last_write_status") == "ok"
+    return aof and info.get("rdb_last_bgsave_status") == "ok"
+
+
+def disk_writes(store: Store, replicas: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """(address, role, writes its disk) of the master and of each replica it lists that
+    answers; one that does not is another alert's (FridgeNoReplicaOnline, FridgeReplicaLagging)."""
+    master = store.master_address()
+    nodes = [(f"{master[0]}:{master[1]}", "master", _writes_its_disk(store.redis.info("persistence")))]
+    for replica in replicas:
+        host, _, port = replica["replica"].rpartition(":")
+        client = store.node((host, int(port)))
+        try:
+            nodes.append((replica["replica"], "replica", _writes_its_disk(client.info("persistence"))))
+        except redis.RedisError:
+            continue
+        finally:
+            client.close()
+    return nodes
+
+
 def _gauge(name: str, help_text: str, samples: list[tuple[str, Any]]) -> list[str]:
     """One metric in the text format: HELP, TYPE and `name{labels} value` per sample."""
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -208,9 +231,10 @@ def prometheus(store: Store) -> str:
         data = store.retrying(lambda: overview(store), budget=2.0)
         copies = store.retrying(lambda: replication(store), budget=2.0)
         memory = store.retrying(store.memory, budget=2.0)
+        disks = store.retrying(lambda: disk_writes(store, copies["replicas"]), budget=2.0)
         up = 1
     except Unavailable:
-        data, copies, memory, up = None, None, (0, 0, 0), 0
+        data, copies, memory, disks, up = None, None, (0, 0, 0), [], 0
     lines = [
         "# HELP fridge_redis_up Whether the Redis master answered through Sentinel.",
         "# TYPE fridge_redis_up gauge",
@@ -255,6 +279,11 @@ def prometheus(store: Store) -> str:
         strict=True,
     ):
         lines += _gauge(metric, help_text, [("", value)])
+    lines += _gauge(
+        "fridge_redis_disk_writes_ok",
+        "Whether the data node's last AOF write and last RDB save worked (0: a full or failing disk).",
+        [(f'{{node="{node}",role="{role}"}}', ok) for node, role, ok in disks],
+    )
     lines += _gauge(
         "fridge_replicas_online",
         "Replicas connected to the master and in sync (INFO replication, state=online).",

@@ -414,7 +414,28 @@ class Cluster:
         wait_until(refusing, 10, f"redis on {port} to meet its full disk")
 
     def free_disk(self, port: int) -> None:
+        """Delete the filler; a node that ran on through its full disk then writes what it
+        held, and its AOF is rewritten as the node's kit-aof-guard does (the full disk left a
+        hole in it, which would stop its next start here, where kit-aof-repair.py does not run)."""
         (self.workdir / f"redis-{port}" / "filler").unlink(missing_ok=True)
+        if self.processes[port].poll() is not None:
+            return  # it stopped on its full disk
+        node = self.admin(port)
+        wait_until(
+            lambda: node.info("persistence")["aof_last_write_status"] == "ok", 30, f"redis on {port} to write"
+        )
+        done = node.info("persistence")["aof_rewrites"]
+        wait_until(
+            lambda: node.info("persistence")["aof_rewrite_in_progress"] == 0, 30, "a rewrite under way"
+        )
+        node.bgrewriteaof()
+
+        def rewritten() -> bool:
+            info = node.info("persistence")
+            finished = info["aof_rewrites"] > done and not info["aof_rewrite_in_progress"]
+            return finished and info["aof_last_bgrewrite_status"] == "ok"
+
+        wait_until(rewritten, 30, f"the AOF of redis on {port} rewritten")
 
     def failover(self) -> tuple[int, int]:
         """SENTINEL FAILOVER; returns (old, new) master ports once every Sentinel agrees."""

@@ -1,6 +1,6 @@
 """The alert rules (monitoring/prometheus/fridge-alerts.yml) against what /metrics says
-during real faults: a worker stopped, a replica killed or frozen, Sentinels killed, the master
-and its replica lost. Each test scrapes /metrics while healthy and during the fault, gives
+during real faults: a worker stopped, a replica killed, frozen or on a full disk, Sentinels
+killed, the master and its replica lost. Each test scrapes /metrics while healthy and during the fault, gives
 Prometheus's own rule engine (promtool test rules) ten minutes of the first and twenty of the
 second, and asserts exactly which alerts fire, with which labels."""
 
@@ -125,6 +125,8 @@ def test_what_the_app_serves_of_the_redis_group(healthy, cluster: Cluster):
         assert healthy[f'fridge_sentinel_known_replicas{{{SCRAPE},sentinel="{sentinel}"}}'] == "1"
         assert healthy[f'fridge_sentinel_master_down{{{SCRAPE},sentinel="{sentinel}"}}'] == "0"
     assert int(healthy[f'fridge_replica_lag_seconds{{{SCRAPE},replica="{replica}"}}']) <= 1
+    assert healthy[f'fridge_redis_disk_writes_ok{{{SCRAPE},node="{master}",role="master"}}'] == "1"
+    assert healthy[f'fridge_redis_disk_writes_ok{{{SCRAPE},node="{replica}",role="replica"}}'] == "1"
 
 
 def test_a_nearly_full_master_fires_redis_nearly_full(client, healthy, admin, room):
@@ -153,6 +155,24 @@ def test_a_killed_replica_fires_no_replica_online(client, cluster: Cluster, heal
     finally:
         cluster.restart(replica)
     firing(healthy, fault, {"FridgeNoReplicaOnline": [{}]})
+
+
+def test_a_replica_running_on_through_its_full_disk_fires_cannot_write_disk(
+    client, cluster: Cluster, healthy
+):
+    """A replica goes on through its full disk (the role's redis_replica_ignore_disk_write_errors:
+    true) and confirms the master's writes as before: only its failed AOF writes tell."""
+    if not cluster.disk_mib:
+        pytest.skip("a disk of its own for each node (tmpfs) needs root")
+    replica = next(p for p in cluster.data_ports if p != cluster.master_port())
+    series = f'fridge_redis_disk_writes_ok{{{SCRAPE},node="127.0.0.1:{replica}",role="replica"}}'
+    try:
+        cluster.fill_disk(replica)
+        fault = scrape_when(client, lambda s: s.get(series) == "0", "the replica's failed writes in /metrics")
+    finally:
+        cluster.free_disk(replica)
+    assert fault[f"fridge_replicas_online{{{SCRAPE}}}"] == "1"  # it confirms writes all along
+    firing(healthy, fault, {"FridgeRedisCannotWriteDisk": [{"node": f"127.0.0.1:{replica}"}]})
 
 
 def test_a_frozen_replica_fires_replica_lagging(client, cluster: Cluster, healthy):

@@ -275,13 +275,9 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
         return sh(host, "journalctl -u kit-aof-guard --no-pager -o cat").count("the AOF was rewritten")
 
     queues = []
-    sh(host, "systemctl stop kit-aof-guard")
+    sh(host, f"systemctl {'start' if guard == 'running' else 'stop'} kit-aof-guard")
     try:
         with small_disk(group, host) as directory:
-            if guard == "running":
-                # Started on the small disk: a container's mounts are private, so one made
-                # after the guard's start would not reach its namespace (on a host they do).
-                sh(host, "systemctl start kit-aof-guard")
             # In sync first: a full sync cannot be written to a full disk.
             wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
             running = (unit("MainPID"), unit("NRestarts"))
@@ -300,7 +296,10 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
             wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
             log = sh(host, f"journalctl -u {service} --no-pager -o cat --since @{since}")
             repairs = [line for line in log.splitlines() if "kit-aof-repair" in line or "NUL bytes" in line]
-            print(f"\n{group.name}, guard {guard}: {repairs}")
+            guarded = sh(host, "journalctl -u kit-aof-guard --no-pager -o cat -n 6")
+            print(
+                f"\n{group.name}, guard {guard}: repairs {repairs}; the guard said {guarded.splitlines()}"
+            )
             if guard == "stopped":
                 assert any("removed the NUL bytes" in line for line in repairs), repairs
             assert not any("left as it is" in line or "could not" in line for line in repairs), repairs

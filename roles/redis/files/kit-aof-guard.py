@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+RETRY = 10.0  # seconds between two requests for a rewrite that did not begin or failed
+
 
 class ReplyError(Exception):
     """An error reply from the server."""
@@ -93,7 +95,7 @@ class Guard:
         self.manifest = manifest
         self.reason: str | None = None  # why a rewrite is due, until one has finished well
         self.asked: int | None = None  # aof_rewrites when the guard asked for one
-        self.asked_at = 0.0
+        self.asked_at = -RETRY
 
     def check(self, client: Client) -> None:
         info = client.info()
@@ -121,19 +123,20 @@ class Guard:
         if self.reason is None or rewriting:
             return
         rewrites = int(info.get("aof_rewrites", 0))
-        if self.asked is not None and rewrites > self.asked:
+        if self.asked is not None and rewrites > self.asked:  # the rewrite asked for has ended
             if info.get("aof_last_bgrewrite_status") == "ok":
                 log("the AOF was rewritten: a new disk error can no longer cut commands out of it")
-                self.reason = self.asked = None
+                self.reason, self.asked, self.asked_at = None, None, -RETRY
                 return
-            log("the rewrite failed: asking again")
-        elif self.asked is not None and time.monotonic() < self.asked_at + 10:
-            return  # asked, not started yet
+            log(f"the rewrite failed (no room yet?): asking again {RETRY:.0f} s after the last time")
+            self.asked = None
+        if time.monotonic() < self.asked_at + RETRY:
+            return  # asked a moment ago: it has not begun, or it failed
         log(f"asking for BGREWRITEAOF: {self.reason}")
         self.asked, self.asked_at = rewrites, time.monotonic()
         try:
             client.command("BGREWRITEAOF")
-        except ReplyError as error:  # one already runs, or a save: asked again in 10 s
+        except ReplyError as error:  # one runs already, or a save: asked again after RETRY
             log(f"BGREWRITEAOF refused: {error}")
 
 
