@@ -206,8 +206,9 @@ def _writes_its_disk(info: dict[str, Any]) -> bool:
 def disk_writes(store: Store, replicas: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     """(address, role, writes its disk) of the master and of each replica it lists that
     answers; one that does not is another alert's (FridgeNoReplicaOnline, FridgeReplicaLagging)."""
-    master = store.master_address()
-    nodes = [(f"{master[0]}:{master[1]}", "master", _writes_its_disk(store.redis.info("persistence")))]
+    info = store.redis.info("persistence")
+    master = store.redis.connection_pool.master_address  # the one this INFO reached, asked no one
+    nodes = [(f"{master[0]}:{master[1]}", "master", _writes_its_disk(info))] if master else []
     for replica in replicas:
         host, _, port = replica["replica"].rpartition(":")
         client = store.node((host, int(port)))
