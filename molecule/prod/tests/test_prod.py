@@ -207,6 +207,24 @@ def test_each_host_holds_only_the_secrets_of_its_tiers(host):
             assert own in held, f"{name} lacks its own {own}"
 
 
+def test_each_data_node_s_aof_guard_reads_its_server_over_tls_with_its_own_narrow_login():
+    """kit-aof-guard runs as the server's user, connected over TLS with a password that exists
+    on its node alone; that login may read INFO and ask for BGREWRITEAOF, nothing else."""
+    for name in hosts_in("redis"):
+        address = hostvars(name)["kit_address"]
+        assert sh(name, "systemctl is-active kit-aof-guard").strip() == "active"
+        pid = sh(name, "systemctl show -p MainPID --value kit-aof-guard").strip()
+        assert sh(name, f"stat -c %U /proc/{pid}").strip() == "redis"
+        assert sh(name, "stat -c '%U %a' /etc/redis/kit-aof-guard.pass").split() == ["redis", "600"]
+        tls = f"redis-cli --no-auth-warning --tls --cacert /etc/redis/tls/ca.crt -h {address}"
+        admin = f"REDISCLI_AUTH='{_secrets()['vault_redis_admin_password']}' {tls} --user kit-admin"
+        assert "user=kit-aof-guard " in sh(name, f"{admin} CLIENT LIST"), f"{name}: the guard is not in"
+        cli = f"REDISCLI_AUTH=$(cat /etc/redis/kit-aof-guard.pass) {tls} --user kit-aof-guard"
+        assert "aof_last_write_status:ok" in sh(name, f"{cli} INFO persistence")
+        for command in ("GET rq:queues", "CONFIG GET dir", "FLUSHALL", "ACL LIST"):
+            assert "NOPERM" in sh(name, f"{cli} {command} 2>&1", check=False), command
+
+
 def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_document(tmp_path):
     """Schemathesis generates requests (valid and not) for every operation of /openapi.json;
     Apache's access log counts what reached the VirtualHost and shows no 5xx."""

@@ -297,9 +297,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
             log = sh(host, f"journalctl -u {service} --no-pager -o cat --since @{since}")
             repairs = [line for line in log.splitlines() if "kit-aof-repair" in line or "NUL bytes" in line]
             guarded = sh(host, "journalctl -u kit-aof-guard --no-pager -o cat -n 6")
-            print(
-                f"\n{group.name}, guard {guard}: repairs {repairs}; the guard said {guarded.splitlines()}"
-            )
+            print(f"\n{group.name}, guard {guard}: repairs {repairs}; the guard said {guarded.splitlines()}")
             if guard == "stopped":
                 assert any("removed the NUL bytes" in line for line in repairs), repairs
             assert not any("left as it is" in line or "could not" in line for line in repairs), repairs

@@ -968,12 +968,13 @@ def drill_replica_disk_full(
     platform: Platform, name: str = "replica-disk-full", full_for: float = 12.0
 ) -> Result:
     """A replica's disk fills up and stays full for `full_for` seconds under load, then is
-    freed. Nothing acknowledged is lost either way. With Redis' default (roles/redis,
-    redis_replica_ignore_disk_write_errors: false) the replica stops on its first failed AOF
-    write, systemd starts it again, and it cannot resynchronise until the disk has room: with
-    one replica the app acknowledges nothing meanwhile (503). With true it goes on confirming
-    writes and refuses Sentinel's PING, so every Sentinel sees it down; its AOF is then left
-    with a hole that kit-aof-repair.py removes before its next start (small_disk's)."""
+    freed. Nothing acknowledged is lost either way. With the kit's default (roles/redis,
+    redis_replica_ignore_disk_write_errors: true) it goes on confirming writes and refuses
+    Sentinel's PING, so every Sentinel sees it down; its AOF is left with a hole, which
+    kit-aof-guard's rewrite ends once the disk has room (or kit-aof-repair.py removes before
+    its next start, small_disk's). With Redis' default (false) the replica stops on its first
+    failed AOF write, systemd starts it again, and it cannot resynchronise until the disk has
+    room: with one replica the app acknowledges nothing meanwhile (503)."""
     group = platform.group
     host = platform.replica_hosts()[0]
     address = group.nodes[host]
@@ -1009,6 +1010,15 @@ def drill_replica_disk_full(
             freed = time.monotonic()
             wait_for(written, 60, f"{host} to write what it held and be seen up again", 0.2)
             back = time.monotonic() - freed
+
+            def rewritten() -> bool:
+                guard = sh(host, f"journalctl -u kit-aof-guard --since @{since} -o cat", check=False)
+                return "AOF was rewritten" in guard
+
+            guarded = "not rewritten by kit-aof-guard"  # a replica that was restarted has nothing to do
+            with contextlib.suppress(AssertionError):
+                wait_for(rewritten, 30, "kit-aof-guard to rewrite the AOF", 0.2)
+                guarded = f"rewritten by kit-aof-guard {time.monotonic() - freed:.1f}s after it had room"
             _settle(load)
         result = _finish(
             platform,
@@ -1018,13 +1028,18 @@ def drill_replica_disk_full(
             before,
             (f"every Sentinel saw the replica down after {seen_down:.1f}s" if seen_down else "not seen down")
             + f"; its disk full for {freed - began:.0f}s; written and up {back:.1f}s after it was freed"
-            + f"; the replica {'kept running' if server() == started else 'was restarted'}",
+            + f"; the replica {'kept running' if server() == started else 'was restarted'}"
+            + f"; its AOF {guarded}",
         )
         platform.wait_healthy()
     # small_disk started the server again: the hole the full disk may have left in its AOF
     # (roles/redis/files/kit-aof-repair.py) was removed first, or the server would not have loaded.
     repairs = sh(host, f"journalctl -u {group.service} --since @{since} -o cat | grep 'NUL bytes' || true")
-    result.detail += f"; its next start removed {len(repairs.splitlines())} hole(s) from its AOF"
+    guard = sh(host, f"journalctl -u kit-aof-guard --since @{since} -o cat", check=False)
+    result.detail += (
+        f"; kit-aof-guard rewrote its AOF {guard.count('AOF was rewritten')} time(s)"
+        f"; its next start removed {len(repairs.splitlines())} hole(s) from its AOF"
+    )
     return result
 
 
