@@ -36,13 +36,13 @@ def free_port() -> int:
 class Server:
     """A redis-server with an AOF in `directory`, as a data node runs it (everysec)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
         if not shutil.which("redis-server"):
             pytest.fail(
                 "redis-server is needed (make test installs it with the app tests' tools/app-tests.sh)"
             )
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = directory.parent / f"redis-{self.port}.log"
         self.proc = subprocess.Popen(
             [
@@ -301,12 +301,16 @@ def test_a_second_full_disk_cuts_commands_unless_the_aof_was_rewritten_in_betwee
 GUARD_RULES = yaml.safe_load((ROOT / "roles/redis/vars/main.yml").read_text())["__redis_acl_aof_guard_rules"]
 
 
+def guard_user(server: Server) -> None:
+    server("ACL", "SETUSER", "kit-aof-guard", "on", ">guard-secret", *GUARD_RULES.split())
+
+
 @contextlib.contextmanager
 def guard(server: Server, directory: Path) -> Iterator[Path]:
     """kit-aof-guard watching `server`, as the unit runs it; yields its log."""
     password = directory.parent / "guard.pass"
     password.write_text("guard-secret\n")
-    server("ACL", "SETUSER", "kit-aof-guard", "on", ">guard-secret", *GUARD_RULES.split())
+    guard_user(server)
     log = directory.parent / f"guard-{server.port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -331,6 +335,36 @@ def rewritten_after(log: Path, count: int) -> None:
     while log.read_text().count("the AOF was rewritten") < count:
         assert time.monotonic() < deadline, f"the guard rewrote nothing: {log.read_text()}"
         time.sleep(0.1)
+
+
+def test_with_no_full_disk_the_guard_asks_for_nothing(directory):
+    """No false alarm from the sizes it compares: a fresh server (its empty base file is not
+    counted), writes during a rewrite (counted in the new base's size), a restart (the files
+    loaded)."""
+    server = Server(directory)
+    with guard(server, directory) as log:
+        for i in range(300):
+            server("SET", f"fresh:{i}", "z" * 500)
+        time.sleep(1)
+        server("BGREWRITEAOF")
+        for i in range(3000):  # while it rewrites: written to the new incremental file
+            server("SET", f"during:{i}", "z" * 500)
+        wait_until_rewritten = time.monotonic() + 10
+        while "aof_rewrite_in_progress:0" not in server("INFO", "persistence"):
+            assert time.monotonic() < wait_until_rewritten
+            time.sleep(0.05)
+        for i in range(300):
+            server("SET", f"after:{i}", "z" * 500)
+        time.sleep(1)
+        server.stop()
+        server = Server(directory, server.port)
+        guard_user(server)  # as the ACL file gives it back on a node
+        for i in range(300):
+            server("SET", f"restarted:{i}", "z" * 500)
+        time.sleep(1.5)
+        assert "BGREWRITEAOF" not in log.read_text(), log.read_text()
+        assert "the server answers again" in log.read_text()  # it did watch the restarted server
+    server.stop()
 
 
 def test_the_guard_rewrites_the_aof_once_a_full_disk_is_over_and_a_second_one_loses_nothing(small_disk):

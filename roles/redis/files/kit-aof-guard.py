@@ -14,7 +14,7 @@ may run INFO and BGREWRITEAOF only, with a password that exists on this node alo
 --interval seconds it reads INFO persistence. It asks for a rewrite, and asks again until one
 has finished well, once the server writes its AOF again after either sign of an episode:
 - the last write failed (aof_last_write_status:err), however it ended;
-- its incremental files are longer than what the server wrote to them (INFO's sizes): a hole,
+- its files are longer than what the server counts as written (aof_current_size): a hole,
   also from an episode it did not see (shorter than --interval, or while it was stopped).
 """
 
@@ -55,6 +55,8 @@ class Client:
             self.stream.write(b"$%d\r\n%s\r\n" % (len(data), data))
         self.stream.flush()
         line = self.stream.readline()
+        if not line:
+            raise OSError("the server closed the connection")
         kind, rest = line[:1], line[1:-2].decode()
         if kind == b"$":
             return self.stream.read(int(rest) + 2)[:-2].decode()
@@ -72,14 +74,15 @@ class Client:
         self.stream.close()
 
 
-def on_disk(manifest: Path) -> int:
-    """The size of the incremental files the manifest lists: what the server counts as
-    aof_current_size - aof_base_size (OSError while a rewrite replaces them: asked again)."""
+def on_disk(manifest: Path, with_base: bool) -> int:
+    """The size of the files the manifest lists, which the server counts as aof_current_size:
+    its base (but the empty one a fresh server makes, which it does not count: INFO's
+    aof_base_size is 0 then) and its incremental files. OSError while a rewrite replaces them."""
     total = 0
     for line in manifest.read_text().splitlines():
         fields = line.split()
         pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-        if pairs.get("type") == "i" and "file" in pairs:
+        if (pairs.get("type") == "i" or (with_base and pairs.get("type") == "b")) and "file" in pairs:
             total += (manifest.parent / pairs["file"].strip('"')).stat().st_size
     return total
 
@@ -110,14 +113,14 @@ class Guard:
             return
         if self.reason is None and not rewriting:
             try:
-                size = on_disk(self.manifest)
+                size = on_disk(self.manifest, info.get("aof_base_size") != "0")
             except OSError:
                 return
             after = client.info()  # what it wrote by now: at least what was on disk, but for a hole
             began = after.get("aof_rewrite_in_progress") != "0"
             if began or after.get("aof_rewrites") != info.get("aof_rewrites"):
                 return  # a rewrite began meanwhile: the files changed
-            written = int(after.get("aof_current_size", 0)) - int(after.get("aof_base_size", 0))
+            written = int(after.get("aof_current_size", 0))
             if size > written:
                 self.reason = f"its AOF holds {size - written} bytes more than the server wrote (a hole)"
         if self.reason is None or rewriting:
