@@ -309,7 +309,7 @@ def guard_user(server: Server) -> None:
 def guard(server: Server, directory: Path) -> Iterator[Path]:
     """kit-aof-guard watching `server`, as the unit runs it; yields its log."""
     password = directory.parent / "guard.pass"
-    password.write_text("guard-secret\n")
+    password.write_text("guard-secret")
     guard_user(server)
     log = directory.parent / f"guard-{server.port}.log"
     with log.open("w") as out:

@@ -204,16 +204,28 @@ def _writes_its_disk(info: dict[str, Any]) -> bool:
 
 
 def disk_writes(store: Store, replicas: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
-    """(address, role, writes its disk) of the master and of each replica it lists that
-    answers; one that does not is another alert's (FridgeNoReplicaOnline, FridgeReplicaLagging)."""
+    """(address, role, writes its disk) of the master, of each replica it lists and of each
+    one a Sentinel knows (an old master failed over for its full disk is no replica of the new
+    one, but the Sentinels still list it). A node that does not answer, or that a Sentinel sees
+    disconnected (its host lost), is left out: other alerts cover those."""
     info = store.redis.info("persistence")
     master = store.redis.connection_pool.master_address  # the one this INFO reached, asked no one
     nodes = [(f"{master[0]}:{master[1]}", "master", _writes_its_disk(info))] if master else []
-    for replica in replicas:
-        host, _, port = replica["replica"].rpartition(":")
+    addresses = [replica["replica"] for replica in replicas]
+    for sentinel in store.sentinel.sentinels:
+        try:
+            known = sentinel.sentinel_slaves(store.master_name)
+        except redis.RedisError:
+            continue
+        addresses += [f"{r['ip']}:{r['port']}" for r in known if not r.get("is_disconnected")]
+        break
+    for address in dict.fromkeys(addresses):
+        host, _, port = address.rpartition(":")
+        if master and (host, int(port)) == tuple(master):
+            continue
         client = store.node((host, int(port)))
         try:
-            nodes.append((replica["replica"], "replica", _writes_its_disk(client.info("persistence"))))
+            nodes.append((address, "replica", _writes_its_disk(client.info("persistence"))))
         except redis.RedisError:
             continue
         finally:
@@ -232,10 +244,15 @@ def prometheus(store: Store) -> str:
         data = store.retrying(lambda: overview(store), budget=2.0)
         copies = store.retrying(lambda: replication(store), budget=2.0)
         memory = store.retrying(store.memory, budget=2.0)
-        disks = store.retrying(lambda: disk_writes(store, copies["replicas"]), budget=2.0)
         up = 1
     except Unavailable:
-        data, copies, memory, disks, up = None, None, (0, 0, 0), [], 0
+        data, copies, memory, up = None, None, (0, 0, 0), 0
+    disks = []
+    if copies is not None:
+        try:
+            disks = store.retrying(lambda: disk_writes(store, copies["replicas"]), budget=2.0)
+        except Unavailable as error:  # the other metrics stand; this one is asked again next scrape
+            log.info("the data nodes' disk state is unknown: %s", error)
     lines = [
         "# HELP fridge_redis_up Whether the Redis master answered through Sentinel.",
         "# TYPE fridge_redis_up gauge",

@@ -175,6 +175,33 @@ def test_a_replica_running_on_through_its_full_disk_fires_cannot_write_disk(
     firing(healthy, fault, {"FridgeRedisCannotWriteDisk": [{"node": f"127.0.0.1:{replica}"}]})
 
 
+def test_a_master_failed_over_for_its_full_disk_fires_cannot_write_disk(client, cluster: Cluster, healthy):
+    """The Sentinels replace a master that cannot write; the old one, its disk still full, is
+    no replica of the new master (it refuses Sentinel's PING, so Sentinel cannot turn it into
+    one), but the Sentinels list it, and its disk is reported from there."""
+    if not cluster.disk_mib:
+        pytest.skip("a disk of its own for each node (tmpfs) needs root")
+    old = cluster.master_port()
+    series = f'fridge_redis_disk_writes_ok{{{SCRAPE},node="127.0.0.1:{old}",role="replica"}}'
+    try:
+        cluster.fill_disk(old)
+        fault = scrape_when(
+            client,
+            lambda s: s.get(series) == "0" and s.get(f"fridge_replicas_online{{{SCRAPE}}}") == "0",
+            "the old master's failed writes in /metrics, after the failover",
+            30,
+        )
+    finally:
+        cluster.free_disk(old)
+        cluster.wait_healthy()
+    assert f'fridge_redis_disk_writes_ok{{{SCRAPE},node="127.0.0.1:{old}",role="master"}}' not in fault
+    firing(
+        healthy,
+        fault,
+        {"FridgeRedisCannotWriteDisk": [{"node": f"127.0.0.1:{old}"}], "FridgeNoReplicaOnline": [{}]},
+    )
+
+
 def test_a_frozen_replica_fires_replica_lagging(client, cluster: Cluster, healthy):
     replica = next(p for p in cluster.data_ports if p != cluster.master_port())
     lag = f'fridge_replica_lag_seconds{{{SCRAPE},replica="127.0.0.1:{replica}"}}'

@@ -254,8 +254,8 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
     """A node's disk fills up in the middle of an AOF write and is freed while the node runs
     on: Redis truncates the write cut short without moving the file offset, and writes the data
     again past a run of NUL bytes, a hole that would stop the next start. The node here is a
-    replica told to go on through its full disk (replica-ignore-disk-write-errors, for this
-    test only: the role keeps Redis' default), as a master does when no failover takes it
+    replica, which goes on through its full disk (the role's default,
+    redis_replica_ignore_disk_write_errors: true), as a master does when no failover takes it
     away; it confirms every job meanwhile.
     - guard stopped: its next start runs kit-aof-repair.py inside the unit's sandbox, which
       removes the hole, and the server loads every job from its own files;
@@ -281,8 +281,8 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
             # In sync first: a full sync cannot be written to a full disk.
             wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
             running = (unit("MainPID"), unit("NRestarts"))
-            with group.node(replica) as conn:  # not rewritten: its next start has the role's "no"
-                assert conn.command("CONFIG", "SET", "replica-ignore-disk-write-errors", "yes") == "OK"
+            with group.node(replica) as conn:
+                assert conn.command("CONFIG", "GET", "replica-ignore-disk-write-errors")[1] == "yes"
             episodes = 1 if guard == "stopped" else 2
             for episode in range(episodes):
                 before = rewrites()

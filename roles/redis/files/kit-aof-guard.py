@@ -11,8 +11,8 @@ disk can duplicate commands (redis/redis#14372, valkey-io/valkey#2627).
 
 Runs beside the server as its user (systemd unit kit-aof-guard), logged in as a Redis user that
 may run INFO and BGREWRITEAOF only, with a password that exists on this node alone. Every
---interval seconds it reads INFO persistence. It asks for a rewrite, and asks again until one
-has finished well, once the server writes its AOF again after either sign of an episode:
+--interval seconds it reads INFO persistence. It asks for a rewrite, and again every 10 s until
+one has begun, once the server writes its AOF again after either sign of an episode:
 - the last write failed (aof_last_write_status:err), however it ended;
 - its files are longer than what the server counts as written (aof_current_size): a hole,
   also from an episode it did not see (shorter than --interval, or while it was stopped).
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-RETRY = 10.0  # seconds between two requests for a rewrite that did not begin or failed
+RETRY = 10.0  # seconds before asking again for a rewrite that was refused or has not begun
 
 
 class ReplyError(Exception):
@@ -45,7 +45,7 @@ class Client:
                 context.load_cert_chain(args.tls_cert, args.tls_key)
             sock = context.wrap_socket(sock, server_hostname=args.tls_name or args.host)
         self.stream = sock.makefile("rwb")
-        password = Path(args.password_file).read_text().strip()
+        password = Path(args.password_file).read_text()  # all of it: the ACL holds its SHA-256
         self.command("AUTH", args.user, password)
 
     def command(self, *words: str) -> str:
@@ -59,7 +59,7 @@ class Client:
             raise OSError("the server closed the connection")
         kind, rest = line[:1], line[1:-2].decode()
         if kind == b"$":
-            return self.stream.read(int(rest) + 2)[:-2].decode()
+            return "" if int(rest) < 0 else self.stream.read(int(rest) + 2)[:-2].decode()
         if kind == b"-":
             raise ReplyError(rest)
         if kind in (b"+", b":"):
@@ -92,55 +92,87 @@ def log(message: str) -> None:
 
 
 class Guard:
-    """What one reading of INFO persistence asks for."""
+    """What one reading of INFO persistence asks for. One per connection: a server that
+    restarted has loaded its files (kit-aof-repair.py removed a hole first) and counts them
+    afresh, so nothing carries over."""
 
     def __init__(self, manifest: Path) -> None:
         self.manifest = manifest
-        self.reason: str | None = None  # why a rewrite is due, until one has finished well
+        self.reason: str | None = None  # why a rewrite is due, until one has begun
         self.asked: int | None = None  # aof_rewrites when the guard asked for one
         self.asked_at = -RETRY
+        self.unreadable: str | None = None  # the manifest's error, said once
 
     def check(self, client: Client) -> None:
         info = client.info()
-        if info.get("aof_enabled") != "1" or info.get("loading") == "1":
+        if not _watching(info):
             return
-        rewriting = info.get("aof_rewrite_in_progress") == "1" or info.get("aof_rewrite_scheduled") == "1"
         if info.get("aof_last_write_status") == "err":
             if self.reason is None:
                 log("the server cannot write its AOF (a full or failing disk): a rewrite once it can")
-            self.reason = "its AOF could not be written"
-            self.asked = None  # a rewrite that ran through the episode does not count
+            # Not during the episode: the rewrite would first write its buffer to the old file.
+            self.reason, self.asked, self.asked_at = "its AOF could not be written", None, -RETRY
             return
-        if self.reason is None and not rewriting:
-            try:
-                size = on_disk(self.manifest, info.get("aof_base_size") != "0")
-            except OSError:
+        if _rewriting(info):
+            return
+        if self.reason is None:
+            self.reason = self.hole(client, info)
+            if self.reason is None:
                 return
-            after = client.info()  # what it wrote by now: at least what was on disk, but for a hole
-            began = after.get("aof_rewrite_in_progress") != "0"
-            if began or after.get("aof_rewrites") != info.get("aof_rewrites"):
-                return  # a rewrite began meanwhile: the files changed
-            written = int(after.get("aof_current_size", 0))
-            if size > written:
-                self.reason = f"its AOF holds {size - written} bytes more than the server wrote (a hole)"
-        if self.reason is None or rewriting:
-            return
         rewrites = int(info.get("aof_rewrites", 0))
-        if self.asked is not None and rewrites > self.asked:  # the rewrite asked for has ended
+        if self.asked is not None and rewrites > self.asked:
+            # It began, so the server writes to a new incremental file, at a size it counts
+            # right: the exposure is over. A rewrite that then failed (no room for a copy of
+            # the data set) is the server's to try again; the hole left in the older file is
+            # removed at the next start.
             if info.get("aof_last_bgrewrite_status") == "ok":
                 log("the AOF was rewritten: a new disk error can no longer cut commands out of it")
-                self.reason, self.asked, self.asked_at = None, None, -RETRY
-                return
-            log(f"the rewrite failed (no room yet?): asking again {RETRY:.0f} s after the last time")
-            self.asked = None
+            else:
+                log(
+                    "the rewrite began, then failed (room for a copy of the data set?): new writes go to"
+                    " a new incremental file all the same; kit-aof-repair.py removes the older one's hole"
+                    " at the next start"
+                )
+            self.reason, self.asked, self.asked_at = None, None, -RETRY
+            return
         if time.monotonic() < self.asked_at + RETRY:
-            return  # asked a moment ago: it has not begun, or it failed
+            return  # asked a moment ago, and refused or not begun yet
         log(f"asking for BGREWRITEAOF: {self.reason}")
         self.asked, self.asked_at = rewrites, time.monotonic()
         try:
             client.command("BGREWRITEAOF")
-        except ReplyError as error:  # one runs already, or a save: asked again after RETRY
+        except ReplyError as error:  # a save or a rewrite under way: asked again after RETRY
             log(f"BGREWRITEAOF refused: {error}")
+
+    def hole(self, client: Client, info: dict[str, str]) -> str | None:
+        """Why a rewrite is due if the files are longer than the server counts (INFO before and
+        after reading them: what it wrote by the second is at least what was on disk, but for
+        a hole), else None."""
+        try:
+            size = on_disk(self.manifest, info.get("aof_base_size") != "0")
+        except OSError as error:
+            if str(error) != self.unreadable:
+                log(f"cannot read the AOF's files, so no hole can be found: {error}")
+            self.unreadable = str(error)
+            return None
+        self.unreadable = None
+        after = client.info()
+        if not _watching(after) or _rewriting(after) or after.get("aof_last_write_status") != "ok":
+            return None  # an episode, a rewrite or a change began meanwhile: asked again next time
+        if after.get("aof_rewrites") != info.get("aof_rewrites") or "aof_current_size" not in after:
+            return None
+        written = int(after["aof_current_size"])
+        if size <= written:
+            return None
+        return f"its AOF holds {size - written} bytes more than the server wrote (a hole)"
+
+
+def _watching(info: dict[str, str]) -> bool:
+    return info.get("aof_enabled") == "1" and info.get("loading", "0") == "0"
+
+
+def _rewriting(info: dict[str, str]) -> bool:
+    return "1" in (info.get("aof_rewrite_in_progress"), info.get("aof_rewrite_scheduled"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     guard, client, failing = Guard(args.manifest), None, None
     while True:
         try:
-            client = client or Client(args)
+            if client is None:
+                client, guard = Client(args), Guard(args.manifest)
             guard.check(client)
             if failing:
                 log("the server answers again")
