@@ -159,7 +159,11 @@ def pair(tmp_path) -> Iterator[tuple[Server, Server]]:
     replica = Server(tmp_path / "replica", "--masterauth", "pw")
     replica("REPLICAOF", "127.0.0.1", master.port)
     deadline = time.monotonic() + 10
-    while "master_link_status:up" not in replica("INFO", "replication"):
+    # Linked, and the master's save for that full sync over: the link comes up before the
+    # master has reaped its child (a BGSAVE then meets "Background save already in progress").
+    while "master_link_status:up" not in replica("INFO", "replication") or (
+        "rdb_bgsave_in_progress:0" not in master("INFO", "persistence")
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     yield master, replica
