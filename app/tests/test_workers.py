@@ -47,6 +47,26 @@ def test_sigterm_lets_the_running_job_finish(client, workers):
     assert done["result"] == 2
 
 
+def test_a_warm_stop_during_a_job_longer_than_the_maintenance_interval_starts_no_scheduler(
+    client, workers, capfd
+):
+    """A stop asked during a job that outlasts the maintenance interval (2 s here): RQ's
+    maintenance pass after the job started again the scheduler the stop had ended, forked while
+    the worker's SIGTERM handler was the cold shutdown's; teardown's SIGTERM could reach it
+    before it set its own, and teardown's join then waited for it for good (a CI run: the worker
+    never exited, 20 s)."""
+    (worker,) = workers.start(1)
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [3]}).get_json()["job_id"]
+    wait_started(client, job_id)
+    capfd.readouterr()  # what the worker said before the stop
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    said = capfd.readouterr().err
+    assert "warm shut down requested" in said, said
+    assert "Acquired scheduler lock" not in said.split("warm shut down requested", 1)[1], said
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "finished"
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop is the fault
 def test_a_stop_request_dropped_by_a_finalizer_still_stops_the_idle_worker(app, client, admin):
     """RQ stops an idle worker by raising StopRequested out of its SIGTERM handler into

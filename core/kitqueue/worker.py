@@ -136,6 +136,16 @@ class KitWorker(PreforkWorker):
             self.watch.took(job.id, self.execution, queue)
         super().fork_work_horse(job, queue)
 
+    def run_maintenance_tasks(self) -> None:
+        """RQ's, but not once a stop was asked. RQ starts the scheduler again here when its
+        process is not alive, which the warm shutdown just made so: the new one was forked
+        while this process's SIGTERM handler was the cold shutdown's, teardown's SIGTERM could
+        reach it before it set its own, and teardown's join then waited for it for good (a test
+        run: the worker never exited). Registries are cleaned by the next worker's pass."""
+        if self._stop_requested:
+            return
+        super().run_maintenance_tasks()
+
     def _start_scheduler(
         self,
         burst: bool = False,
