@@ -192,12 +192,24 @@ class Workers:
         proc.wait()
 
     def close(self) -> None:
+        """Every process the workers started goes, as with a unit's cgroup: also those a test
+        left behind by killing a worker alone (its scheduler, orphaned, kept its locks alive with
+        EXPIREs that a later test, test_acl's, saw from an unknown connection). Each worker
+        leads a session of its own, which its children keep when orphaned."""
         self._supervising.set()
         if self._supervisor:
             self._supervisor.join()
         for proc in self.procs:
             if proc.poll() is None:
                 self.kill_all(proc)
+        sessions = {proc.pid for proc in self.procs}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    pid = int(entry.name)
+                    # A worker's forks carry its command line (a pid reused meanwhile does not).
+                    if os.getsid(pid) in sessions and b"fridge.worker" in (entry / "cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
