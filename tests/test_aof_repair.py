@@ -367,6 +367,16 @@ def test_with_no_full_disk_the_guard_asks_for_nothing(directory):
     server.stop()
 
 
+def every_write_loads(server: Server, directory: Path, written: int) -> None:
+    """Stop the server, repair as its unit does before each start, start it: all `written` keys
+    are back."""
+    server.stop()
+    assert repair(directory) == 0
+    server = Server(directory)
+    assert server("DBSIZE") == written
+    server.stop()
+
+
 def test_the_guard_rewrites_the_aof_once_a_full_disk_is_over_and_a_second_one_loses_nothing(small_disk):
     """Two full disks, one after the other, on a server that runs on through them: with the
     guard, every write of both loads again after a restart (without it, the test above: the
@@ -381,11 +391,7 @@ def test_the_guard_rewrites_the_aof_once_a_full_disk_is_over_and_a_second_one_lo
         rewritten_after(log, 1)
         written += full_disk_episode(server, small_disk, "second")
         rewritten_after(log, 2)
-    server.stop()
-    assert repair(small_disk) == 0
-    server = Server(small_disk)
-    assert server("DBSIZE") == written
-    server.stop()
+    every_write_loads(server, small_disk, written)
 
 
 def test_a_hole_left_while_the_guard_was_away_is_found_by_the_files_size(small_disk):
@@ -398,8 +404,4 @@ def test_a_hole_left_while_the_guard_was_away_is_found_by_the_files_size(small_d
         assert "bytes more than the server wrote" in log.read_text()
         written += full_disk_episode(server, small_disk, "second")
         rewritten_after(log, 2)
-    server.stop()
-    assert repair(small_disk) == 0
-    server = Server(small_disk)
-    assert server("DBSIZE") == written
-    server.stop()
+    every_write_loads(server, small_disk, written)
