@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,11 @@ def test_a_healthy_group_has_its_master_and_no_problem():
             f"data node {R} does not answer",
         ),
         (lambda s, n: s[0].update(flags="master,s_down"), "Sentinel 10.0.0.11 sees its master down"),
+        (
+            lambda s, n: n[1].update(disk="its last AOF write failed"),
+            f"data node {R} cannot write its disk: its last AOF write failed",
+        ),
+        (lambda s, n: n[0].update(aof_guards=0), f"data node {M}: no AOF guard is logged in"),
         (
             lambda s, n: (
                 [x.update(master="10.0.0.99:6379") for x in s],
@@ -414,6 +419,13 @@ def test_live_config_names_the_server_when_the_password_is_wrong(pair, tmp_path)
     assert "wrong" not in json.dumps(refused), "the password is not echoed"
 
 
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
+
+
 def group_args(sentinel_port: int, **extra) -> dict:
     return {
         "master_name": "kit",
@@ -494,7 +506,8 @@ def inventory_group(tmp_path) -> Iterator[tuple[Server, Server, int]]:
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is needed (make test installs it with the app tests' tools/app-tests.sh)")
     port = free_port()
-    master = Server(tmp_path / "master", address="127.0.0.2", port=port)
+    # Its `dir` may be changed at run time: the test takes its disk away.
+    master = Server(tmp_path / "master", "--enable-protected-configs", "yes", address="127.0.0.2", port=port)
     # The master lists a replica at its connection's source address (127.0.0.1) unless told.
     replica = Server(tmp_path / "replica", "--masterauth", "pw", "--replica-announce-ip", "127.0.0.3",
                      address="127.0.0.3", port=port)  # fmt: skip
@@ -533,6 +546,32 @@ def test_status_reads_a_real_group_and_names_what_is_wrong(inventory_group, tmp_
     assert 0 <= seen["lag_bytes"] <= 1048576
     (sentinel,) = state["sentinels"]
     assert (sentinel["master"], sentinel["replicas"], sentinel["sentinels"]) == (at[master], [at[replica]], 1)
+    assert {n["disk"] for n in state["nodes"]} == {"ok"}
+
+    # The master's save fails (its directory gone, as a disk gone would), and only the replica
+    # has its AOF guard logged in: both named.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    master("CONFIG", "SET", "dir", str(gone))
+    gone.rmdir()
+    saved = lambda: "rdb_bgsave_in_progress:0" in master("INFO", "persistence")  # noqa: E731
+    wait_until(saved, "the save for the full sync to end")
+    master("BGSAVE")
+    wait_until(saved, "the save to end")
+    for server in (master, replica):
+        server("ACL", "SETUSER", "kit-aof-guard", "on", ">guard", "-@all", "+info")
+    with kit_redis.Connection(replica.address, replica.port, "kit-aof-guard", "guard", 2.0) as guard:
+        guard.command("INFO", "persistence")
+        faulty = run_module("redis_ha_status", tmp_path, **args, aof_guard_user="kit-aof-guard")
+    assert faulty["problems"] == [
+        f"data node {at[master]} cannot write its disk: its last RDB save failed",
+        f"data node {at[master]}: no AOF guard is logged in (kit-aof-guard.service: after a full disk,"
+        " nothing rewrites the AOF before a second one can damage it)",
+    ], faulty
+    assert {n["address"]: n["aof_guards"] for n in faulty["nodes"]} == {at[master]: 0, at[replica]: 1}
+    master("CONFIG", "SET", "dir", str(tmp_path / "master"))
+    master("BGSAVE")
+    wait_until(lambda: "rdb_last_bgsave_status:ok" in master("INFO", "persistence"), "a save that works")
 
     # An inventory that lacks the master: the module names it instead of following it.
     outside = run_module("redis_ha_status", tmp_path, **{**args, "nodes": [replica.address]})

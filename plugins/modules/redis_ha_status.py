@@ -10,11 +10,13 @@ author: kit maintainers
 description:
 - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its configuration
   epoch and the replicas and Sentinels it knows; asks every data node in O(nodes) its role, the master
-  it follows, its link, replication offset and key count.
+  it follows, its link, replication offset and key count, whether its last AOF write and RDB save
+  worked, and how many clients are logged in as O(aof_guard_user).
 - Returns the findings and a list of O(problems), such as no master or two masters, a node or a Sentinel
   that does not answer, a Sentinel that names another master than the others or than the node that
   is master, Sentinels at different epochs or not knowing each other, a replica following another
-  node, with its link down or more than O(max_lag_bytes) behind, a master that is not one of O(nodes).
+  node, with its link down or more than O(max_lag_bytes) behind, a master that is not one of O(nodes),
+  a node that cannot write its disk, a node whose AOF guard is not logged in.
 - Never changes anything; never fails on what it finds (the caller decides).
 extends_documentation_fragment:
 - kit.jobqueue.sentinel_group
@@ -35,6 +37,12 @@ options:
     description: A replica further behind its master's offset than this is out of sync.
     type: int
     default: 1048576
+  aof_guard_user:
+    description:
+    - The ACL user of each node's AOF guard (the role's C(kit-aof-guard.service)). A node with no
+      client logged in as this user is a problem. Not checked when omitted. O(node_user) needs
+      C(CLIENT LIST) for it.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -55,7 +63,10 @@ master:
   type: str
   returned: always
 nodes:
-  description: "Per data node: address, role, master and link (replicas), offset, lag_bytes, key_count."
+  description: >-
+    Per data node: address, role, master and link (replicas), offset, lag_bytes, key_count, disk
+    (C(ok), or which of the last AOF write and RDB save failed) and aof_guards (clients logged in as
+    O(aof_guard_user), when given).
   type: list
   elements: dict
   returned: always
@@ -108,6 +119,8 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
         ) as conn:
             info = kit_redis.parse_info(conn.command("INFO", "replication"))
             keys = conn.command("DBSIZE")
+            persistence = kit_redis.parse_info(conn.command("INFO", "persistence"))
+            clients = conn.command("CLIENT", "LIST") if p["aof_guard_user"] else ""
     except (OSError, kit_redis.ReplyError) as error:
         return {"address": where, "error": str(error)}
     seen: dict[str, Any] = {
@@ -115,7 +128,10 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
         "role": "master" if info.get("role") == "master" else "replica",
         "offset": int(info.get("master_repl_offset", 0)),
         "key_count": keys,
+        "disk": disk_state(persistence),
     }
+    if p["aof_guard_user"]:
+        seen["aof_guards"] = logged_in(clients, p["aof_guard_user"])
     if seen["role"] == "replica":
         seen.update(
             master=f"{info.get('master_host')}:{info.get('master_port')}",
@@ -123,6 +139,23 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
             offset=int(info.get("slave_repl_offset", 0)),
         )
     return seen
+
+
+def disk_state(info: dict[str, str]) -> str:
+    """INFO persistence: "ok", or which of the last AOF write (when the AOF is on) and the last
+    RDB save failed (the same reading as the app's /metrics fridge_redis_disk_writes_ok)."""
+    failed = []
+    if info.get("aof_enabled") == "1" and info.get("aof_last_write_status") != "ok":
+        failed.append("its last AOF write failed")
+    if info.get("rdb_last_bgsave_status") != "ok":
+        failed.append("its last RDB save failed")
+    return " and ".join(failed) or "ok"
+
+
+def logged_in(client_list: str | bytes, user: str) -> int:
+    """How many clients of a CLIENT LIST reply are logged in as `user`."""
+    text = client_list.decode() if isinstance(client_list, bytes) else client_list
+    return sum(f" user={user} " in f" {line} " for line in text.splitlines())
 
 
 def assess(
@@ -160,6 +193,14 @@ def assess(
         )
     if named and len(named) == 1 and named[0] not in {n["address"] for n in nodes}:
         problems.append(f"the Sentinels' master {named[0]} is not one of the inventory's data nodes")
+    for n in nodes:
+        if n.get("disk", "ok") != "ok":
+            problems.append(f"data node {n['address']} cannot write its disk: {n['disk']}")
+        if n.get("aof_guards") == 0:
+            problems.append(
+                f"data node {n['address']}: no AOF guard is logged in (kit-aof-guard.service: after a"
+                " full disk, nothing rewrites the AOF before a second one can damage it)"
+            )
     by_address = {n["address"]: n for n in nodes}
     for n in nodes:
         if n.get("role") != "replica":
@@ -182,6 +223,7 @@ def main() -> None:
             "nodes": {"type": "list", "elements": "str", "required": True},
             "node_port": {"type": "int", "default": 6379},
             "max_lag_bytes": {"type": "int", "default": 1048576},
+            "aof_guard_user": {"type": "str"},
         },
         supports_check_mode=True,
     )

@@ -330,15 +330,22 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     for host in hosts_in("web"):
         assert state["hosts"][host]["apache"] == "running"
 
+    assert all(n["disk"] == "ok" and n["aof_guards"] == 1 for n in nodes.values()), nodes
+
+    # A replica stopped, and the master's AOF guard: both named in one run.
     replica = _host_at(next(a for a, n in nodes.items() if n["role"] == "replica"))
+    master = _host_at(state["master"])
     sh(replica, "systemctl stop redis-server")
+    sh(master, "systemctl stop kit-aof-guard")
     try:
         broken = _day2("status.yml", "-e", f"status_json={report}")
     finally:
         sh(replica, "systemctl start redis-server")
+        sh(master, "systemctl start kit-aof-guard")
     said = broken.stdout
     assert broken.returncode != 0
     assert f"data node {hostvars(replica)['kit_address']}:6379 does not answer" in said, said[-5000:]
+    assert f"data node {state['master']}: no AOF guard is logged in" in said, said[-5000:]
     assert "Problems:" in said
     assert json.loads(report.read_text())["problems"], "the JSON lists the problems too"
     deadline = time.monotonic() + 60
