@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -211,10 +212,10 @@ def test_no_aof_yet_is_nothing_to_do(tmp_path):
     assert aof_repair.main([str(tmp_path / "appendonlydir" / "appendonly.aof.manifest")]) == 0
 
 
-def full_disk_episode(server: Server, directory: Path, tag: str) -> int:
+def full_disk_episode(server: Server, directory: Path, tag: str, hold: float = 0.0) -> int:
     """The disk fills in the middle of a write (a short write): writes of 50 kB until the
-    server refuses one (MISCONF), then the disk is freed and the server writes its buffer
-    again. Returns how many writes it accepted."""
+    server refuses one (MISCONF), then, `hold` seconds later, the disk is freed and the server
+    writes its buffer again. Returns how many writes it accepted."""
     filler = directory / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=100000"], capture_output=True)
     os.truncate(filler, filler.stat().st_size - 12 * 1024)  # 12 KiB left: a 50 kB write is cut short
@@ -229,6 +230,7 @@ def full_disk_episode(server: Server, directory: Path, tag: str) -> int:
             break
     assert refused is not None
     assert refused.startswith("MISCONF"), refused
+    time.sleep(hold)
     filler.unlink()
     deadline = time.monotonic() + 10
     while True:  # the server writes its buffer again once it can
@@ -306,7 +308,7 @@ def guard_user(server: Server) -> None:
 
 
 @contextlib.contextmanager
-def guard(server: Server, directory: Path) -> Iterator[Path]:
+def guard(server: Server, directory: Path, interval: float = 0.2) -> Iterator[Path]:
     """kit-aof-guard watching `server`, as the unit runs it; yields its log."""
     password = directory.parent / "guard.pass"
     password.write_text("guard-secret")
@@ -317,7 +319,7 @@ def guard(server: Server, directory: Path) -> Iterator[Path]:
             [
                 *(sys.executable, str(ROOT / "roles/redis/files/kit-aof-guard.py")),
                 *("--port", str(server.port)),
-                *("--user", "kit-aof-guard", "--password-file", str(password), "--interval", "0.2"),
+                *("--user", "kit-aof-guard", "--password-file", str(password), "--interval", str(interval)),
                 *("--manifest", str(manifest(directory))),
             ],
             stderr=out,
@@ -377,21 +379,44 @@ def every_write_loads(server: Server, directory: Path, written: int) -> None:
     server.stop()
 
 
+def exposures(server_log: str) -> list[float]:
+    """From redis-server's log: for each time it wrote its AOF again after a failed write, the
+    seconds until a rewrite began (a second full disk meanwhile could cut commands out)."""
+    delays, solved = [], None
+    for line in server_log.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or ":" not in fields[0]:
+            continue
+        when = datetime.strptime(" ".join(fields[1:5]), "%d %b %Y %H:%M:%S.%f").timestamp()
+        if "AOF write error looks solved" in line:
+            solved = when
+        elif "append only file rewriting started" in line and solved is not None:
+            delays.append(when - solved)
+            solved = None
+    return delays
+
+
 def test_the_guard_rewrites_the_aof_once_a_full_disk_is_over_and_a_second_one_loses_nothing(small_disk):
     """Two full disks, one after the other, on a server that runs on through them: with the
     guard, every write of both loads again after a restart (without it, the test above: the
-    file is damaged for good). Writes with no episode make it ask for nothing."""
+    file is damaged for good). Writes with no episode make it ask for nothing. Each disk
+    stays full for longer than the guard's interval (1 s here), which then reads the server
+    more often: the rewrite begins within moments of the server writing again."""
     server = with_keys(small_disk, 10)
-    with guard(server, small_disk) as log:
+    with guard(server, small_disk, interval=1.0) as log:
         for i in range(200):  # no episode: nothing to do
             server("SET", f"calm:{i}", "z" * 1000)
-        time.sleep(1)
+        time.sleep(1.5)
         assert "BGREWRITEAOF" not in log.read_text()
-        written = 210 + full_disk_episode(server, small_disk, "first")
+        written = 210 + full_disk_episode(server, small_disk, "first", hold=1.5)
         rewritten_after(log, 1)
-        written += full_disk_episode(server, small_disk, "second")
+        written += full_disk_episode(server, small_disk, "second", hold=1.5)
         rewritten_after(log, 2)
+    delays = exposures(server.log.read_text())
     every_write_loads(server, small_disk, written)
+    print(f"\nrewrites began {', '.join(f'{d:.3f}' for d in delays)} s after the server wrote again")
+    assert len(delays) == 2, delays
+    assert max(delays) < 0.3, delays
 
 
 def test_a_hole_left_while_the_guard_was_away_is_found_by_the_files_size(small_disk):

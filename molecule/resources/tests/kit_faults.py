@@ -1036,11 +1036,28 @@ def drill_replica_disk_full(
     # (roles/redis/files/kit-aof-repair.py) was removed first, or the server would not have loaded.
     repairs = sh(host, f"journalctl -u {group.service} --since @{since} -o cat | grep 'NUL bytes' || true")
     guard = sh(host, f"journalctl -u kit-aof-guard --since @{since} -o cat", check=False)
+    exposed = exposure(sh(host, f"journalctl -u {group.service} --since @{since} -o short-unix", check=False))
     result.detail += (
         f"; kit-aof-guard rewrote its AOF {guard.count('AOF was rewritten')} time(s)"
-        f"; its next start removed {len(repairs.splitlines())} hole(s) from its AOF"
+        + (f", {', '.join(f'{e:.3f}' for e in exposed)}s after the server wrote it again" if exposed else "")
+        + f"; its next start removed {len(repairs.splitlines())} hole(s) from its AOF"
     )
     return result
+
+
+def exposure(journal: str) -> list[float]:
+    """From a data node's journal (`-o short-unix`): for each time the server wrote its AOF
+    again after a failed write, the seconds until a rewrite began (a second full disk meanwhile
+    could cut commands out of the file: roles/redis "A full disk")."""
+    delays, solved = [], None
+    for line in journal.splitlines():
+        when = line.split(" ", 1)[0]
+        if "AOF write error looks solved" in line:
+            solved = float(when)
+        elif "append only file rewriting started" in line and solved is not None:
+            delays.append(float(when) - solved)
+            solved = None
+    return delays
 
 
 def repl_timeout(platform: Platform) -> int:

@@ -11,8 +11,10 @@ disk can duplicate commands (redis/redis#14372, valkey-io/valkey#2627).
 
 Runs beside the server as its user (systemd unit kit-aof-guard), logged in as a Redis user that
 may run INFO and BGREWRITEAOF only, with a password that exists on this node alone. Every
---interval seconds it reads INFO persistence. It asks for a rewrite, and again every 10 s until
-one has begun, once the server writes its AOF again after either sign of an episode:
+--interval seconds it reads INFO persistence, and every --episode-interval seconds while an
+episode lasts, so that the rewrite begins within moments of the server writing again (a second
+full disk in between is the exposure). It asks for a rewrite, and again every 10 s until one has
+begun, once the server writes its AOF again after either sign of an episode:
 - the last write failed (aof_last_write_status:err), however it ended;
 - its files are longer than what the server counts as written (aof_current_size): a hole,
   also from an episode it did not see (shorter than --interval, or while it was stopped).
@@ -103,6 +105,11 @@ class Guard:
         self.asked_at = -RETRY
         self.unreadable: str | None = None  # the manifest's error, said once
 
+    @property
+    def waiting(self) -> bool:
+        """A rewrite is due and not asked for yet: the server's next write starts the exposure."""
+        return self.reason is not None and self.asked is None
+
     def check(self, client: Client) -> None:
         info = client.info()
         if not _watching(info):
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-name", help="the name the server's certificate carries")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--episode-interval", type=float, default=0.05, help="while a rewrite is due")
     args = parser.parse_args(argv)
     guard, client, failing = Guard(args.manifest), None, None
     while True:
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if str(error) != failing:
                 log(f"cannot read the server's state: {error}")
             failing = str(error)
-        time.sleep(args.interval)
+        time.sleep(args.episode_interval if guard.waiting else args.interval)
 
 
 if __name__ == "__main__":
