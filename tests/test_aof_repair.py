@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -384,14 +385,13 @@ def exposures(server_log: str) -> list[float]:
     seconds until a rewrite began (a second full disk meanwhile could cut commands out)."""
     delays, solved = [], None
     for line in server_log.splitlines():
-        fields = line.split()
-        if len(fields) < 6 or ":" not in fields[0]:
+        stamp = re.match(r"\d+:[A-Z] (\d\d \w{3} \d{4} [\d:.]+) ", line)
+        if not stamp:
             continue
-        when = datetime.strptime(" ".join(fields[1:5]), "%d %b %Y %H:%M:%S.%f").timestamp()
         if "AOF write error looks solved" in line:
-            solved = when
+            solved = solved or datetime.strptime(stamp[1], "%d %b %Y %H:%M:%S.%f")  # the first
         elif "append only file rewriting started" in line and solved is not None:
-            delays.append(when - solved)
+            delays.append((datetime.strptime(stamp[1], "%d %b %Y %H:%M:%S.%f") - solved).total_seconds())
             solved = None
     return delays
 

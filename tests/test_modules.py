@@ -86,6 +86,10 @@ def test_a_healthy_group_has_its_master_and_no_problem():
         ),
         (lambda s, n: n[0].update(aof_guards=0), f"data node {M}: no AOF guard is logged in"),
         (
+            lambda s, n: n[1].update(aof_guards_error="NOPERM"),
+            f"data node {R}: its AOF guards cannot be counted: NOPERM",
+        ),
+        (
             lambda s, n: (
                 [x.update(master="10.0.0.99:6379") for x in s],
                 n[0].update(role="replica", master="10.0.0.99:6379", link="up"),

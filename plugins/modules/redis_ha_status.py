@@ -120,7 +120,10 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
             info = kit_redis.parse_info(conn.command("INFO", "replication"))
             keys = conn.command("DBSIZE")
             persistence = kit_redis.parse_info(conn.command("INFO", "persistence"))
-            clients = conn.command("CLIENT", "LIST") if p["aof_guard_user"] else ""
+            try:
+                clients = conn.command("CLIENT", "LIST") if p["aof_guard_user"] else ""
+            except kit_redis.ReplyError as error:  # node_user may not list clients: not a dead node
+                clients = error
     except (OSError, kit_redis.ReplyError) as error:
         return {"address": where, "error": str(error)}
     seen: dict[str, Any] = {
@@ -130,7 +133,9 @@ def read_node(p: dict, address: str) -> dict[str, Any]:
         "key_count": keys,
         "disk": disk_state(persistence),
     }
-    if p["aof_guard_user"]:
+    if isinstance(clients, kit_redis.ReplyError):
+        seen["aof_guards_error"] = str(clients)
+    elif p["aof_guard_user"]:
         seen["aof_guards"] = logged_in(clients, p["aof_guard_user"])
     if seen["role"] == "replica":
         seen.update(
@@ -196,6 +201,8 @@ def assess(
     for n in nodes:
         if n.get("disk", "ok") != "ok":
             problems.append(f"data node {n['address']} cannot write its disk: {n['disk']}")
+        if "aof_guards_error" in n:
+            problems.append(f"data node {n['address']}: its AOF guards cannot be counted: {n['aof_guards_error']}")
         if n.get("aof_guards") == 0:
             problems.append(
                 f"data node {n['address']}: no AOF guard is logged in (kit-aof-guard.service: after a"

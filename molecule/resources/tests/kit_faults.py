@@ -1046,14 +1046,15 @@ def drill_replica_disk_full(
 
 
 def exposure(journal: str) -> list[float]:
-    """From a data node's journal (`-o short-unix`): for each time the server wrote its AOF
-    again after a failed write, the seconds until a rewrite began (a second full disk meanwhile
-    could cut commands out of the file: roles/redis "A full disk")."""
+    """From a data node's journal (`-o short-unix`, journald's time of each line): for each
+    time the server wrote its AOF again after a failed write, the seconds until a rewrite
+    began (a second full disk meanwhile could cut commands out of the file: roles/redis "A
+    full disk")."""
     delays, solved = [], None
     for line in journal.splitlines():
         when = line.split(" ", 1)[0]
         if "AOF write error looks solved" in line:
-            solved = float(when)
+            solved = solved or float(when)  # the first since the last rewrite
         elif "append only file rewriting started" in line and solved is not None:
             delays.append(float(when) - solved)
             solved = None

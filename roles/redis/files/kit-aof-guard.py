@@ -112,7 +112,8 @@ class Guard:
 
     def check(self, client: Client) -> None:
         info = client.info()
-        if not _watching(info):
+        if not _watching(info):  # no AOF (a new one starts whole), or loading the files afresh
+            self.reason, self.asked, self.asked_at = None, None, -RETRY
             return
         if info.get("aof_last_write_status") == "err":
             if self.reason is None:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             if str(error) != failing:
                 log(f"cannot read the server's state: {error}")
             failing = str(error)
-        time.sleep(args.episode_interval if guard.waiting else args.interval)
+        time.sleep(args.episode_interval if client is not None and guard.waiting else args.interval)
 
 
 if __name__ == "__main__":
