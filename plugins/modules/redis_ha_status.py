@@ -202,7 +202,8 @@ def assess(
         if n.get("disk", "ok") != "ok":
             problems.append(f"data node {n['address']} cannot write its disk: {n['disk']}")
         if "aof_guards_error" in n:
-            problems.append(f"data node {n['address']}: its AOF guards cannot be counted: {n['aof_guards_error']}")
+            error = n["aof_guards_error"]
+            problems.append(f"data node {n['address']}: its AOF guards cannot be counted: {error}")
         if n.get("aof_guards") == 0:
             problems.append(
                 f"data node {n['address']}: no AOF guard is logged in (kit-aof-guard.service: after a"
