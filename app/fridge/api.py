@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, jsonify, request, url_for
-from kitqueue.queueing import enqueue, fetch_job
+from kitqueue.queueing import enqueue, read_job
 from kitqueue.registry import Task, offered, tasks
 from kitqueue.schema import BadArguments, check
 from kitqueue.store import app_store
@@ -142,12 +142,12 @@ def _not_json(constant: str) -> None:
 @bp.get("/jobs/<job_id>")
 def job_status(job_id: str):
     check(openapi.JOB_ID, job_id, "job_id")
-    job = fetch_job(app_store(current_app), job_id)
-    if job is None:
+    described = read_job(app_store(current_app), job_id, monitoring.describe_job)
+    if described is None:
         response = jsonify({"error": f"no job {job_id}", "status": 404})
         response.status_code = 404
         return response
-    return jsonify(monitoring.describe_job(job))
+    return jsonify(described)
 
 
 @bp.get("/healthz")

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import redis
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from kitqueue import stats
-from kitqueue.queueing import fetch_job
+from kitqueue.queueing import fetch_job, read_job
 from kitqueue.store import Store, Unavailable, app_store
 
 from . import browse, monitoring
@@ -127,10 +127,10 @@ def jobs(state: str, queue: str):
 @bp.get("/job/<job_id>")
 def job(job_id: str):
     store = app_store(current_app)
-    found = fetch_job(store, job_id)
+    found = read_job(store, job_id, browse.details)
     if found is None:
         abort(404, f"no job {job_id}")
-    return render_template("job.html", job=browse.details(found), here=_here())
+    return render_template("job.html", job=found, here=_here())
 
 
 @bp.get("/find")
@@ -176,7 +176,7 @@ def requeue_all():
     store = app_store(current_app)
     queue = request.form.get("queue")
     names = [_queue(store, queue)] if queue else store.config["QUEUES"]
-    done = browse.requeue_all_failed(store, names)
+    done = store.retrying(lambda: browse.requeue_all_failed(store, names))
     return _done({"action": "requeue", "requeued": len(done)})
 
 

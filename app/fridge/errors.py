@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from kitqueue.queueing import IdempotencyConflict, NotDurable
 from kitqueue.schema import BadArguments
-from kitqueue.store import Full, Unavailable
+from kitqueue.store import Full, Unavailable, is_transient
 from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
@@ -75,5 +75,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if is_transient(exc):
+            # Redis failed under a read or write that no retry covered: a failover's error,
+            # which a later try may not meet. The client is told when, as for Unavailable.
+            reason = f"Redis unavailable outside a retry ({type(exc).__name__}: {exc})"
+            return unavailable(Unavailable(reason))
         log.exception("unexpected error")
         return error(500, "internal error")

@@ -16,13 +16,18 @@ without a restart.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
 
 import pytest
 from conftest import wait_for_status
-from redis_cluster import MASTER_NAME, wait_until
+from kitqueue.config import for_worker
+from kitqueue.queueing import NotDurable
+from kitqueue.store import Store
+from kitqueue.worker import Recurring
+from redis_cluster import MASTER_NAME, PASSWORDS, WORKER_USER, wait_until
 
 
 @pytest.mark.parametrize(
@@ -50,8 +55,21 @@ def test_faults_under_continuous_enqueueing(app, cluster, workers, how):
             results.append((time.monotonic(), response.status_code, body.get("job_id")))
             longest = max(longest, time.monotonic() - asked)
 
+    reads: list[tuple[str, int, str | None]] = []
+
+    def read_forever() -> None:
+        """A client following its jobs meanwhile: each read either answers or says when to retry."""
+        while not stop.is_set():
+            time.sleep(0.002)
+            job_id = next((j for _, s, j in reversed(results) if s == 202), None)
+            for path in (f"/jobs/{job_id}", f"/dashboard/job/{job_id}") if job_id else ():
+                response = client.get(path)
+                reads.append((path, response.status_code, response.headers.get("Retry-After")))
+
     thread = threading.Thread(target=enqueue_forever)
     thread.start()
+    reader = threading.Thread(target=read_forever)
+    reader.start()
     time.sleep(1.5)
     old = cluster.master_port()
     began = time.monotonic()
@@ -90,6 +108,7 @@ def test_faults_under_continuous_enqueueing(app, cluster, workers, how):
         time.sleep(1)
     stop.set()
     thread.join(timeout=30)
+    reader.join(timeout=30)
     if how == "sigkill-master":
         cluster.restart(old)  # it comes back and Sentinel turns it into a replica
     if how == "disk-full-master":
@@ -107,6 +126,11 @@ def test_faults_under_continuous_enqueueing(app, cluster, workers, how):
     )
     assert 500 not in statuses
     assert set(statuses) <= {202, 503}
+    read_statuses = collections.Counter(status for _, status, _ in reads)
+    print(f"{how}: reads of the acknowledged jobs, by status: {dict(read_statuses)}")
+    assert set(read_statuses) <= {200, 503}, [r for r in reads if r[1] not in (200, 503)][:3]
+    assert all(retry for _, status, retry in reads if status == 503)
+    assert read_statuses[200] > 0
     assert (new != old) is (how != "freeze-replica")
     assert gap < 6
     budget = app.config["RETRY_BUDGET"] + 1.0
@@ -184,3 +208,37 @@ def test_with_every_data_node_s_disk_full_an_enqueue_is_refused_with_503_then_ac
     )
     again = client.post("/comer/platano", headers=key)
     assert again.get_json()["job_id"] == accepted.get_json()["job_id"]
+
+
+def test_a_recurring_period_a_fault_kept_from_its_replica_is_enqueued_once_the_replica_is_back(
+    app, cluster, admin
+):
+    """The only replica lost (frozen: no reset) under ACK_POLICY strict: the period's job cannot
+    be acknowledged. The worker's next tick, once the replica is back, tries that period again
+    under the same job id; before, the period stayed claimed and its job was never confirmed."""
+    settings = for_worker(
+        {
+            **app.config,
+            "ACK_POLICY": "strict",
+            "ACK_TIMEOUT_MS": 200,
+            "WORKER_REDIS_USERNAME": WORKER_USER,
+            "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
+        }
+    )
+    schedule = {"name": "nightly", "task": "add", "args": [1, 1], "every": 3600}
+    recurring = Recurring(Store(settings, connection_retries=5), [schedule], owner="test")
+    now = time.time()
+    job_key = f"rq:job:recurring-nightly-{int(now // 3600)}"
+    replica = next(p for p in cluster.data_ports if p != cluster.master_port())
+    cluster.freeze(replica)
+    try:
+        with pytest.raises(NotDurable):
+            recurring.tick(schedule, now)
+    finally:
+        cluster.thaw(replica)
+    wait_until(lambda: admin.execute_command("WAIT", 1, 100) == 1, 30, "the replica back in sync")
+    assert recurring.tick(schedule, now), "the period stayed claimed after its enqueue failed"
+    assert cluster.admin(replica).exists(job_key)
+    assert not recurring.tick(schedule, now)  # claimed now: once per period
+    queued = admin.lrange("rq:queue:default", 0, -1)
+    assert queued.count(job_key.removeprefix("rq:job:").encode()) == 1

@@ -8,9 +8,10 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError
@@ -37,6 +38,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 Commands = tuple[tuple[Any, ...], ...]
+T = TypeVar("T")
 
 
 class UnknownTask(Exception):
@@ -110,13 +112,22 @@ def make_queue(store: Store, name: str, queue_class: type[ReliableQueue] = Enque
 
 
 def fetch_job(store: Store, job_id: str) -> Job | None:
-    def fetch() -> Job | None:
+    return read_job(store, job_id, lambda job: job)
+
+
+def read_job(store: Store, job_id: str, read: Callable[[Job], T]) -> T | None:
+    """Fetch a job and `read` more of it (its latest result, its registry) under one retry: a
+    failover between the fetch and a later read retries both, where a read of its own would
+    have met the lost master outside any retry (a 500 for GET /jobs/<id>). None: no such job."""
+
+    def fetch_and_read() -> T | None:
         try:
-            return RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
+            job = RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
+        return read(job)
 
-    return store.retrying(fetch)
+    return store.retrying(fetch_and_read)
 
 
 def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: Commands = ()) -> None:

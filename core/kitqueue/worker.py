@@ -11,6 +11,7 @@ from <queue>` (its horse, while it runs a job).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
@@ -31,7 +32,7 @@ from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
 from .schema import BadArguments
-from .store import Full, Store, Unavailable, is_transient
+from .store import Store, Unavailable, is_transient
 
 log = logging.getLogger("kitqueue.worker")
 
@@ -272,8 +273,11 @@ class Recurring(threading.Thread):
                 schedule.get("queue", task.queue),
                 job_id=f"recurring-{schedule['name']}-{slot}",
             )
-        except Full:
-            self.store.redis.delete(claim)  # the next tick tries this period again
+        except (redis.RedisError, Unavailable, NotDurable):
+            # Full, a failover past the budget, a job not yet on a replica: the next tick tries
+            # this period again, under the same job id (never a second job).
+            with contextlib.suppress(redis.RedisError, Unavailable):
+                self.store.redis.delete(claim)
             raise
         log.info("recurring job %s enqueued for period %s", schedule["name"], slot)
         return True
