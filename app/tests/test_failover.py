@@ -20,13 +20,16 @@ import collections
 import itertools
 import threading
 import time
+from unittest import mock
 
 import pytest
 from conftest import wait_for_status
 from kitqueue.config import for_worker
 from kitqueue.queueing import NotDurable
+from kitqueue.scheduler import KitScheduler
 from kitqueue.store import Store
 from kitqueue.worker import Recurring
+from redis.client import Pipeline
 from redis_cluster import MASTER_NAME, PASSWORDS, WORKER_USER, wait_until
 
 
@@ -242,3 +245,47 @@ def test_a_recurring_period_a_fault_kept_from_its_replica_is_enqueued_once_the_r
     assert not recurring.tick(schedule, now)  # claimed now: once per period
     queued = admin.lrange("rq:queue:default", 0, -1)
     assert queued.count(job_key.removeprefix("rq:job:").encode()) == 1
+
+
+def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler_moves_it(
+    app, cluster, client, admin
+):
+    """The master stalls (SIGSTOP, shorter than Sentinel's down-after: a slow disk, a paused VM)
+    just as the scheduler sends the move of a due job to its queue. The connection gives up
+    waiting for the reply after its socket timeout, while the stalled server still holds the
+    transaction and runs it on waking. RQ's scheduler sent it again (its id queued twice: two
+    workers ran the job); the kit's is never sent twice, and the next pass finds it moved.
+    The moment of the stall is chosen by a hook on the transaction's send, so the test meets
+    the window every time; the stall itself is the real server's."""
+    settings = for_worker(
+        {
+            **app.config,
+            "REDIS_SOCKET_TIMEOUT": 0.3,
+            "ACK_TIMEOUT_MS": 200,
+            "WORKER_REDIS_USERNAME": WORKER_USER,
+            "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
+        }
+    )
+    store = Store(settings, connection_retries=int(settings["WORKER_CONNECTION_RETRIES"]))
+    job_id = client.post("/jobs", json={"task": "add", "args": [1, 2], "delay": 1}).get_json()["job_id"]
+    due = admin.zscore("rq:scheduled:default", job_id)
+    wait_until(lambda: time.time() >= due + 0.1, 10, "the job to be due")
+    scheduler = KitScheduler(["default"], connection=store.redis, name="test.scheduler")
+    assert scheduler.acquire_locks() == {"default"}
+    master, send = cluster.master_port(), Pipeline.execute
+
+    def stalled_send(pipeline: Pipeline, raise_on_error: bool = True):
+        if any(args[0] == "ZREM" for args, _ in pipeline.command_stack):  # the move
+            cluster.freeze(master)
+            threading.Timer(0.7, cluster.thaw, [master]).start()
+        return send(pipeline, raise_on_error)
+
+    try:
+        with mock.patch.object(Pipeline, "execute", stalled_send):
+            scheduler.enqueue_scheduled_jobs()
+        wait_until(lambda: admin.zscore("rq:scheduled:default", job_id) is None, 10, "the job moved")
+        scheduler.enqueue_scheduled_jobs()  # the next pass
+    finally:
+        scheduler.release_locks()
+    assert cluster.master_port() == master  # a stall, not a failover
+    assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1

@@ -22,7 +22,6 @@ from typing import Any
 
 import redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from . import pool, registry, stats
@@ -31,6 +30,7 @@ from .fetch import ReliableQueue, recover_predecessors
 from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
+from .scheduler import KitScheduler
 from .schema import BadArguments
 from .store import Store, Unavailable, is_transient
 
@@ -154,11 +154,12 @@ class KitWorker(PreforkWorker):
         date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
         log_format: str = DEFAULT_LOGGING_FORMAT,
     ) -> None:
-        """RQ's, with the scheduler named after this worker (`<worker>.scheduler`) instead of
-        a random id. Its lock on each queue then says whose it is, so a restarted unit frees
-        its dead predecessor's lock at once (fetch.recover_predecessors), instead of leaving
-        every retry and delayed job waiting up to 61 s for that lock to lapse."""
-        self.scheduler = RQScheduler(
+        """RQ's, with the kit's scheduler (kitqueue/scheduler.py: each due job moved once),
+        named after this worker (`<worker>.scheduler`) instead of a random id. Its lock on each
+        queue then says whose it is, so a restarted unit frees its dead predecessor's lock at
+        once (fetch.recover_predecessors), instead of leaving every retry and delayed job
+        waiting up to 61 s for that lock to lapse."""
+        self.scheduler = KitScheduler(
             self.queues,
             connection=self.connection,
             logging_level=logging_level if logging_level is not None else self.log.level,
