@@ -154,6 +154,26 @@ def test_idempotency_key_returns_the_same_job(client, store):
     assert queue_depth(store) == 1
 
 
+def test_a_replayed_idempotency_key_whose_job_is_gone_answers_its_id_and_runs_nothing(client, workers, admin):
+    """A job acknowledged, failed and deleted from the dashboard (as one finished and expired
+    after RESULT_TTL is gone): the client's retry with the same key within IDEMPOTENCY_TTL
+    answers with that job's id, as a replay, and no job is written or run again."""
+    headers = {"Idempotency-Key": "invoice-7"}
+    body = {"task": "fail", "args": ["no stock"]}
+    job_id = client.post("/jobs", json=body, headers=headers).get_json()["job_id"]
+    workers.start(1)
+    wait_for_status(client, job_id, {"failed"}, timeout=30)
+    same_site = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
+    assert client.post(f"/dashboard/failed/{job_id}/delete", headers=same_site).status_code == 303
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    again = client.post("/jobs", json=body, headers=headers)
+    assert again.status_code == 202, again.get_json()
+    assert (again.get_json()["job_id"], again.get_json()["replayed"]) == (job_id, True)
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert not admin.exists(f"rq:job:{job_id}")
+    assert admin.llen("rq:queue:default") == 0
+
+
 def test_job_status_of_unknown_or_malformed_ids(client):
     assert client.get("/jobs/does-not-exist").status_code == 404
     response = client.get("/jobs/" + "x" * 65)

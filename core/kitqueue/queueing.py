@@ -309,9 +309,15 @@ def enqueue(
         if not room_checked:  # once: a retry may find its own job written, and no "full" then
             _check_room(store, idempotency_key)
             room_checked = True
+        acknowledged = False
         if idempotency_key:
-            job_id, replayed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
+            claimed = _claim_idempotency_key(store, idempotency_key, fingerprint, new_id)
+            job_id, replayed, acknowledged = claimed
+        if acknowledged and not RegisteredJob.exists(job_id, connection=store.redis):
+            return  # acknowledged once, and gone since (its result expired, or deleted): not again
         _confirm_durable(store, job_id, replayed, put())
+        if idempotency_key and not acknowledged:
+            _mark_acknowledged(store, idempotency_key, f"{job_id} {fingerprint}")
 
     # One unit, under one retry budget: when the confirmation finds the job missing (it went to
     # a master that has been replaced since), the retry claims the key and writes the job again
@@ -322,13 +328,14 @@ def enqueue(
 
 def _check_room(store: Store, idempotency_key: str | None) -> None:
     """Refuse a new job while Redis is (nearly) full (Store.check_room); a replay of a job
-    already stored needs no room and goes on."""
+    already stored, or acknowledged once, needs no room and goes on."""
     try:
         store.check_room()
     except Full:
         bound = store.redis.get(_idempotency_redis_key(store, idempotency_key)) if idempotency_key else None
-        stored = bound is not None and RegisteredJob.exists(
-            bound.decode().partition(" ")[0], connection=store.redis
+        words = bound.decode().split(" ") if bound is not None else []
+        stored = bool(words) and (
+            words[-1] == ACKNOWLEDGED or RegisteredJob.exists(words[0], connection=store.redis)
         )
         if not stored:
             raise
@@ -338,22 +345,39 @@ def _idempotency_redis_key(store: Store, key: str) -> str:
     return store.key("idem", hashlib.sha256(key.encode()).hexdigest())
 
 
-def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str) -> tuple[str, bool]:
-    """Bind the key to a job id (first use) or return the id it is bound to (replay)."""
+def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str) -> tuple[str, bool, bool]:
+    """Bind the key to a job id (first use) or return the id it is bound to (replay), and
+    whether that job was acknowledged (_mark_acknowledged)."""
     redis_key = _idempotency_redis_key(store, key)
     value = f"{new_id} {fingerprint}"
     ttl = int(store.config["IDEMPOTENCY_TTL"])
 
     if store.redis.set(redis_key, value, nx=True, ex=ttl):
-        return new_id, False
+        return new_id, False, False
     existing = store.redis.get(redis_key)
     if existing is None:  # expired in between: claim it again on the next attempt
         raise StaleMaster(f"idempotency key {redis_key} vanished while being claimed")
-    job_id, _, stored_fingerprint = existing.decode().partition(" ")
+    job_id, _, rest = existing.decode().partition(" ")
+    stored_fingerprint, _, state = rest.partition(" ")
     if stored_fingerprint != fingerprint:
         raise IdempotencyConflict("this Idempotency-Key was already used for a different request")
     # Our own claim, from an earlier attempt of this very request, is no replay.
-    return job_id, job_id != new_id
+    return job_id, job_id != new_id, state == ACKNOWLEDGED
+
+
+ACKNOWLEDGED = "acknowledged"
+
+
+def _mark_acknowledged(store: Store, key: str, value: str) -> None:
+    """Note on the key that its job was acknowledged, once it was: a replay that then finds no
+    job (finished and expired after RESULT_TTL, or deleted) answers with its id and does not
+    write it again. Before the acknowledgement the mark would be wrong (a job lost in a
+    failover must be written again by the replay); a mark lost in a failover leaves only the
+    narrower case of a job that is gone and written again."""
+    try:
+        store.redis.set(_idempotency_redis_key(store, key), f"{value} {ACKNOWLEDGED}", xx=True, keepttl=True)
+    except (redis.RedisError, Unavailable) as error:
+        log.warning("job acknowledged; its idempotency key could not be marked so: %s", error)
 
 
 __all__ = [
