@@ -150,6 +150,7 @@ PROD_SECRETS = {
     "vault_redis_web_password": "prod-test-web-2Nf6",
     "vault_redis_worker_password": "prod-test-worker-6Gv1",
     "vault_dashboard_password": "prod-test-dashboard-9Hx3",
+    "vault_kit_app_api_token": "prod-test-api-token-4Vb8Qe",
 }
 
 
@@ -211,14 +212,42 @@ def test_a_run_limited_to_one_host_is_checked_too(tmp_path):
     assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
-def test_site_with_the_example_values_stops_in_preflight(tmp_path):
+def example_values() -> dict[str, str]:
+    """The placeholders vault.yml.example ships, by name."""
     example = (ROOT / "inventories/prod/group_vars/all/vault.yml.example").read_text()
-    values = dict(line.split(": ", 1) for line in example.splitlines() if line.startswith("vault_"))
-    result = run_site(tmp_path, values)
+    return dict(line.split(": ", 1) for line in example.splitlines() if line.startswith("vault_"))
+
+
+def test_site_with_the_example_values_stops_in_preflight(tmp_path):
+    result = run_site(tmp_path, example_values())
     assert result.returncode != 0
     for name in PROD_SECRETS:
         assert f"{name} is missing, empty" in result.stdout + result.stderr
     assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
+
+
+# Production enqueues only with a bearer token (kit_app_api_tokens: [vault_kit_app_api_token]);
+# without TLS, so that the token is the only thing the preflight can refuse.
+@pytest.mark.parametrize(
+    "token",
+    [example_values()["vault_kit_app_api_token"], None, "only-15-chars-x"],
+    ids=["example", "missing", "shorter-than-16"],
+)
+def test_the_api_token_is_refused_naming_it_unless_the_api_is_opened(tmp_path, token):
+    variables = {**PROD_SECRETS, "kit_app_tls": False, "kit_redis_tls": False}
+    variables.pop("vault_kit_app_api_token")
+    if token is not None:
+        variables["vault_kit_app_api_token"] = token
+    result = run_site(tmp_path, variables, "playbooks/preflight.yml")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert not token or token not in said, "the refused token was printed"
+    assert "vault_kit_app_api_token is missing, empty, shorter than 16 characters" in said, said[-3000:]
+    assert "kit_app_api_tokens: [] instead" in said
+    assert [name for name in PROD_SECRETS if f"{name} is missing" in said] == ["vault_kit_app_api_token"]
+    # The operator who wants enqueueing open says so: no token is asked for.
+    opened = run_site(tmp_path, {**variables, "kit_app_api_tokens": []}, "playbooks/preflight.yml")
+    assert opened.returncode == 0, opened.stdout[-3000:]
 
 
 def test_site_starts_with_the_preflight_play():
@@ -376,6 +405,38 @@ def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
     vault(tmp_path, "encrypt", str(secrets))
     result = preflight()
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def clear_text_vault(tmp_path: Path, shape: str) -> tuple[str, list[str]]:
+    """PROD_SECRETS as a vault.yml in one of the YAML shapes that a search for "name: value"
+    lines took for encrypted, and the names it leaves in clear text."""
+    names = list(PROD_SECRETS)
+    if shape == "value-on-the-next-line":
+        return "".join(f"{k}:\n  {v}\n" for k, v in PROD_SECRETS.items()), names
+    if shape == "quoted-keys":  # single and double quotes in turn
+        quoted = [f'"{k}"' if i % 2 else f"'{k}'" for i, k in enumerate(names)]
+        return "".join(f"{q}: {v}\n" for q, v in zip(quoted, PROD_SECRETS.values(), strict=True)), names
+    if shape == "flow-style":
+        return "{" + ", ".join(f"{k}: {v}" for k, v in PROD_SECRETS.items()) + "}\n", names
+    # Every value an inline !vault but the last, which sits on the line after its name.
+    *encrypted, (last, value) = PROD_SECRETS.items()
+    return "".join(encrypt_string(tmp_path, k, v) for k, v in encrypted) + f"{last}:\n  {value}\n", [last]
+
+
+@pytest.mark.parametrize("shape", ["value-on-the-next-line", "quoted-keys", "flow-style", "one-value-left"])
+def test_a_clear_text_vault_file_in_any_yaml_shape_is_refused_naming_it(tmp_path, shape):
+    inventory = tmp_path / "prod"
+    shutil.copytree(ROOT / "inventories/prod", inventory)
+    secrets = inventory / "group_vars/all/vault.yml"
+    text, clear = clear_text_vault(tmp_path, shape)
+    secrets.write_text(text)
+    # -v: the values read to check them would be printed, were they not hidden (no_log).
+    args = (*vault(tmp_path), "-v")
+    result = run_site(tmp_path, tls_files(tmp_path), "playbooks/preflight.yml", inventory / "hosts.yml", args)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{secrets} is not encrypted ({', '.join(clear)} in clear text)" in said, said[-3000:]
+    assert [v for v in PROD_SECRETS.values() if v in result.stdout + result.stderr] == []
 
 
 def certificate(address: str | None, days: tuple[int, int]) -> dict[str, str]:

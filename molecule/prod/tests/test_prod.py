@@ -39,8 +39,15 @@ def _tls(name: str) -> str:
     return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls" / name)
 
 
-def _https() -> Http:
-    return Http(hostvars(hosts_in("web")[0])["kit_address"], cafile=_tls("server.crt"))
+def _api_token() -> str:
+    """The bearer token enqueueing needs (production's kit_app_api_tokens, from the vault)."""
+    return yaml.safe_load(SECRETS.read_text())["vault_kit_app_api_token"]
+
+
+def _https(name: str | None = None) -> Http:
+    """HTTPS to a web host (the first by default) as an API client: with the token."""
+    address = hostvars(name or hosts_in("web")[0])["kit_address"]
+    return Http(address, cafile=_tls("server.crt"), token=_api_token())
 
 
 def test_https_serves_the_app_and_plain_http_only_redirects():
@@ -83,12 +90,37 @@ def test_production_defaults_keep_the_demo_tasks_and_critical_private():
     assert http.post("/jobs", body={"task": "eat", "args": ["pan"], "queue": "low"}).status == 202
 
 
+def test_production_enqueues_only_with_the_token_and_reads_need_none():
+    """inventories/prod as shipped: enqueueing (POST /jobs, and GET /comer/<food>, which any web
+    page could make a visitor's browser send with an <img>) needs the vault's bearer token;
+    health, the OpenAPI document and a job's status need none."""
+    anonymous = Http(hostvars(hosts_in("web")[0])["kit_address"], cafile=_tls("server.crt"))
+    job = {"task": "eat", "args": ["pan"]}
+    wrong = {"Authorization": "Bearer " + "x" * len(_api_token())}
+    for headers in ({}, wrong):
+        for reply in (
+            anonymous.get("/comer/img-tag", headers=headers),
+            anonymous.post("/jobs", job, headers=headers),
+        ):
+            assert reply.status == 401, reply.body
+            assert reply.headers["WWW-Authenticate"].startswith("Bearer"), reply.headers
+    accepted = _https().post("/jobs", body=job)
+    assert accepted.status == 202, accepted.body
+    assert _https().get("/comer/with-the-token").status == 202
+    assert anonymous.get(accepted.headers["Location"]).status == 200
+    assert anonymous.get("/healthz").status == 200
+    document = anonymous.get("/openapi.json")
+    assert document.status == 200
+    assert "bearer" in document.json()["components"]["securitySchemes"], "the document tells clients"
+
+
 def test_production_timings_are_applied():
     v = hostvars(hosts_in("redis")[0])
     assert v["redis_sentinel_down_after_ms"] == 5000
 
 
 VAULT_PASSWORD_FILE = str(Path(SCENARIO_DIR) / "vars" / "test-vault-password")
+SECRETS = Path(SCENARIO_DIR) / "vars" / "test-secrets.yml"
 PLAYBOOKS = Path(SCENARIO_DIR).parents[1] / "playbooks"
 
 
@@ -101,7 +133,7 @@ def _as_operator(
     return run_playbook(
         *args,
         "-e",
-        f"@{Path(SCENARIO_DIR) / 'vars' / 'test-secrets.yml'}",
+        f"@{SECRETS}",
         # These throw-away hosts' keys must not land in the user's known_hosts: the next
         # scenario run gets new ones, and strict checking would refuse them.
         "--ssh-extra-args=-o UserKnownHostsFile=/dev/null",
@@ -137,7 +169,7 @@ def _key_body(path: str) -> str:
 def _secrets() -> dict[str, str]:
     """The vault's values for this scenario, the body of the HTTPS private key and of each
     data node's and Sentinel's TLS key ("redis tls key <host>")."""
-    values = yaml.safe_load((Path(SCENARIO_DIR) / "vars" / "test-secrets.yml").read_text())
+    values = yaml.safe_load(SECRETS.read_text())
     found = {name: value for name, value in values.items() if name.startswith("vault_")}
     found["tls key"] = _key_body(_tls("server.key"))
     for name in sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))):
@@ -185,7 +217,12 @@ TIER_SECRETS = {
         "vault_redis_sentinel_acl_password",
         "vault_redis_sentinel_client_password",
     },
-    "web": {"vault_redis_sentinel_client_password", "vault_redis_web_password", "tls key"},
+    "web": {
+        "vault_redis_sentinel_client_password",
+        "vault_redis_web_password",
+        "vault_kit_app_api_token",
+        "tls key",
+    },
     "workers": {"vault_redis_sentinel_client_password", "vault_redis_worker_password"},
 }
 
@@ -202,7 +239,12 @@ def test_each_host_holds_only_the_secrets_of_its_tiers(host):
     held = {n for n, v in secrets.items() if v in found}
     print(f"{name} ({', '.join(g for g in TIER_SECRETS if name in hosts_in(g))}): {sorted(held)}")
     assert held <= allowed, f"{name} holds {sorted(held - allowed)}"
-    for group, own in (("web", "vault_redis_web_password"), ("workers", "vault_redis_worker_password")):
+    owns = (
+        ("web", "vault_redis_web_password"),
+        ("web", "vault_kit_app_api_token"),
+        ("workers", "vault_redis_worker_password"),
+    )
+    for group, own in owns:
         if name in hosts_in(group):
             assert own in held, f"{name} lacks its own {own}"
 
@@ -249,6 +291,9 @@ def test_the_api_survives_a_thousand_requests_generated_from_its_openapi_documen
             "10",
             "--generation-database",
             "none",
+            # Enqueueing needs the token: with it, its operations reach the app, not only the 401.
+            "--header",
+            f"Authorization: Bearer {_api_token()}",
         ],
         cwd=tmp_path,  # its reports and caches stay out of the tree
         capture_output=True,
@@ -505,7 +550,7 @@ def test_a_replica_and_a_web_host_join_then_the_replica_leaves(tmp_path):
     assert all(len(k) == 2 and set(k) < replicas for k in known), known
     assert all(f"{node_address}:6379" in k for k in known), "every Sentinel learned the new replica"
 
-    http = Http(hostvars(new_web)["kit_address"], cafile=_tls("server.crt"))
+    http = _https(new_web)
     reply = http.get("/comer/scaled-out")
     assert reply.status == 202, reply.body
     job = http.wait_for_job(reply.json()["job_id"], {"finished", "failed"}, timeout=60)

@@ -76,6 +76,23 @@ def test_dashboard_needs_credentials(http):
     assert b"Workers" in reply.body
 
 
+def test_a_dashboard_user_taken_out_of_the_list_can_no_longer_log_in(http):
+    former = ("former-admin", "former-dashboard-5e08b1d4")
+    users = [dict(zip(("name", "password"), user, strict=True)) for user in (DASHBOARD_USER, former)]
+    added = run_playbook(
+        *FRIDGE_ON_APP_HOST, "--tags", "wsgi_site", "-e", json.dumps({"wsgi_site_basic_auth_users": users})
+    )
+    assert added.returncode == 0, added.stdout[-5000:]
+    assert http.get("/dashboard/", headers=basic(*former)).status == 200
+    # The inventory's list again (the dashboard's user alone): the other user is removed.
+    recap = converge(*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site")
+    assert recap["web-app1"]["changed"] > 0
+    assert http.get("/dashboard/", headers=basic(*former)).status == 401
+    assert http.get("/dashboard/", headers=basic(*DASHBOARD_USER)).status == 200
+    names = get_host("web-app1").run("cut -d: -f1 /etc/apache2/fridge.htpasswd").stdout.split()
+    assert names == [DASHBOARD_USER[0]]
+
+
 def test_a_second_app_runs_beside_with_its_own_dependency_version(http, host):
     fridge = http.get("/healthz").json()["versions"]
     pantry = json.loads(
