@@ -123,14 +123,59 @@ def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, work
     assert [pid for pid in under if alive(pid)] == []
 
 
+def session(sid: int) -> list[int]:
+    """The worker processes left in session `sid` (a pool's: its slots, their horses and
+    schedulers all keep it), zombies aside. A pid reused meanwhile has another command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                pid = int(entry.name)
+                if os.getsid(pid) == sid and b"fridge.worker" in (entry / "cmdline").read_bytes():
+                    found.append(pid)
+    return [pid for pid in found if alive(pid)]
+
+
 @pytest.mark.parametrize("after", [0.0, 0.3, 0.6, 1.0])
-def test_a_stop_while_the_slots_start_stops_them_all(workers, after):
+def test_a_stop_while_the_slots_start_stops_them_all(workers, admin, after):
     """systemctl stop (or restart) right after a start: whenever the signal comes, while the
     pool imports, forks its slots or waits for them, it reaches every slot."""
     (pool,) = workers.start(1, "--slots", "3")
     time.sleep(after)
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) in (0, -signal.SIGTERM)  # -SIGTERM: before its handler was set
+    # Nothing of the pool is left for the unit's stop (or the teardown) to kill: every slot
+    # stopped, and stopped warm, taking its name (and its scheduler's) out of the registry.
+    left: list[list[int]] = [[]]
+
+    def no_process_left() -> bool:
+        left[0] = session(pool.pid)
+        return not left[0]
+
+    try:
+        wait_until(no_process_left, 15, "the pool's processes to end")
+    except AssertionError as late:
+        raise AssertionError(f"{late}; still running: {left[0]}") from None
+    ours = "rq:worker:test-worker-0."
+    still: list[str] = []
+
+    def unregistered() -> bool:
+        # The registry (rq:workers and each queue's rq:workers:<queue>) holds none of the slots;
+        # the hash a slot leaves for 60 s says it registered its death (RQ's register_death).
+        sets = ["rq:workers", *(k.decode() for k in admin.scan_iter(match="rq:workers:*"))]
+        members = [(s, m.decode()) for s in sets for m in admin.smembers(s)]
+        still[:] = [f"{s} {m}" for s, m in members if m.startswith(ours)]
+        still.extend(
+            f"{k.decode()} without its death"
+            for k in admin.scan_iter(match=f"{ours}*")
+            if admin.type(k) == b"hash" and not admin.hexists(k, "death")
+        )
+        return not still
+
+    try:
+        wait_until(unregistered, 15, "the pool's slots to leave the worker registry")
+    except AssertionError as late:
+        raise AssertionError(f"{late}; still registered: {still}") from None
 
 
 def test_the_pool_keeps_no_connection_of_its_own(workers, admin, notify_socket):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -81,6 +82,21 @@ class KitWorker(PreforkWorker):
         # RQ's backoff after a connection error grows to 60 s; a failover is over in seconds.
         self.max_connection_wait_time = 1.0
 
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's, with a stop signal noted from the very start. RQ installs its handlers only
+        once the worker is registered and its scheduler started: a SIGTERM in between (a pool
+        stopped while its slots start, a unit stopped just after it started) killed the worker
+        with Python's default action, its registration left in `rq:workers`. Noted here, the
+        stop is taken at the work loop's first turn, which unregisters the worker."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._note_stop)
+        super().bootstrap(*args, **kwargs)
+
+    def _note_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        if issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue:
+            self.queue_class.stop_requested = True
+
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         """Registered in Redis: from now on it takes jobs. systemd's start (and so a rolling
         restart) waits for this moment."""
@@ -95,9 +111,7 @@ class KitWorker(PreforkWorker):
         is also kept where the loops find it: RQ's (`_stop_requested`) and the fetch loop
         (`ReliableQueue.stop_requested`), which takes no other job and stops within
         POLL_SECONDS. Plain attributes: a lock taken in a signal handler could deadlock."""
-        self._stop_requested = True
-        if issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue:
-            self.queue_class.stop_requested = True
+        self._note_stop(signum, frame)
         super().request_stop(signum, frame)
 
     def follow_master(self) -> None:

@@ -5,8 +5,9 @@ browser holds) is refused."""
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import http.server
+import math
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import testinfra.utils.ansible_runner
+import trio
 from kit_checks import Http, wait_for
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
@@ -26,7 +28,7 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
 ).get_hosts("web")
 
-DASHBOARD_USER = b"admin:dev-dashboard-3d7f1a9c"  # development inventory's value
+DASHBOARD_USER = ("admin", "dev-dashboard-3d7f1a9c")  # development inventory's value
 # flaky fails this many attempts: more than JOB_RETRIES (3) + 1, so it ends failed; the next
 # attempt (a requeue) succeeds.
 FAILURES = 4
@@ -47,27 +49,115 @@ def context(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def browser(context, app_host_vars) -> Iterator[webdriver.Chrome]:
+class BasicAuthPrompt:
+    """What a user does at Chromium's Basic auth prompt, through CDP's Fetch domain: the browser
+    meets the 401 and its challenge itself, and is given the login (Fetch.authRequired,
+    answered with Fetch.continueWithAuth) only when the challenge comes from `origin`. Chromium
+    then keeps the login and sends it on its own with later requests to the site, as it does a
+    typed one, including those another site's page makes it send. A challenge that comes again
+    for the same request (the login was refused) is cancelled, as a user closes the prompt: the
+    401 page shows. With handleAuthRequests, Chromium pauses every request: each goes on as
+    it is (Fetch.continueRequest).
+
+    It listens on Selenium's CDP connection to the window (driver.bidi_connection(), trio) in
+    a thread of its own: Selenium's commands (get, click) wait while a page loads, and the
+    challenges come meanwhile."""
+
+    def __init__(self, driver: webdriver.Chrome, origin: str, login: tuple[str, str]) -> None:
+        self.driver, self.origin, self.login = driver, origin.rstrip("/"), login
+        self.answered: list[str] = []  # the URL of each request given the login
+        self.cancelled: list[str] = []  # ... and of each refused one, or from another origin
+        self.failures: list[BaseException] = []
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=self._run, name="basic-auth-prompt", daemon=True)
+
+    def start(self, timeout: float = 30) -> BasicAuthPrompt:
+        self._thread.start()
+        assert self._ready.wait(timeout), f"CDP's Fetch domain not enabled within {timeout} s"
+        if self.failures:
+            raise self.failures[0]
+        return self
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):  # it had ended already
+                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(timeout=15)
+        if self.failures:
+            raise self.failures[0]
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as failure:  # handed to the test's thread (start, stop)
+            self.failures.append(failure)
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self._scope:
+            async with self.driver.bidi_connection() as connection:
+                session, fetch = connection.session, connection.devtools.fetch
+                # Unbounded: an event dropped (Selenium's default keeps 10) would leave its
+                # request paused for good.
+                events = session.listen(fetch.RequestPaused, fetch.AuthRequired, buffer_size=math.inf)
+                await session.execute(fetch.enable(handle_auth_requests=True))
+                self._ready.set()
+                challenged: set[str] = set()
+                async for event in events:
+                    if isinstance(event, fetch.AuthRequired):
+                        answer = self._answer(fetch, event, challenged)
+                        command = fetch.continue_with_auth(event.request_id, answer)
+                    else:
+                        command = fetch.continue_request(event.request_id)
+                    with contextlib.suppress(connection.cdp.BrowserError):  # its page was left meanwhile
+                        await session.execute(command)
+
+    def _answer(self, fetch, event, challenged: set[str]):
+        """The login for the dashboard's first challenge of a request, else a cancel."""
+        challenge, first = event.auth_challenge, event.request_id not in challenged
+        challenged.add(event.request_id)
+        if first and challenge.source != "Proxy" and challenge.origin.rstrip("/") == self.origin:
+            self.answered.append(event.request.url)
+            return fetch.AuthChallengeResponse("ProvideCredentials", *self.login)
+        self.cancelled.append(event.request.url)
+        return fetch.AuthChallengeResponse("CancelAuth")
+
+
+def chromium(secure_origin: str | None = None) -> webdriver.Chrome:
+    """Headless Chromium (Debian's), driven by chromedriver; with `secure_origin`, that plain
+    HTTP origin treated as a secure context."""
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1024"):
         options.add_argument(argument)
-    if context == "secure-context":
-        options.add_argument(
-            f"--unsafely-treat-insecure-origin-as-secure=http://{app_host_vars['kit_address']}"
-        )
+    if secure_origin:
+        options.add_argument(f"--unsafely-treat-insecure-origin-as-secure={secure_origin}")
     options.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     driver.set_page_load_timeout(30)
-    # The credentials a user typed into the Basic auth prompt: the browser sends them with every
-    # request to the site, including those another site's page makes it send.
-    driver.execute_cdp_cmd("Network.enable", {})
-    authorization = "Basic " + base64.b64encode(DASHBOARD_USER).decode()
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": authorization}})
+    return driver
+
+
+@pytest.fixture(scope="module")
+def prompt(context, http) -> Iterator[BasicAuthPrompt]:
+    """The browser, and the user at its Basic auth prompt who types the dashboard's login."""
+    driver = chromium(http.base if context == "secure-context" else None)
     try:
-        yield driver
+        answering = BasicAuthPrompt(driver, http.base, DASHBOARD_USER).start()
+        try:
+            yield answering
+        finally:
+            answering.stop()
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(prompt) -> webdriver.Chrome:
+    return prompt.driver
 
 
 @pytest.fixture
@@ -156,9 +246,13 @@ def test_requeue_and_delete_work_from_the_page(browser, http, failed_jobs):
     assert deleted not in browser.page_source
 
 
-def test_a_forged_cross_site_post_is_refused(browser, context, http, failed_jobs, other_site):
+def test_a_forged_cross_site_post_is_refused(browser, prompt, context, http, failed_jobs, other_site):
     origin, pages = other_site
     victim = failed_jobs[0]
+    browser.get(f"{http.base}/dashboard/")  # the user has logged in: the browser holds the login
+    assert "fridge" in browser.title, browser.page_source
+    assert prompt.answered, "the dashboard asked for no login"
+    answered = len(prompt.answered)
     pages["/attack.html"] = f"""<!doctype html><title>cats</title>
 <form id=f method=post action="{http.base}/dashboard/failed/{victim}/delete"></form>
 <script>document.getElementById('f').submit()</script>""".encode()
@@ -166,6 +260,8 @@ def test_a_forged_cross_site_post_is_refused(browser, context, http, failed_jobs
     wait_for(lambda: browser.current_url.startswith(http.base), 15, "the forged form to be posted")
     assert f"dashboard actions must come from the dashboard page {CONTEXTS[context]}" in browser.page_source
     assert http.get(f"/jobs/{victim}").json()["status"] == "failed"  # still there
+    # Refused with the login the browser sent on its own: no challenge was answered for it.
+    assert prompt.answered[answered:] == [], prompt.answered
 
 
 def test_the_front_page_charts_jobs_and_every_list_pages_through_them(browser, http, failed_jobs):
