@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_status
 from fridge.web import create_app
+from kitqueue.config import for_worker
 from kitqueue.fetch import recover_predecessors
-from kitqueue.queueing import make_queue
+from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
+from kitqueue.worker import build_worker
 from redis_cluster import PASSWORDS, WORKER_USER
+from rq.serializers import JSONSerializer
 
 
 def proc_title(pid: int) -> str:
@@ -245,3 +248,44 @@ def test_the_eat_pause_comes_from_the_worker_s_settings(client, workers):
     took = datetime.fromisoformat(done["ended_at"]) - datetime.fromisoformat(done["started_at"])
     assert took.total_seconds() >= 0.8, done
     assert registry.settings() == {}  # outside a job of a worker: nothing set
+
+
+def test_a_job_fetched_again_is_not_taken_for_stuck_by_the_mark_of_its_earlier_fetch(app, client, admin):
+    """RQ's cleanup of the intermediate list marks a job it finds there (between a worker's
+    fetch and the registration of its run) and never removed the mark: a job fetched again
+    later (a retry, a requeue) was "stuck" from the old mark, and another worker's pass that
+    met it in the list while the fetching worker registered its run retried it: both ran it
+    (seen once in about 17 runs of test_pool's slot killed mid-job). The two real code paths
+    are run here in the order that race takes: the fetch, a maintenance pass, the job back in
+    its queue past the grace, fetched again, and another pass before the run registers."""
+    settings = for_worker(
+        {
+            **app.config,
+            "WORKER_INTERMEDIATE_GRACE": 0.5,
+            "WORKER_REDIS_USERNAME": WORKER_USER,
+            "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
+        }
+    )
+    store = Store(settings, connection_retries=5)
+    fetcher, other = (build_worker(store, ["default"], f"test-{n}", notify=lambda _: None) for n in "ab")
+    queue = fetcher.queues[0]
+    job_id = client.post("/jobs", json={"task": "add", "args": [1, 2]}).get_json()["job_id"]
+
+    def fetch() -> RegisteredJob:
+        job, _ = fetcher.queue_class.dequeue_any(
+            [queue], None, connection=store.redis, job_class=RegisteredJob, serializer=JSONSerializer
+        )
+        assert job.id == job_id
+        return job
+
+    job = fetch()
+    other.clean_registries()  # a pass meets it in the list: the first-seen mark
+    assert admin.exists(queue.intermediate_queue.get_first_seen_key(job_id))
+    queue.intermediate_queue.remove(job_id)  # its run registered (RQ's prepare_execution)
+    queue.enqueue_job(job)  # and the job back in its queue, as a retry or a requeue puts it
+    time.sleep(0.6)  # past the grace
+    fetch()
+    other.clean_registries()  # a pass while the fetcher registers this run
+    assert queue.intermediate_queue.get_job_ids() == [job_id], "taken back from the fetching worker"
+    assert admin.lrange(queue.key, 0, -1) == []
+    assert int(admin.hget(f"rq:job:{job_id}", "retries_left")) == app.config["JOB_RETRIES"]

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 # Shorter than the socket timeout (REDIS_SOCKET_TIMEOUT), which a blocking read must not reach.
 POLL_SECONDS = 0.5
 
+# ReliableQueue.lmove: LMOVE from the queue into its intermediate list, and the "first seen"
+# mark of RQ's cleanup (IntermediateQueue.get_first_seen_key) dropped for the job taken.
+FETCH = """
+local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if job_id then redis.call('DEL', KEYS[2] .. ':first_seen:' .. job_id) end
+return job_id
+"""
+
 
 class GracefulIntermediateQueue(IntermediateQueue):
     """RQ's intermediate list with a configurable "stuck" threshold (RQ hard-codes 1 minute)."""
@@ -77,6 +85,20 @@ class ReliableQueue(Queue):
     @property
     def intermediate_queue(self) -> IntermediateQueue:
         return self.intermediate_class(self.key, connection=self.connection)
+
+    @classmethod
+    def lmove(cls, connection, queue_key: str, timeout: int | None):
+        """RQ's non-blocking LMOVE into the intermediate list, dropping the job's "first seen"
+        mark in the same step (FETCH). RQ's cleanup of that list marks a job it finds there
+        (for 24 h) and never removes the mark: a job fetched again later (a retry, a requeue)
+        was then "stuck" from the mark of its earlier fetch, and a pass that met it in the list
+        while this worker registered the run retried it: it ran twice (seen once in about 17
+        runs of test_pool's slot killed mid-job)."""
+        assert timeout is None, "the kit's fetch does not block on the queues (see dequeue_any)"
+        intermediate = cls.intermediate_class(queue_key, connection=connection)
+        # register_script: EVALSHA, and the script loaded on a master that has not run it yet.
+        job_id = connection.register_script(FETCH)(keys=[queue_key, intermediate.key])
+        return None if job_id is None else (queue_key, job_id)
 
     @classmethod
     def dequeue_any(
