@@ -17,7 +17,7 @@ from kitqueue.fetch import recover_predecessors
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
 from kitqueue.worker import build_worker
-from redis_cluster import PASSWORDS, WORKER_USER
+from redis_cluster import PASSWORDS, WORKER_USER, wait_until
 from rq.serializers import JSONSerializer
 
 
@@ -48,6 +48,30 @@ def test_sigterm_lets_the_running_job_finish(client, workers):
     done = client.get(f"/jobs/{job_id}").get_json()
     assert done["status"] == "finished", done
     assert done["result"] == 2
+
+
+def test_a_warm_stop_runs_the_job_just_taken_and_leaves_none_behind(client, workers, admin):
+    """A busy worker of no-op jobs spends much of each turn between taking a job from its
+    queue and registering its run; a SIGTERM there made RQ raise StopRequested into the fetch
+    and the job stayed in the intermediate list until a maintenance pass (30 s and more, as a
+    failed attempt). Stopped at many moments of its loop, the worker runs what it took."""
+    pipe = admin.pipeline(transaction=False)
+    jobs = [client.post("/jobs", json={"task": "add", "args": [n, 1]}) for n in range(400)]
+    ids = [job.get_json()["job_id"] for job in jobs]
+    for turn in range(12):
+        before = admin.llen("rq:queue:default")
+        (worker,) = workers.start(1)
+        wait_until(lambda b=before: admin.llen("rq:queue:default") < b - 10, 30, "the worker to take jobs")
+        time.sleep(turn * 0.005)  # a different moment of its loop each time
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert admin.lrange("rq:queue:default:intermediate", 0, -1) == []
+    for job_id in ids:
+        pipe.hget(f"rq:job:{job_id}", "status")
+    statuses = dict(zip(ids, (s.decode() for s in pipe.execute()), strict=True))
+    queued = {j.decode() for j in admin.lrange("rq:queue:default", 0, -1)}
+    assert {j for j, s in statuses.items() if s != "finished"} == queued
+    assert all(statuses[j] == "queued" for j in queued)
 
 
 def test_a_warm_stop_during_a_job_longer_than_the_maintenance_interval_starts_no_scheduler(

@@ -71,6 +71,10 @@ class ReliableQueue(Queue):
     # loop then takes no more jobs and raises StopRequested. Set on the class `configured`
     # made for that worker.
     stop_requested = False
+    # True from the moment a job is taken from its queue until the worker has registered its
+    # run (KitWorker.prepare_execution): a stop asked then lets the job run first
+    # (KitWorker.request_stop). Set on the class `configured` made for that worker.
+    holding = False
     # Called at every turn of the fetch loop (KitWorker.follow_master, set on the class
     # `configured` made for that worker): it checks, at most once a second, which master the
     # Sentinels name.
@@ -118,8 +122,12 @@ class ReliableQueue(Queue):
             if cls.between_polls is not None:
                 cls.between_polls()
             for queue in queues:
+                # Holding from before the move: a stop asked while its reply is on the way
+                # must not be raised into it (the job would be moved and never run).
+                cls.holding = True
                 moved = cls.lmove(connection, queue.key, None)
                 if moved is None:
+                    cls.holding = False
                     continue
                 queue_key, job_id = map(as_text, moved)
                 fetched = cls._fetch_dequeued_job(
@@ -132,6 +140,7 @@ class ReliableQueue(Queue):
                 )
                 if fetched is not None:
                     return fetched
+                cls.holding = False
                 break  # the job hash was gone; look at the queues again from the top
             else:
                 if deadline is None:

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.serializers import JSONSerializer
+from rq.utils import now as utcnow
 
 from . import pool, registry, stats
 from .config import for_worker
@@ -70,11 +71,7 @@ class KitWorker(PreforkWorker):
         super().__init__(*args, **kwargs)
         self.watch = watch
         self.notify = notify  # what tells systemd (or a pool, pool.py) the worker's state
-        if (
-            watch is not None
-            and issubclass(self.queue_class, ReliableQueue)
-            and self.queue_class is not ReliableQueue
-        ):
+        if watch is not None and self._reliable():
             self.queue_class.between_polls = staticmethod(self.follow_master)
         self.heartbeat_grace = heartbeat_grace
         self.stats_prefix = stats_prefix
@@ -94,7 +91,7 @@ class KitWorker(PreforkWorker):
 
     def _note_stop(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
-        if issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue:
+        if self._reliable():
             self.queue_class.stop_requested = True
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
@@ -112,7 +109,28 @@ class KitWorker(PreforkWorker):
         (`ReliableQueue.stop_requested`), which takes no other job and stops within
         POLL_SECONDS. Plain attributes: a lock taken in a signal handler could deadlock."""
         self._note_stop(signum, frame)
+        if self._reliable() and self.queue_class.holding:
+            # A job taken from its queue, its run not registered yet: RQ, seeing the worker
+            # idle, would raise StopRequested into the fetch and leave the job in the
+            # intermediate list for a maintenance pass (30 s and more, charged as a failed
+            # attempt: with no retry left, failed without having run). It runs first, as a
+            # running job does, and the work loop stops after it; a second signal is cold.
+            self._shutdown_requested_date = utcnow()
+            signal.signal(signal.SIGINT, self.request_force_stop)
+            signal.signal(signal.SIGTERM, self.request_force_stop)
+            self.handle_warm_shutdown_request()
+            return
         super().request_stop(signum, frame)
+
+    def prepare_execution(self, job: Any) -> Any:
+        execution = super().prepare_execution(job)
+        if self._reliable():
+            self.queue_class.holding = False  # registered: RQ's warm stop (BUSY) takes over
+        return execution
+
+    def _reliable(self) -> bool:
+        """The worker reads its queues with reliable fetch, through its own class (configured)."""
+        return issubclass(self.queue_class, ReliableQueue) and self.queue_class is not ReliableQueue
 
     def follow_master(self) -> None:
         """Between jobs and while idle: follow a new master at once, and put back the jobs
