@@ -20,16 +20,19 @@ import collections
 import itertools
 import threading
 import time
+from functools import partial
 from unittest import mock
 
 import pytest
 from conftest import wait_for_status
 from kitqueue.config import for_worker
-from kitqueue.queueing import NotDurable
+from kitqueue.fetch import ReliableQueue
+from kitqueue.queueing import NotDurable, RegisteredJob, make_queue
 from kitqueue.scheduler import KitScheduler
 from kitqueue.store import Store
 from kitqueue.worker import Recurring
 from redis.client import Pipeline
+from redis.commands.core import Script
 from redis_cluster import MASTER_NAME, PASSWORDS, WORKER_USER, wait_until
 
 
@@ -247,6 +250,22 @@ def test_a_recurring_period_a_fault_kept_from_its_replica_is_enqueued_once_the_r
     assert queued.count(job_key.removeprefix("rq:job:").encode()) == 1
 
 
+def _workers_store(app) -> Store:
+    """A worker's Store (its login, its retries), whose connections give up waiting for a reply
+    after 0.3 s: a stall of the master longer than that and shorter than down-after makes them
+    send their command again."""
+    settings = for_worker(
+        {
+            **app.config,
+            "REDIS_SOCKET_TIMEOUT": 0.3,
+            "ACK_TIMEOUT_MS": 200,
+            "WORKER_REDIS_USERNAME": WORKER_USER,
+            "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
+        }
+    )
+    return Store(settings, connection_retries=int(settings["WORKER_CONNECTION_RETRIES"]))
+
+
 def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler_moves_it(
     app, cluster, client, admin
 ):
@@ -257,16 +276,7 @@ def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler
     workers ran the job); the kit's is never sent twice, and the next pass finds it moved.
     The moment of the stall is chosen by a hook on the transaction's send, so the test meets
     the window every time; the stall itself is the real server's."""
-    settings = for_worker(
-        {
-            **app.config,
-            "REDIS_SOCKET_TIMEOUT": 0.3,
-            "ACK_TIMEOUT_MS": 200,
-            "WORKER_REDIS_USERNAME": WORKER_USER,
-            "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
-        }
-    )
-    store = Store(settings, connection_retries=int(settings["WORKER_CONNECTION_RETRIES"]))
+    store = _workers_store(app)
     job_id = client.post("/jobs", json={"task": "add", "args": [1, 2], "delay": 1}).get_json()["job_id"]
     due = admin.zscore("rq:scheduled:default", job_id)
     wait_until(lambda: time.time() >= due + 0.1, 10, "the job to be due")
@@ -289,3 +299,34 @@ def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler
         scheduler.release_locks()
     assert cluster.master_port() == master  # a stall, not a failover
     assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
+
+
+def test_a_worker_takes_one_job_when_the_master_stalls_while_its_fetch_is_on_the_way(
+    app, cluster, client, admin
+):
+    """The master stalls (SIGSTOP, shorter than down-after) just as a worker sends its fetch
+    (the move of the next job into the queue's intermediate list). The connection sends it
+    again when no reply comes, and the stalled server runs both on waking: the kit's fetch moves
+    one job, the first, and answers it to the second sending. Before, the second moved the next
+    job too: the worker ran that one, and the first waited in the intermediate list, its reply
+    lost, until a maintenance pass (30 s and more) retried it as a failed attempt. The moment is
+    chosen by a hook on the fetch's sending; the stall is the real server's."""
+    store = _workers_store(app)
+    queue_class = ReliableQueue.configured(store.key("wake"), 30.0, store.key("fetch", "test.fetch"))
+    queue = make_queue(store, "default", queue_class)
+    fetch = partial(queue_class.dequeue_any, [queue], None, connection=store.redis, job_class=RegisteredJob)
+    assert fetch() is None  # the queue is empty; the script is loaded on the master now
+    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    master, send = cluster.master_port(), Script.__call__
+
+    def stalled_send(script: Script, *args, **kwargs):
+        cluster.freeze(master)
+        threading.Timer(0.7, cluster.thaw, [master]).start()
+        return send(script, *args, **kwargs)
+
+    with mock.patch.object(Script, "__call__", stalled_send):
+        job, _ = fetch()
+    assert cluster.master_port() == master  # a stall, not a failover
+    intermediate = queue.intermediate_queue.key
+    assert (job.id, admin.lrange(intermediate, 0, -1)) == (first, [first.encode()]), "one job taken"
+    assert admin.lrange(queue.key, 0, -1) == [second.encode()]

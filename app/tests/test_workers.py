@@ -252,10 +252,12 @@ def test_the_worker_imports_neither_flask_nor_the_web_tier():
 def test_a_worker_s_settings_stay_in_its_own_queue_class():
     from kitqueue.fetch import GracefulIntermediateQueue, ReliableQueue
 
-    configured = ReliableQueue.configured("app:wake", 7.5)
+    configured = ReliableQueue.configured("app:wake", 7.5, "app:fetch:w1")
     assert (configured.wake_key, configured.intermediate_class.grace_seconds) == ("app:wake", 7.5)
+    assert configured.fetch_key == "app:fetch:w1"
     assert issubclass(configured, ReliableQueue)
     assert (ReliableQueue.wake_key, GracefulIntermediateQueue.grace_seconds) == ("kitqueue:wake", 30.0)
+    assert ReliableQueue.fetch_key is None
 
 
 def test_the_eat_pause_comes_from_the_worker_s_settings(client, workers):

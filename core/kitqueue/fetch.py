@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import partial
 
+from redis.commands.core import Script
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
@@ -42,12 +44,28 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 
 # ReliableQueue.lmove: LMOVE from the queue into its intermediate list, and the "first seen"
-# mark of RQ's cleanup (IntermediateQueue.get_first_seen_key) dropped for the job taken.
-FETCH = """
+# mark of RQ's cleanup (IntermediateQueue.get_first_seen_key) dropped for the job taken. Run
+# at most once per fetch: KEYS[3], the worker's last fetch, holds ARGV[1] (a token new for
+# every fetch) and the job it took; the same fetch sent again (its reply lost: a stalled
+# master, see ReliableQueue.lmove) answers that job instead of moving another.
+FETCH = b"""
+local last = redis.call('GET', KEYS[3])
+if last then
+  local space = string.find(last, ' ', 1, true)
+  if space and string.sub(last, 1, space - 1) == ARGV[1] then return string.sub(last, space + 1) end
+end
 local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-if job_id then redis.call('DEL', KEYS[2] .. ':first_seen:' .. job_id) end
+if job_id then
+  redis.call('DEL', KEYS[2] .. ':first_seen:' .. job_id)
+  redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. job_id, 'EX', ARGV[2])
+end
 return job_id
 """
+# Seconds a worker's last fetch is remembered: far longer than a command's retries take.
+FETCH_MEMORY_SECONDS = 600
+# The script's sha is computed once; each call runs it on the worker's connection (EVALSHA,
+# and SCRIPT LOAD first on a master that has not run it yet).
+_FETCH_SCRIPT = Script(None, FETCH)  # type: ignore[arg-type]
 
 
 class GracefulIntermediateQueue(IntermediateQueue):
@@ -80,11 +98,16 @@ class ReliableQueue(Queue):
     # Sentinels name.
     between_polls: Callable[[], None] | None = None
 
+    # The key holding this worker's last fetch (FETCH); set by `configured`. None: RQ's own
+    # queues of this class (no worker of the kit fetches through them) keep no record.
+    fetch_key: str | None = None
+
     @classmethod
-    def configured(cls, wake_key: str, grace_seconds: float) -> type[ReliableQueue]:
+    def configured(cls, wake_key: str, grace_seconds: float, fetch_key: str) -> type[ReliableQueue]:
         base = cls.intermediate_class
         intermediate = type(base.__name__, (base,), {"grace_seconds": grace_seconds})
-        return type(cls.__name__, (cls,), {"wake_key": wake_key, "intermediate_class": intermediate})
+        attributes = {"wake_key": wake_key, "intermediate_class": intermediate, "fetch_key": fetch_key}
+        return type(cls.__name__, (cls,), attributes)
 
     @property
     def intermediate_queue(self) -> IntermediateQueue:
@@ -92,16 +115,22 @@ class ReliableQueue(Queue):
 
     @classmethod
     def lmove(cls, connection, queue_key: str, timeout: int | None):
-        """RQ's non-blocking LMOVE into the intermediate list, dropping the job's "first seen"
-        mark in the same step (FETCH). RQ's cleanup of that list marks a job it finds there
-        (for 24 h) and never removes the mark: a job fetched again later (a retry, a requeue)
-        was then "stuck" from the mark of its earlier fetch, and a pass that met it in the list
-        while this worker registered the run retried it: it ran twice (seen once in about 17
-        runs of test_pool's slot killed mid-job)."""
+        """RQ's non-blocking LMOVE into the intermediate list, as one script (FETCH) that also:
+        - drops the job's "first seen" mark. RQ's cleanup of that list marks a job it finds
+          there (for 24 h) and never removes the mark: a job fetched again later (a retry, a
+          requeue) was then "stuck" from the mark of its earlier fetch, and a pass that met it
+          in the list while this worker registered the run retried it: it ran twice (seen once
+          in about 17 runs of test_pool's slot killed mid-job);
+        - runs once however often it is sent. A master that stalls longer than the socket
+          timeout gets the fetch again from the connection's retry and, on waking, ran both:
+          the first moved a job into the intermediate list whose reply nobody read, stranded
+          there until a maintenance pass (30 s and more) retried it as a failed attempt
+          (app/tests/test_failover.py)."""
         assert timeout is None, "the kit's fetch does not block on the queues (see dequeue_any)"
+        assert cls.fetch_key is not None, "a worker's queue class comes from ReliableQueue.configured"
         intermediate = cls.intermediate_class(queue_key, connection=connection)
-        # register_script: EVALSHA, and the script loaded on a master that has not run it yet.
-        job_id = connection.register_script(FETCH)(keys=[queue_key, intermediate.key])
+        keys = [queue_key, intermediate.key, cls.fetch_key]
+        job_id = _FETCH_SCRIPT(keys=keys, args=[uuid.uuid4().hex, FETCH_MEMORY_SECONDS], client=connection)
         return None if job_id is None else (queue_key, job_id)
 
     @classmethod

@@ -338,7 +338,9 @@ def build_worker(
     store: Store, queue_names: list[str], name: str, notify: Callable[[str], None] = sd_notify
 ) -> KitWorker:
     config = store.config
-    queue_class = ReliableQueue.configured(store.key("wake"), float(config["WORKER_INTERMEDIATE_GRACE"]))
+    queue_class = ReliableQueue.configured(
+        store.key("wake"), float(config["WORKER_INTERMEDIATE_GRACE"]), store.key("fetch", name)
+    )
     return KitWorker(
         [make_queue(store, q, queue_class) for q in queue_names],
         heartbeat_grace=int(config["WORKER_HEARTBEAT_GRACE"]),
