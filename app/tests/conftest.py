@@ -131,22 +131,54 @@ def group(pgid: int) -> list[int]:
     return [int(pid) for pid, of in (line.split() for line in out.splitlines()) if int(of) == pgid]
 
 
+def start_tick(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except FileNotFoundError:
+        return None
+
+
+def session(sid: int, started: int | None) -> list[int]:
+    """The live processes of the session that `sid`, started at tick `started`, leads: its
+    forks keep it when orphaned, whatever command line they take (RQ names its processes
+    `rq:worker:...` with setproctitle). None when that pid leads another session now."""
+    if start_tick(sid) not in (started, None):
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.getsid(int(entry.name)) == sid:
+                    found.append(int(entry.name))
+    return [pid for pid in found if alive(pid)]
+
+
 class Workers:
     """`fridge-worker` processes, each in its own process group like a systemd unit's cgroup."""
 
     def __init__(self, cluster: Cluster, settings: dict) -> None:
         self.cluster, self.settings = cluster, settings
         self.procs: list[subprocess.Popen] = []
+        self.started: dict[int, int | None] = {}  # each worker's start tick, by pid
         self.restarts = 0
         self._supervising = threading.Event()
         self._supervisor: threading.Thread | None = None
 
     def _spawn(self, name: str, args: tuple[str, ...], env: dict) -> subprocess.Popen:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "fridge.worker", "--name", name, *args],
             env=env,
             start_new_session=True,
         )
+        self.started[proc.pid] = start_tick(proc.pid)
+        return proc
+
+    def left_by(self, proc: subprocess.Popen) -> list[int]:
+        """The processes left in the session of a worker this pool started (its slots, horses
+        and schedulers keep it), zombies aside."""
+        return session(proc.pid, self.started[proc.pid])
 
     def _env(self, extra: dict) -> dict:
         return {**env_for(self.cluster, **{**FAST, **extra}), "PYTHONPATH": str(APP_DIR)}
@@ -194,7 +226,8 @@ class Workers:
     def close(self) -> None:
         """Every process the workers started goes, as with a unit's cgroup: also those a test
         left behind by killing a worker alone (its scheduler, orphaned, kept its locks alive with
-        EXPIREs that a later test, test_acl's, saw from an unknown connection). Each worker
+        EXPIREs that a later test, test_acl's, saw from an unknown connection; an orphaned worker
+        with the tests' passwords joined a later test's cluster on a reused port). Each worker
         leads a session of its own, which its children keep when orphaned."""
         self._supervising.set()
         if self._supervisor:
@@ -202,14 +235,10 @@ class Workers:
         for proc in self.procs:
             if proc.poll() is None:
                 self.kill_all(proc)
-        sessions = {proc.pid for proc in self.procs}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    pid = int(entry.name)
-                    # A worker's forks carry its command line (a pid reused meanwhile does not).
-                    if os.getsid(pid) in sessions and b"fridge.worker" in (entry / "cmdline").read_bytes():
-                        os.kill(pid, signal.SIGKILL)
+        for proc in self.procs:
+            for pid in self.left_by(proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -123,19 +123,6 @@ def test_sigterm_lets_every_slot_finish_its_job_then_the_pool_exits(client, work
     assert [pid for pid in under if alive(pid)] == []
 
 
-def session(sid: int) -> list[int]:
-    """The worker processes left in session `sid` (a pool's: its slots, their horses and
-    schedulers all keep it), zombies aside. A pid reused meanwhile has another command line."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # gone meanwhile
-                pid = int(entry.name)
-                if os.getsid(pid) == sid and b"fridge.worker" in (entry / "cmdline").read_bytes():
-                    found.append(pid)
-    return [pid for pid in found if alive(pid)]
-
-
 @pytest.mark.parametrize("after", [0.0, 0.3, 0.6, 1.0])
 def test_a_stop_while_the_slots_start_stops_them_all(workers, admin, after):
     """systemctl stop (or restart) right after a start: whenever the signal comes, while the
@@ -149,7 +136,7 @@ def test_a_stop_while_the_slots_start_stops_them_all(workers, admin, after):
     left: list[list[int]] = [[]]
 
     def no_process_left() -> bool:
-        left[0] = session(pool.pid)
+        left[0] = workers.left_by(pool)
         return not left[0]
 
     try:
