@@ -94,7 +94,9 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
         # Public answer: no server names or addresses (they go to the log).
         log.warning("unhealthy: the Redis master is not reachable through Sentinel: %s", error)
         return False, {"reason": "the Redis master is not reachable through Sentinel"}
-    details = {"workers": workers, "versions": versions()}
+    # No versions in this public answer: they tell an attacker which flaws to try. /metrics,
+    # open to the monitoring's networks alone, has them (fridge_build_info).
+    details = {"workers": workers}
     if workers == 0:
         return False, {**details, "reason": "no worker is alive"}
     return True, details
@@ -258,6 +260,8 @@ def prometheus(store: Store) -> str:
         "# TYPE fridge_redis_up gauge",
         f"fridge_redis_up {up}",
     ]
+    labels = ",".join(f'{name}="{value}"' for name, value in versions().items())
+    lines += _gauge("fridge_build_info", "The app's and its libraries' versions (1).", [(f"{{{labels}}}", 1)])
     view = sentinel_view(store)
     answered = [s for s in view if s["up"]]
     lines += _gauge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -211,6 +212,9 @@ def test_healthz_needs_a_worker(client, workers):
     port = str(app_store(client.application).master_address()[1])
     assert "master" not in body
     assert port not in json.dumps(body)  # no internal address in a public answer
+    assert "versions" not in body  # nor which versions run
+    metrics = client.get("/metrics").get_data(as_text=True)  # open to the monitoring alone
+    assert re.search(r'^fridge_build_info\{fridge="[^"]+",.*rq="3\.0\.0"\} 1$', metrics, re.M), metrics
 
 
 def test_a_dead_worker_s_registration_leaves_healthz_and_metrics_alone(client, workers, admin):

@@ -251,13 +251,20 @@ def test_each_host_holds_only_the_secrets_of_its_tiers(host):
 
 def test_each_data_node_s_aof_guard_reads_its_server_over_tls_with_its_own_narrow_login():
     """kit-aof-guard runs as the server's user, connected over TLS with a password that exists
-    on its node alone; that login may read INFO and ask for BGREWRITEAOF, nothing else."""
+    on its node alone; that login may read INFO and ask for BGREWRITEAOF, nothing else, and the
+    guard cannot read the configuration files that hold the other logins' passwords."""
     for name in hosts_in("redis"):
         address = hostvars(name)["kit_address"]
         assert sh(name, "systemctl is-active kit-aof-guard").strip() == "active"
         pid = sh(name, "systemctl show -p MainPID --value kit-aof-guard").strip()
         assert sh(name, f"stat -c %U /proc/{pid}").strip() == "redis"
         assert sh(name, "stat -c '%U %a' /etc/redis/kit-aof-guard.pass").split() == ["redis", "600"]
+        # Of /etc/redis its namespace holds an empty tmpfs, its password and the TLS files: not
+        # redis.conf (masterauth) or sentinel.conf (the Sentinels' and the data nodes' logins).
+        mounts = [line.split() for line in sh(name, f"cat /proc/{pid}/mountinfo").splitlines()]
+        under = {m[4]: m[m.index("-") + 1] for m in mounts if m[4].startswith("/etc/redis")}
+        assert under.keys() == {"/etc/redis", "/etc/redis/kit-aof-guard.pass", "/etc/redis/tls"}, under
+        assert under["/etc/redis"] == "tmpfs"
         tls = f"redis-cli --no-auth-warning --tls --cacert /etc/redis/tls/ca.crt -h {address}"
         admin = f"REDISCLI_AUTH='{_secrets()['vault_redis_admin_password']}' {tls} --user kit-admin"
         assert "user=kit-aof-guard " in sh(name, f"{admin} CLIENT LIST"), f"{name}: the guard is not in"
