@@ -371,19 +371,20 @@ def encrypt_string(tmp_path: Path, name: str, value: str) -> str:
     ).stdout
 
 
+def prod_preflight(tmp_path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess:
+    """playbooks/preflight.yml on a copy of the production inventory, with the operator's TLS
+    files and the tests' vault password."""
+    playbook, hosts = "playbooks/preflight.yml", inventory / "hosts.yml"
+    return run_site(tmp_path, tls_files(tmp_path), playbook, hosts, (*vault(tmp_path), *args))
+
+
 def test_a_production_vault_file_in_clear_text_is_refused(tmp_path):
     inventory = tmp_path / "prod"
     shutil.copytree(ROOT / "inventories/prod", inventory)
     secrets = inventory / "group_vars/all/vault.yml"
 
     def preflight() -> subprocess.CompletedProcess:
-        return run_site(
-            tmp_path,
-            tls_files(tmp_path),
-            playbook="playbooks/preflight.yml",
-            inventory=inventory / "hosts.yml",
-            args=vault(tmp_path),
-        )
+        return prod_preflight(tmp_path, inventory)
 
     secrets.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
     result = run_site(tmp_path, inventory=inventory / "hosts.yml")
@@ -431,12 +432,64 @@ def test_a_clear_text_vault_file_in_any_yaml_shape_is_refused_naming_it(tmp_path
     text, clear = clear_text_vault(tmp_path, shape)
     secrets.write_text(text)
     # -v: the values read to check them would be printed, were they not hidden (no_log).
-    args = (*vault(tmp_path), "-v")
-    result = run_site(tmp_path, tls_files(tmp_path), "playbooks/preflight.yml", inventory / "hosts.yml", args)
+    result = prod_preflight(tmp_path, inventory, "-v")
     said = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0
     assert f"{secrets} is not encrypted ({', '.join(clear)} in clear text)" in said, said[-3000:]
     assert [v for v in PROD_SECRETS.values() if v in result.stdout + result.stderr] == []
+
+
+def test_the_variable_files_are_those_ansible_reads_at_any_depth(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_vars_files", ROOT / "plugins/lookup/vars_files.py")
+    assert spec is not None
+    assert spec.loader is not None
+    lookup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lookup)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "secrets.yml").write_text("vault_x: 1\n")
+    files = ["group_vars/all/vault.yml", "group_vars/web.yaml", "group_vars/all/deep/er.json"]
+    files += ["host_vars/h1", "host_vars/h1.yml.example", "host_vars/.h1.yml", "host_vars/.git/h1.yml"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a: 1\n")
+    (tmp_path / "host_vars/h2").symlink_to(shared)  # a linked directory, as molecule links them
+    assert [str(Path(p).relative_to(tmp_path)) for p in lookup.vars_files(str(tmp_path))] == [
+        "group_vars/web.yaml",
+        "group_vars/all/vault.yml",
+        "group_vars/all/deep/er.json",
+        "host_vars/h1",
+        "host_vars/h2/secrets.yml",
+    ]
+
+
+def test_a_secret_in_clear_text_in_any_variable_file_is_refused_naming_it(tmp_path):
+    """Not only group_vars/all/vault.yml: a vault_* variable in clear text in a host's
+    variables (a previous password kept for a rotation, say) is refused, naming the file and
+    the variable; encrypted inline it passes, as do the variables of other names beside it."""
+    inventory = tmp_path / "prod"
+    shutil.copytree(ROOT / "inventories/prod", inventory)
+    secrets = inventory / "group_vars/all/vault.yml"
+    secrets.write_text("".join(f"{name}: {value}\n" for name, value in PROD_SECRETS.items()))
+    vault(tmp_path, "encrypt", str(secrets))
+    host = inventory / "host_vars/data1.example.net.yml"
+    settings = host.read_text()
+    name, old = "vault_redis_admin_password_previous", "prod-test-old-admin-3Rt7"
+
+    def preflight() -> subprocess.CompletedProcess:
+        return prod_preflight(tmp_path, inventory, "-v")
+
+    host.write_text(settings + f"redis_port: 6379\n{name}:\n  {old}\n")
+    result = preflight()
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{host} is not encrypted ({name} in clear text)" in said, said[-3000:]
+    assert old not in result.stdout + result.stderr
+    host.write_text(settings + "redis_port: 6379\n" + encrypt_string(tmp_path, name, old))
+    result = preflight()
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def certificate(address: str | None, days: tuple[int, int]) -> dict[str, str]:

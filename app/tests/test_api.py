@@ -155,6 +155,15 @@ def test_idempotency_key_returns_the_same_job(client, store):
     assert queue_depth(store) == 1
 
 
+def test_an_idempotency_key_s_binding_reads_back_what_was_written():
+    from kitqueue.queueing import Binding
+
+    for bound in (Binding("4f2a", "sha-of-the-request"), Binding("4f2a", "sha", acknowledged=True)):
+        assert Binding.parse(str(bound).encode()) == bound
+    assert str(Binding("4f2a", "sha", acknowledged=True)) == "4f2a sha acknowledged"
+    assert Binding.parse(b"4f2a sha") == ("4f2a", "sha", False)  # as written before the mark existed
+
+
 def test_a_replayed_idempotency_key_whose_job_is_gone_answers_its_id_and_runs_nothing(client, workers, admin):
     """A job acknowledged, failed and deleted from the dashboard (as one finished and expired
     after RESULT_TTL is gone): the client's retry with the same key within IDEMPOTENCY_TTL

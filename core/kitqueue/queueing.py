@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError
@@ -317,7 +317,7 @@ def enqueue(
             return  # acknowledged once, and gone since (its result expired, or deleted): not again
         _confirm_durable(store, job_id, replayed, put())
         if idempotency_key and not acknowledged:
-            _mark_acknowledged(store, idempotency_key, f"{job_id} {fingerprint}")
+            _mark_acknowledged(store, idempotency_key, Binding(job_id, fingerprint, acknowledged=True))
 
     # One unit, under one retry budget: when the confirmation finds the job missing (it went to
     # a master that has been replaced since), the retry claims the key and writes the job again
@@ -332,13 +332,33 @@ def _check_room(store: Store, idempotency_key: str | None) -> None:
     try:
         store.check_room()
     except Full:
-        bound = store.redis.get(_idempotency_redis_key(store, idempotency_key)) if idempotency_key else None
-        words = bound.decode().split(" ") if bound is not None else []
-        stored = bool(words) and (
-            words[-1] == ACKNOWLEDGED or RegisteredJob.exists(words[0], connection=store.redis)
-        )
-        if not stored:
+        raw = store.redis.get(_idempotency_redis_key(store, idempotency_key)) if idempotency_key else None
+        bound = Binding.parse(raw) if raw is not None else None
+        if bound is None:
             raise
+        if not (bound.acknowledged or RegisteredJob.exists(bound.job_id, connection=store.redis)):
+            raise
+
+
+ACKNOWLEDGED = "acknowledged"
+
+
+class Binding(NamedTuple):
+    """What an idempotency key holds in Redis: `<job id> <fingerprint>`, and ` acknowledged`
+    once its job was (_mark_acknowledged)."""
+
+    job_id: str
+    fingerprint: str
+    acknowledged: bool = False
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Binding:
+        job_id, _, rest = raw.decode().partition(" ")
+        fingerprint, _, state = rest.partition(" ")
+        return cls(job_id, fingerprint, state == ACKNOWLEDGED)
+
+    def __str__(self) -> str:
+        return " ".join([self.job_id, self.fingerprint, *[ACKNOWLEDGED] * self.acknowledged])
 
 
 def _idempotency_redis_key(store: Store, key: str) -> str:
@@ -349,7 +369,7 @@ def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str
     """Bind the key to a job id (first use) or return the id it is bound to (replay), and
     whether that job was acknowledged (_mark_acknowledged)."""
     redis_key = _idempotency_redis_key(store, key)
-    value = f"{new_id} {fingerprint}"
+    value = str(Binding(new_id, fingerprint))
     ttl = int(store.config["IDEMPOTENCY_TTL"])
 
     if store.redis.set(redis_key, value, nx=True, ex=ttl):
@@ -357,25 +377,21 @@ def _claim_idempotency_key(store: Store, key: str, fingerprint: str, new_id: str
     existing = store.redis.get(redis_key)
     if existing is None:  # expired in between: claim it again on the next attempt
         raise StaleMaster(f"idempotency key {redis_key} vanished while being claimed")
-    job_id, _, rest = existing.decode().partition(" ")
-    stored_fingerprint, _, state = rest.partition(" ")
-    if stored_fingerprint != fingerprint:
+    bound = Binding.parse(existing)
+    if bound.fingerprint != fingerprint:
         raise IdempotencyConflict("this Idempotency-Key was already used for a different request")
     # Our own claim, from an earlier attempt of this very request, is no replay.
-    return job_id, job_id != new_id, state == ACKNOWLEDGED
+    return bound.job_id, bound.job_id != new_id, bound.acknowledged
 
 
-ACKNOWLEDGED = "acknowledged"
-
-
-def _mark_acknowledged(store: Store, key: str, value: str) -> None:
+def _mark_acknowledged(store: Store, key: str, bound: Binding) -> None:
     """Note on the key that its job was acknowledged, once it was: a replay that then finds no
     job (finished and expired after RESULT_TTL, or deleted) answers with its id and does not
     write it again. Before the acknowledgement the mark would be wrong (a job lost in a
     failover must be written again by the replay); a mark lost in a failover leaves only the
     narrower case of a job that is gone and written again."""
     try:
-        store.redis.set(_idempotency_redis_key(store, key), f"{value} {ACKNOWLEDGED}", xx=True, keepttl=True)
+        store.redis.set(_idempotency_redis_key(store, key), str(bound), xx=True, keepttl=True)
     except (redis.RedisError, Unavailable) as error:
         log.warning("job acknowledged; its idempotency key could not be marked so: %s", error)
 
