@@ -439,14 +439,20 @@ def test_a_clear_text_vault_file_in_any_yaml_shape_is_refused_naming_it(tmp_path
     assert [v for v in PROD_SECRETS.values() if v in result.stdout + result.stderr] == []
 
 
-def test_the_variable_files_are_those_ansible_reads_at_any_depth(tmp_path):
+def _clear_secrets_lookup():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("kit_vars_files", ROOT / "plugins/lookup/vars_files.py")
+    path = ROOT / "plugins/lookup/clear_secrets.py"
+    spec = importlib.util.spec_from_file_location("kit_clear_secrets", path)
     assert spec is not None
     assert spec.loader is not None
-    lookup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lookup)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_variable_files_are_those_ansible_reads_at_any_depth(tmp_path):
+    lookup = _clear_secrets_lookup()
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "secrets.yml").write_text("vault_x: 1\n")
@@ -456,13 +462,35 @@ def test_the_variable_files_are_those_ansible_reads_at_any_depth(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("a: 1\n")
     (tmp_path / "host_vars/h2").symlink_to(shared)  # a linked directory, as molecule links them
-    assert [str(Path(p).relative_to(tmp_path)) for p in lookup.vars_files(str(tmp_path))] == [
+    assert [str(p.relative_to(tmp_path)) for p in lookup.vars_files(str(tmp_path))] == [
         "group_vars/web.yaml",
         "group_vars/all/vault.yml",
         "group_vars/all/deep/er.json",
         "host_vars/h1",
         "host_vars/h2/secrets.yml",
     ]
+    assert lookup.vars_files("") == []  # an inventory given as a list of hosts has no directory
+
+
+def test_a_secret_is_in_clear_text_unless_encrypted_templated_or_empty(tmp_path):
+    lookup = _clear_secrets_lookup()
+    settings = tmp_path / "secrets.yml"
+    settings.write_text(
+        "redis_port: 6379\n"
+        "vault_in_clear: s3cret-value\n"
+        "vault_number: 123456789012\n"
+        "vault_sealed: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"
+        "vault_from_elsewhere: \"{{ lookup('community.hashi_vault.hashi_vault', 'kit/redis') }}\"\n"
+        "vault_unsafe: !unsafe 'a{b'\n"
+        "vault_empty:\n"
+    )
+    assert lookup.clear_secrets(settings) == ["vault_in_clear", "vault_number", "vault_unsafe"]
+    vault = tmp_path / "Vault.yml"  # every value of a vault* file is a secret
+    sealed = "vault_sealed: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"
+    vault.write_text("redis_admin: s3cret-value\n" + sealed)
+    assert lookup.clear_secrets(vault) == ["redis_admin"]
+    vault.write_text("$ANSIBLE_VAULT;1.1;AES256\n6162\n")  # encrypted whole
+    assert lookup.clear_secrets(vault) == []
 
 
 def test_a_secret_in_clear_text_in_any_variable_file_is_refused_naming_it(tmp_path):

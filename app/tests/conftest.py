@@ -136,7 +136,7 @@ def start_tick(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return int(stat.read().rsplit(")", 1)[1].split()[19])
-    except FileNotFoundError:
+    except OSError:  # gone (FileNotFoundError), or going as it is read (ProcessLookupError)
         return None
 
 
@@ -235,10 +235,15 @@ class Workers:
         for proc in self.procs:
             if proc.poll() is None:
                 self.kill_all(proc)
-        for proc in self.procs:
-            for pid in self.left_by(proc):
+        # Every worker ever started here, also those the supervisor replaced, until none is
+        # left (a fork made while the first sweep killed joins the next one).
+        deadline = time.monotonic() + 10
+        while left := [pid for leader, tick in self.started.items() for pid in session(leader, tick)]:
+            assert time.monotonic() < deadline, f"the workers' processes {left} outlive SIGKILL"
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -324,9 +324,14 @@ def test_a_worker_takes_one_job_when_the_master_stalls_while_its_fetch_is_on_the
         threading.Timer(0.7, cluster.thaw, [master]).start()
         return send(script, *args, **kwargs)
 
+    def scripts_run() -> int:
+        return admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    before = scripts_run()
     with mock.patch.object(Script, "__call__", stalled_send):
         job, _ = fetch()
     assert cluster.master_port() == master  # a stall, not a failover
+    assert scripts_run() - before >= 2, "the fetch was not sent again: nothing tested"
     intermediate = queue.intermediate_queue.key
     assert (job.id, admin.lrange(intermediate, 0, -1)) == (first, [first.encode()]), "one job taken"
     assert admin.lrange(queue.key, 0, -1) == [second.encode()]

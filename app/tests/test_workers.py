@@ -13,7 +13,7 @@ import pytest
 from conftest import wait_for_status
 from fridge.web import create_app
 from kitqueue.config import for_worker
-from kitqueue.fetch import recover_predecessors
+from kitqueue.fetch import FETCH_MEMORY_SECONDS, FETCH_SCRIPT, recover_predecessors
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
 from kitqueue.worker import build_worker
@@ -315,3 +315,32 @@ def test_a_job_fetched_again_is_not_taken_for_stuck_by_the_mark_of_its_earlier_f
     assert queue.intermediate_queue.get_job_ids() == [job_id], "taken back from the fetching worker"
     assert admin.lrange(queue.key, 0, -1) == []
     assert int(admin.hget(f"rq:job:{job_id}", "retries_left")) == app.config["JOB_RETRIES"]
+
+
+def test_a_fetch_sent_again_answers_its_job_only_while_no_maintenance_pass_has_met_it(app, client, admin):
+    """The fetch script runs once per fetch (its token): sent again, it answers the job the
+    first sending took (test_failover stalls a real master between the two). Once a maintenance
+    pass has met that job in the intermediate list (it marks it, and retries it on a later
+    pass), it is no longer the fetch's: a resend that comes that late takes the next job rather
+    than run one that is retried elsewhere."""
+    settings = for_worker(
+        {**app.config, "WORKER_REDIS_USERNAME": WORKER_USER, "WORKER_REDIS_PASSWORD": PASSWORDS["worker"]}
+    )
+    store = Store(settings, connection_retries=5)
+    worker = build_worker(store, ["default"], "test-resend", notify=lambda _: None)
+    queue = worker.queues[0]
+    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    keys = [queue.key, queue.intermediate_queue.key, worker.queue_class.fetch_key]
+
+    def send(token: str) -> str | None:
+        taken = FETCH_SCRIPT(keys=keys, args=[token, FETCH_MEMORY_SECONDS], client=store.redis)
+        return None if taken is None else taken.decode()
+
+    assert send("fetch-1") == first
+    assert send("fetch-1") == first  # the same fetch, sent again: nothing more moved
+    assert admin.lrange(queue.intermediate_queue.key, 0, -1) == [first.encode()]
+    assert admin.lrange(queue.key, 0, -1) == [second.encode()]
+    worker.clean_registries()  # a maintenance pass meets the first job there
+    assert admin.exists(queue.intermediate_queue.get_first_seen_key(first))
+    assert send("fetch-1") == second
+    assert send("fetch-2") is None  # a new fetch: the queue is empty

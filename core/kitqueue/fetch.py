@@ -47,12 +47,21 @@ POLL_SECONDS = 0.5
 # mark of RQ's cleanup (IntermediateQueue.get_first_seen_key) dropped for the job taken. Run
 # at most once per fetch: KEYS[3], the worker's last fetch, holds ARGV[1] (a token new for
 # every fetch) and the job it took; the same fetch sent again (its reply lost: a stalled
-# master, see ReliableQueue.lmove) answers that job instead of moving another.
+# master, see ReliableQueue.lmove) answers that job instead of moving another, while the job
+# is still where the first sending put it and no maintenance pass has met it there (a pass
+# marks it, and retries it on a later one: then it is no longer this fetch's).
 FETCH = b"""
 local last = redis.call('GET', KEYS[3])
 if last then
   local space = string.find(last, ' ', 1, true)
-  if space and string.sub(last, 1, space - 1) == ARGV[1] then return string.sub(last, space + 1) end
+  if space and string.sub(last, 1, space - 1) == ARGV[1] then
+    local taken = string.sub(last, space + 1)
+    if redis.call('EXISTS', KEYS[2] .. ':first_seen:' .. taken) == 0 then
+      for _, held in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+        if held == taken then return taken end
+      end
+    end
+  end
 end
 local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if job_id then
@@ -65,7 +74,7 @@ return job_id
 FETCH_MEMORY_SECONDS = 600
 # The script's sha is computed once; each call runs it on the worker's connection (EVALSHA,
 # and SCRIPT LOAD first on a master that has not run it yet).
-_FETCH_SCRIPT = Script(None, FETCH)  # type: ignore[arg-type]
+FETCH_SCRIPT = Script(None, FETCH)  # type: ignore[arg-type]
 
 
 class GracefulIntermediateQueue(IntermediateQueue):
@@ -130,7 +139,7 @@ class ReliableQueue(Queue):
         assert cls.fetch_key is not None, "a worker's queue class comes from ReliableQueue.configured"
         intermediate = cls.intermediate_class(queue_key, connection=connection)
         keys = [queue_key, intermediate.key, cls.fetch_key]
-        job_id = _FETCH_SCRIPT(keys=keys, args=[uuid.uuid4().hex, FETCH_MEMORY_SECONDS], client=connection)
+        job_id = FETCH_SCRIPT(keys=keys, args=[uuid.uuid4().hex, FETCH_MEMORY_SECONDS], client=connection)
         return None if job_id is None else (queue_key, job_id)
 
     @classmethod
