@@ -143,7 +143,7 @@ def start_tick(pid: int) -> int | None:
 def session(sid: int, started: int | None) -> list[int]:
     """The live processes of the session that `sid`, started at tick `started`, leads: its
     forks keep it when orphaned, whatever command line they take (RQ names its processes
-    `rq:worker:...` with setproctitle). None when that pid leads another session now."""
+    `rq:worker:...` with setproctitle). Empty when that pid leads another session now."""
     if start_tick(sid) not in (started, None):
         return []
     found = []
