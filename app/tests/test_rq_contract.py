@@ -1,0 +1,121 @@
+"""The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
+
+kitqueue's worker, queue and scheduler override about thirty of RQ's methods and copy or call
+a few private ones (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with one
+change). A new RQ that changes one of them would change the workers silently: this test fails
+instead, naming each method whose source changed. Read each one again, mend kitqueue's code
+if needed, then pin the new sources: the failure prints their digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import pkgutil
+import textwrap
+
+import kitqueue
+import rq
+
+READ_IN = "3.0.0"  # the RQ release (app/requirements.lock) these digests were taken from
+
+# What kitqueue calls or copies without overriding it (its overrides are found below).
+CALLED = (
+    "rq.queue.Queue._enqueue_job",  # scheduler.py
+    "rq.queue.Queue._enqueue_rate_limited_job",  # scheduler.py
+    "rq.queue.Queue._prepare_for_queue",  # queueing.py
+    "rq.worker.worker_classes.Worker.main_work_horse",  # prefork.py runs its steps in the horse
+    "rq.worker.base.BaseWorker.perform_job",  # prefork.py's horse
+    "rq.worker.base.BaseWorker.setup_work_horse_signals",  # prefork.py's horse
+    "rq.worker.worker_classes.Worker.monitor_work_horse",  # calls prefork.py's wait_for_horse
+    "rq.worker.base.BaseWorker.work",  # the loop every override runs in
+)
+
+# "module.Class.method": the first 16 hex digits of the SHA-256 of its source, in READ_IN.
+PINNED = {
+    "rq.intermediate_queue.IntermediateQueue.should_be_cleaned_up": "75e279c10a2e870c",
+    "rq.job.Job.func": "2f3d3ddb8a848c2c",
+    "rq.queue.Queue._enqueue_async_job": "858694a266bc6bc6",
+    "rq.queue.Queue._enqueue_job": "bcf605531f723a88",
+    "rq.queue.Queue._enqueue_rate_limited_job": "7d8ddc00a41551a7",
+    "rq.queue.Queue._prepare_for_queue": "bf3032418884dcdc",
+    "rq.queue.Queue.dequeue_any": "91d540fe86a73a3e",
+    "rq.queue.Queue.intermediate_queue": "6b87b62f71481ddf",
+    "rq.queue.Queue.lmove": "bb27444d88be391b",
+    "rq.scheduler.RQScheduler.enqueue_scheduled_jobs": "a8064476f220b4b4",
+    "rq.timeouts.UnixSignalDeathPenalty.handle_death_penalty": "be9705f5f529a7c6",
+    "rq.worker.base.BaseWorker.__init__": "7a655455b399708a",
+    "rq.worker.base.BaseWorker._start_scheduler": "a13b7b6ec099d91d",
+    "rq.worker.base.BaseWorker.bootstrap": "b4043282188b9188",
+    "rq.worker.base.BaseWorker.dequeue_job_and_maintain_ttl": "c9303b96de2519cf",
+    "rq.worker.base.BaseWorker.get_heartbeat_ttl": "9db9b1b021ae80e5",
+    "rq.worker.base.BaseWorker.increment_failed_job_count": "cd6db67662a75114",
+    "rq.worker.base.BaseWorker.increment_successful_job_count": "c80a382264005cc2",
+    "rq.worker.base.BaseWorker.perform_job": "38fcb4d8c0f8f1f8",
+    "rq.worker.base.BaseWorker.prepare_execution": "7a4f367e58bfe13a",
+    "rq.worker.base.BaseWorker.prepare_job_execution": "d2c62836d49c959c",
+    "rq.worker.base.BaseWorker.procline": "5c56b0141873be2b",
+    "rq.worker.base.BaseWorker.register_birth": "350d9703c3b679ad",
+    "rq.worker.base.BaseWorker.request_stop": "d06386e1ca6caca3",
+    "rq.worker.base.BaseWorker.run_maintenance_tasks": "284cd29591c4499e",
+    "rq.worker.base.BaseWorker.setup_work_horse_signals": "01167890bb8c5931",
+    "rq.worker.base.BaseWorker.teardown": "18d615a5d8c7b6e4",
+    "rq.worker.base.BaseWorker.work": "7c1d51ba20fed3d7",
+    "rq.worker.worker_classes.Worker.execute_job": "c5dc421e557a2426",
+    "rq.worker.worker_classes.Worker.fork_work_horse": "b4dbc1994ee67469",
+    "rq.worker.worker_classes.Worker.kill_horse": "6495108ab35dda3d",
+    "rq.worker.worker_classes.Worker.main_work_horse": "71fc19b188b7c858",
+    "rq.worker.worker_classes.Worker.monitor_work_horse": "b5edd5cbae2edc3b",
+    "rq.worker.worker_classes.Worker.wait_for_horse": "bc07201c8feefa6e",
+}
+
+
+METHODS = (staticmethod, classmethod, property)
+
+
+def overridden() -> set[str]:
+    """Each RQ method (or class attribute that is a function) one of kitqueue's classes
+    redefines, named where RQ defines it."""
+    found = set()
+    for info in pkgutil.iter_modules(kitqueue.__path__):
+        module = importlib.import_module(f"kitqueue.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            rq_bases = [base for base in cls.__mro__[1:] if base.__module__.startswith("rq")]
+            for name, value in vars(cls).items():
+                if not inspect.isfunction(value) and not isinstance(value, METHODS):
+                    continue
+                owner = next((base for base in rq_bases if name in vars(base)), None)
+                if owner is not None:
+                    found.add(f"{owner.__module__}.{owner.__qualname__}.{name}")
+    return found
+
+
+def resolve(path: str):
+    module_name, cls_name, attr = path.rsplit(".", 2)
+    value = inspect.getattr_static(getattr(importlib.import_module(module_name), cls_name), attr)
+    return value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+
+
+def digest(path: str) -> str:
+    source = textwrap.dedent(inspect.getsource(resolve(path)))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def test_the_lock_holds_the_release_the_digests_were_taken_from():
+    assert rq.__version__ == READ_IN, f"RQ {rq.__version__} installed; the digests below are of {READ_IN}"
+
+
+def test_every_rq_method_kitqueue_overrides_or_calls_is_pinned():
+    wanted = overridden() | set(CALLED)
+    assert "rq.worker.worker_classes.Worker.fork_work_horse" in wanted  # the walk finds overrides
+    missing = {path: digest(path) for path in sorted(wanted - PINNED.keys())}
+    assert not missing, f"pin these in PINNED (RQ {rq.__version__}): {missing}"
+    assert not PINNED.keys() - wanted, f"no longer overridden or called: {sorted(PINNED.keys() - wanted)}"
+
+
+def test_the_pinned_rq_methods_are_those_kitqueue_was_written_against():
+    changed = {path: digest(path) for path, pinned in PINNED.items() if digest(path) != pinned}
+    assert not changed, f"RQ {rq.__version__} changed these since {READ_IN}; read them again: {changed}"
