@@ -201,15 +201,21 @@ def probe_from(host: testinfra.host.Host, targets: list[tuple[str, int]], ca: st
     return json.loads(probe.stdout)
 
 
-def attack_from(host: testinfra.host.Host, tier: str, config: str = "/etc/fridge/config.toml") -> dict:
-    """ATTACK from an app host with the credentials of its configuration for `tier`."""
+def attack_from(
+    host: testinfra.host.Host,
+    tier: str,
+    config: str = "/etc/fridge/config.toml",
+    redis: dict[str, list[list[str]]] | None = None,
+) -> dict:
+    """ATTACK from an app host with the credentials of its configuration for `tier`: the
+    attacks above, or only the steps `redis` names, on the master (no Sentinel attack then)."""
     sentinels = [t for t in redis_targets() if t[1] == SENTINEL_PORT]
     plan = {
         "config": config,
         "tier": tier,
         "sentinels": sentinels,
-        "redis": {**REDIS_ATTACKS, **REDIS_ALLOWED},
-        "sentinel": {**SENTINEL_ATTACKS, **SENTINEL_ALLOWED},
+        "redis": {**REDIS_ATTACKS, **REDIS_ALLOWED} if redis is None else redis,
+        "sentinel": {**SENTINEL_ATTACKS, **SENTINEL_ALLOWED} if redis is None else {},
     }
     run = host.run(f"python3 -c {shlex.quote(ATTACK)} {shlex.quote(json.dumps(plan))}")
     assert run.rc == 0, run.stderr

@@ -10,12 +10,14 @@ import re
 import time
 from datetime import datetime
 
+from kit_attacks import attack_from, refused
 from kit_checks import get_host, hosts_in, load_group, wait_for
 from kit_faults import docker, freeze_host, thaw_host
 
 APP_HOST = "web-app1"
 CURL = "curl -sk --max-time 15 --resolve pantry.localhost:443:127.0.0.1"
 LOG, STOP = "/root/pantry-load.log", "/root/pantry-load.stop"
+RQ = "pantry:rq"  # pantry's RQ keys (kitqueue.use_namespace in examples/pantry/pantry/__init__.py)
 # A client on the app host: POST /stock/<item> in a loop, each answer's body and status on a line.
 LOAD = (
     f"rm -f {LOG} {STOP}; i=0; while [ ! -e {STOP} ]; do i=$((i+1)); "
@@ -80,6 +82,51 @@ def test_the_example_app_runs_its_own_task_with_its_own_dependency_version():
         "fridge": ["add", "crash", "eat", "fail", "flaky", "hog", "sleep"],
         "pantry": ["stock"],
     }, registered
+
+
+def test_each_app_keeps_its_jobs_and_its_logins_reach_nothing_of_the_other_s():
+    """pantry's RQ keys are under its own prefix, so the two apps on one Redis group keep their
+    jobs, queues and workers apart; each app's Redis logins (pantry's reach only `pantry:*`)
+    are refused the other's keys, with the commands they may run on their own."""
+    job = pantry("/stock/flour", "POST")
+    assert outcome(job["job_id"])["status"] == "finished"
+    key = f"{RQ}:job:{job['job_id']}"
+    group = load_group(sorted(set(hosts_in("redis")) | set(hosts_in("redis_sentinel"))))
+    with group.node(group.current_master()) as conn:
+        assert conn.command("EXISTS", key) == 1
+        assert conn.command("EXISTS", f"rq:job:{job['job_id']}") == 0
+        assert conn.command("SMEMBERS", f"{RQ}:queues") == [f"{RQ}:queue:pantry"]
+        fridge_queues = conn.command("SMEMBERS", "rq:queues")
+        assert fridge_queues, "fridge's queues"
+        assert not [q for q in fridge_queues if "pantry" in q], fridge_queues
+        assert conn.command("SCARD", f"{RQ}:workers") >= 2  # its unit's two job slots
+    host = get_host(APP_HOST)
+    for tier in ("web", "worker"):
+        mine = {"read-own-job": [["HGET", key, "status"]], "read-own-queues": [["SMEMBERS", f"{RQ}:queues"]]}
+        theirs = {
+            "read-fridge-queues": [["SMEMBERS", "rq:queues"]],
+            "read-fridge-workers": [["SMEMBERS", "rq:workers"]],
+            "push-to-fridge-queue": [["LPUSH", "rq:queue:default", "intruder"]],
+        }
+        got = attack_from(host, tier, "/etc/pantry/config.toml", {**mine, **theirs})
+        print(f"\npantry's {tier} login: {got['redis']}")
+        assert got["redis_user"] == f"pantry-{tier}"
+        assert got["redis"]["read-own-job"] == "finished"
+        assert got["redis"]["read-own-queues"] == [f"{RQ}:queue:pantry"]
+        for step, reply in ((s, got["redis"][s]) for s in theirs):
+            assert refused(reply), (tier, step, reply)
+        got = attack_from(
+            host,
+            tier,
+            redis={
+                "read-own-queues": [["SMEMBERS", "rq:queues"]],
+                "read-pantry-job": [["HGET", key, "status"]],
+            },
+        )
+        print(f"fridge's {tier} login: {got['redis']}")
+        assert got["redis_user"] == f"fridge-{tier}"
+        assert sorted(got["redis"]["read-own-queues"]) == sorted(fridge_queues)
+        assert refused(got["redis"]["read-pantry-job"]), got["redis"]
 
 
 def slot_workers(host, unit: str) -> dict[int, str]:
@@ -160,7 +207,7 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
 
     def unfinished() -> list[str]:
         with group.node(new) as conn:
-            states = [conn.command("HGET", f"rq:job:{job}", "status") for job in acked]
+            states = [conn.command("HGET", f"{RQ}:job:{job}", "status") for job in acked]
         return [job for job, state in zip(acked, states, strict=True) if state != "finished"]
 
     waited = time.monotonic()
@@ -169,7 +216,7 @@ def test_every_acknowledged_job_of_the_example_app_runs_through_a_failover():
         time.sleep(0.5)
     with group.node(new) as conn:
         where = {job: whereabouts(conn, "pantry", job) for job in left[:5]}
-        times = [conn.command("HMGET", f"rq:job:{job}", "enqueued_at", "ended_at") for job in acked]
+        times = [conn.command("HMGET", f"{RQ}:job:{job}", "enqueued_at", "ended_at") for job in acked]
     assert not left, f"{len(left)} of {len(acked)} acknowledged jobs did not run: {where}"
     # The workers leave the old master when it wakes (it believes it is the master until
     # Sentinel demotes it, ~10 s later) and put back the jobs whose outcome stayed there: each
@@ -198,13 +245,13 @@ def _instant(stamp: str) -> float:
 def whereabouts(conn, queue: str, job: str) -> str:
     """Where a job is on a node: its status and every RQ list or registry of `queue` holding it
     (RQ 3 keeps a started job as "<job id>:<execution id>")."""
-    status = conn.command("HGET", f"rq:job:{job}", "status")
-    lists = {"queued": f"rq:queue:{queue}", "fetched": f"rq:queue:{queue}:intermediate"}
+    status = conn.command("HGET", f"{RQ}:job:{job}", "status")
+    lists = {"queued": f"{RQ}:queue:{queue}", "fetched": f"{RQ}:queue:{queue}:intermediate"}
     registries = {"started": "wip", "scheduled": "scheduled", "failed": "failed", "finished": "finished"}
     places = [name for name, key in lists.items() if job in conn.command("LRANGE", key, 0, -1)]
     places += [
         name
         for name, kind in registries.items()
-        if any(m.split(":")[0] == job for m in conn.command("ZRANGE", f"rq:{kind}:{queue}", 0, -1))
+        if any(m.split(":")[0] == job for m in conn.command("ZRANGE", f"{RQ}:{kind}:{queue}", 0, -1))
     ]
     return f"status {status or 'none (no job hash)'}, in {', '.join(places) or 'no list'}"
