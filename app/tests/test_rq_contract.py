@@ -13,18 +13,34 @@ import hashlib
 import importlib
 import inspect
 import pkgutil
+import re
 import textwrap
+from pathlib import Path
 
 import kitqueue
 import rq
 
-READ_IN = "3.0.0"  # the RQ release (app/requirements.lock) these digests were taken from
+READ_IN = "3.0.0"  # the RQ release these digests were taken from (every app's lock pins it)
 
-# What kitqueue calls or copies without overriding it (its overrides are found below).
+# What kitqueue calls, copies or reads without overriding it (its overrides are found below):
+# methods, module functions, and constants (a script's text: its value is pinned).
 CALLED = (
     "rq.queue.Queue._enqueue_job",  # scheduler.py
     "rq.queue.Queue._enqueue_rate_limited_job",  # scheduler.py
     "rq.queue.Queue._prepare_for_queue",  # queueing.py
+    "rq.queue.Queue._fetch_dequeued_job",  # fetch.py
+    "rq.queue.Queue.acquire_maintenance_lock",  # fetch.py takes the same lock
+    "rq.queue.Queue.registry_cleaning_key",  # fetch.py
+    "rq.scripts.UNIQUE_ENQUEUE_SCRIPT",  # queueing.py runs it with its own arguments
+    "rq.scripts.save_unique_job",  # queueing.py builds the same KEYS and ARGV
+    "rq.scripts._build_hset_args",  # queueing.py
+    "rq.scripts.release_lock",  # fetch.py
+    "rq.intermediate_queue.IntermediateQueue.get_first_seen_key",  # fetch.py's script writes it
+    "rq.intermediate_queue.IntermediateQueue.cleanup",  # calls the pinned should_be_cleaned_up
+    "rq.registry.StartedJobRegistry.cleanup",  # fetch.py
+    "rq.scheduler.RQScheduler.get_locking_key",  # fetch.py
+    "rq.executions.Execution.__init__",  # follow.py builds its key
+    "rq.executions.Execution.job",  # prefork.py sets the job it reads
     "rq.worker.worker_classes.Worker.main_work_horse",  # prefork.py runs its steps in the horse
     "rq.worker.base.BaseWorker.perform_job",  # prefork.py's horse
     "rq.worker.base.BaseWorker.setup_work_horse_signals",  # prefork.py's horse
@@ -34,16 +50,29 @@ CALLED = (
 
 # "module.Class.method": the first 16 hex digits of the SHA-256 of its source, in READ_IN.
 PINNED = {
+    "rq.executions.Execution.__init__": "5e899bdc6c1560ea",
+    "rq.executions.Execution.job": "64bbbd823e887450",
+    "rq.intermediate_queue.IntermediateQueue.cleanup": "784ecc7619d6e469",
+    "rq.intermediate_queue.IntermediateQueue.get_first_seen_key": "a72ad208e6527f30",
     "rq.intermediate_queue.IntermediateQueue.should_be_cleaned_up": "75e279c10a2e870c",
     "rq.job.Job.func": "2f3d3ddb8a848c2c",
     "rq.queue.Queue._enqueue_async_job": "858694a266bc6bc6",
     "rq.queue.Queue._enqueue_job": "bcf605531f723a88",
     "rq.queue.Queue._enqueue_rate_limited_job": "7d8ddc00a41551a7",
+    "rq.queue.Queue._fetch_dequeued_job": "0b0ac4463926ddb1",
     "rq.queue.Queue._prepare_for_queue": "bf3032418884dcdc",
+    "rq.queue.Queue.acquire_maintenance_lock": "bb9518bac3f24a4e",
     "rq.queue.Queue.dequeue_any": "91d540fe86a73a3e",
     "rq.queue.Queue.intermediate_queue": "6b87b62f71481ddf",
     "rq.queue.Queue.lmove": "bb27444d88be391b",
+    "rq.queue.Queue.registry_cleaning_key": "ec0dd450af39e24b",
+    "rq.registry.StartedJobRegistry.cleanup": "3f15393e8e288175",
     "rq.scheduler.RQScheduler.enqueue_scheduled_jobs": "a8064476f220b4b4",
+    "rq.scheduler.RQScheduler.get_locking_key": "4c5e7f1e19477492",
+    "rq.scripts.UNIQUE_ENQUEUE_SCRIPT": "29cab659d28268b2",
+    "rq.scripts._build_hset_args": "1d0e70e455414bf5",
+    "rq.scripts.release_lock": "123c77fa8917d08b",
+    "rq.scripts.save_unique_job": "af0753230560a727",
     "rq.timeouts.UnixSignalDeathPenalty.handle_death_penalty": "be9705f5f529a7c6",
     "rq.worker.base.BaseWorker.__init__": "7a655455b399708a",
     "rq.worker.base.BaseWorker._start_scheduler": "a13b7b6ec099d91d",
@@ -94,18 +123,36 @@ def overridden() -> set[str]:
 
 
 def resolve(path: str):
-    module_name, cls_name, attr = path.rsplit(".", 2)
-    value = inspect.getattr_static(getattr(importlib.import_module(module_name), cls_name), attr)
-    return value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+    """The function, property getter or constant a dotted path names (module.Class.attr, or
+    module.name)."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[split:-1]:
+            owner = getattr(owner, name)
+        value = inspect.getattr_static(owner, parts[-1])
+        return value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+    raise LookupError(path)
 
 
 def digest(path: str) -> str:
-    source = textwrap.dedent(inspect.getsource(resolve(path)))
+    value = resolve(path)
+    source = value if isinstance(value, str) else textwrap.dedent(inspect.getsource(value))
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def test_the_lock_holds_the_release_the_digests_were_taken_from():
+def test_every_lock_file_holds_the_release_the_digests_were_taken_from():
     assert rq.__version__ == READ_IN, f"RQ {rq.__version__} installed; the digests below are of {READ_IN}"
+    root = Path(__file__).resolve().parents[2]
+    locks = [root / "app" / "requirements.lock", *sorted((root / "examples").glob("*/requirements.lock"))]
+    pinned = {
+        lock.relative_to(root).as_posix(): re.findall(r"^rq==(\S+)", lock.read_text(), re.M) for lock in locks
+    }
+    assert len(pinned) >= 2, pinned
+    assert all(found == [READ_IN] for found in pinned.values()), pinned
 
 
 def test_every_rq_method_kitqueue_overrides_or_calls_is_pinned():

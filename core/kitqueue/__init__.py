@@ -19,6 +19,7 @@ imports RQ, because RQ reads its prefix once, when it is first imported.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 
@@ -30,8 +31,8 @@ def use_namespace(prefix: str) -> None:
 
     Call it first thing in the app's package (its `__init__.py`), before anything imports RQ:
     RQ reads RQ_KEY_PREFIX once, at its import. Processes the app starts inherit it."""
-    if not prefix or any(c.isspace() or c in "*?[]\\" for c in prefix):
-        raise ValueError(f"RQ key prefix {prefix!r}: give a name without spaces or glob characters")
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]+", prefix):  # RQ's own rule (rq/defaults.py)
+        raise ValueError(f"RQ key prefix {prefix!r}: use only letters, digits and _ . : - {{ }}")
     loaded = sys.modules.get("rq.defaults")
     if loaded is not None and prefix != loaded.RQ_KEY_PREFIX:
         raise RuntimeError(
