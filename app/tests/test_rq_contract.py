@@ -1,10 +1,11 @@
 """The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
 
-kitqueue's worker, queue and scheduler override about thirty of RQ's methods and copy or call
-a few private ones (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with one
-change). A new RQ that changes one of them would change the workers silently: this test fails
-instead, naming each method whose source changed. Read each one again, mend kitqueue's code
-if needed, then pin the new sources: the failure prints their digests.
+kitqueue's worker, queue and scheduler override 34 of RQ's methods and call, copy or read 13
+more of its internals (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with
+one change, fetch.py takes RQ's maintenance lock). A new RQ that changes one of them would
+change the workers silently: this test fails instead, naming each method whose source
+changed. Read each one again, mend kitqueue's code if needed, then pin the new sources: the
+failure prints their digests.
 """
 
 from __future__ import annotations
