@@ -24,7 +24,7 @@ case "${1:-up}" in
     Try:   curl -i http://localhost:8080/comer/platano
            curl http://localhost:8080/jobs/<job_id from the answer>
     Hosts: kit-data1, kit-data2 (Redis + Sentinel), kit-app1 (Apache + app + Sentinel),
-           kit-worker1 (workers); e.g. docker exec -it kit-app1 journalctl -u fridge-worker@1 -f
+           kit-worker1 (workers); e.g. docker exec -it kit-worker1 journalctl -u fridge-worker@1 -f
     Stop:  make down
 MSG
     ;;

@@ -10,7 +10,7 @@
     fridge delete JOB_ID...         failed jobs only
     fridge empty QUEUE              its waiting jobs, after typing the queue's name (or --yes)
 
-`--json` (before the command) prints JSON for scripts. Exit codes: 0 done, 1 a job that is not
+`--json` (before or after the command) prints JSON for scripts. Exit codes: 0 done, 1 a job that is not
 there (or not failed), 2 bad usage or input, 3 Redis unreachable through Sentinel, no
 configuration, or a Redis user that may not do this (the message says which).
 """
@@ -213,10 +213,13 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # Also after the command (`fridge status --json`); absent there, it leaves the top's value.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Callable[..., tuple[Any, str]], text: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=text, description=text)
+        command = commands.add_parser(name, help=text, description=text, parents=[after])
         # Reads are retried through a failover; enqueue retries itself (under one job id);
         # requeue, delete and empty are not retried (a retry could act twice): exit 3, run again.
         command.set_defaults(run=run, retried=run in READS)

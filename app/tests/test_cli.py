@@ -31,7 +31,7 @@ def test_status_counts_queues_and_workers_per_host(cluster, client, workers):
     workers.start(1)
     deadline = time.monotonic() + 20
     while True:
-        data = json.loads(fridge(as_web, "--json", "status").stdout)
+        data = json.loads(fridge(as_web, "status", "--json").stdout)  # --json after the command too
         if data["workers"] and all(q["depth"] == 0 for q in data["queues"]):
             break
         assert time.monotonic() < deadline, data
