@@ -9,7 +9,7 @@ from typing import Any
 
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.registry import (
     BaseRegistry,
     FailedJobRegistry,
@@ -72,6 +72,33 @@ def page(store: Store, state: str, queue: str, start: int = 0, size: int = PAGE)
     return Page(state=state, queue=queue, jobs=described, total=total, start=start, size=size)
 
 
+class NotFailed(Exception):
+    """The job is not (or no longer) in its queue's failed registry: requeued or deleted by
+    someone else meanwhile. Nothing was done."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is not failed any more: nothing done")
+
+
+def requeue_failed(store: Store, queue: str, job_id: str) -> None:
+    """Put a failed job of `queue` back in it. Its removal from the failed
+    registry (ZREM) decides: NotFailed when it was not there, NoSuchJobError when the job is
+    gone; nothing is done then. Not to be retried: a lost reply would requeue it twice."""
+    job = RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
+    try:
+        registry(store, "failed", queue).requeue(job)
+    except InvalidJobOperation:
+        raise NotFailed(job_id) from None
+
+
+def delete_failed(store: Store, job: RegisteredJob) -> None:
+    """Delete a failed job, only once it is taken out of its queue's failed registry (ZREM):
+    NotFailed when it was not there (requeued meanwhile: it is queued, and stays)."""
+    if not registry(store, "failed", job.origin).remove(job.id):
+        raise NotFailed(job.id)
+    job.delete()
+
+
 def requeue_all_failed(store: Store, queues: list[str]) -> list[str]:
     """Put every failed job of `queues` back in its queue, a page of ids at a time."""
     done: list[str] = []
@@ -80,10 +107,12 @@ def requeue_all_failed(store: Store, queues: list[str]) -> list[str]:
         while ids := failed.get_job_ids(0, 99, cleanup=False):
             for job_id in ids:
                 try:
-                    failed.requeue(job_id)
-                except InvalidJobOperation:
-                    failed.remove(job_id)  # its job expired: nothing to requeue
+                    requeue_failed(store, name, job_id)
+                except NoSuchJobError:
+                    failed.remove(job_id)  # its job expired before its entry: nothing to requeue
                     continue
+                except NotFailed:
+                    continue  # requeued or deleted by someone else meanwhile
                 done.append(job_id)
     return done
 

@@ -29,8 +29,7 @@ from kitqueue.registry import offered
 from kitqueue.schema import BadArguments
 from kitqueue.store import Full, Store, Unavailable
 from redis.exceptions import ConnectionError, NoPermissionError, TimeoutError
-from rq.exceptions import InvalidJobOperation
-from rq.registry import FailedJobRegistry
+from rq.exceptions import NoSuchJobError
 
 from . import browse
 from . import config as config_module
@@ -90,10 +89,6 @@ def jobs_table(jobs: list[dict[str, Any]]) -> str:
         for j in jobs
     ]
     return "\n".join(lines)
-
-
-def _registry(store: Store, queue: str) -> FailedJobRegistry:
-    return browse.registry(store, "failed", queue)
 
 
 def _queue_name(store: Store, name: str) -> str:
@@ -177,8 +172,8 @@ def cmd_requeue(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
         for job_id in args.job_ids:
             job = _failed_job(store, job_id)
             try:
-                _registry(store, job.origin).requeue(job_id)
-            except InvalidJobOperation:
+                browse.requeue_failed(store, job.origin, job_id)
+            except (browse.NotFailed, NoSuchJobError):
                 raise Failure(NOT_FOUND, f"job {job_id} is not failed any more") from None
             done.append(job_id)
     return {"requeued": done}, f"requeued {len(done)} job(s)"
@@ -187,7 +182,10 @@ def cmd_requeue(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_delete(store: Store, args: argparse.Namespace) -> tuple[Any, str]:
     for job_id in args.job_ids:
         job = _failed_job(store, job_id)
-        _registry(store, job.origin).remove(job_id, delete_job=True)
+        try:
+            browse.delete_failed(store, job)
+        except browse.NotFailed:
+            raise Failure(NOT_FOUND, f"job {job_id} is not failed any more") from None
     return {"deleted": args.job_ids}, f"deleted {len(args.job_ids)} failed job(s)"
 
 
@@ -215,7 +213,9 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
     # Also after the command (`fridge status --json`); absent there, it leaves the top's value.
     after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    after.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text"
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Callable[..., tuple[Any, str]], text: str) -> argparse.ArgumentParser:

@@ -18,10 +18,12 @@ from urllib.parse import urlparse
 import redis
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from kitqueue import stats
-from kitqueue.queueing import fetch_job, read_job
+from kitqueue.queueing import read_job
 from kitqueue.store import Store, Unavailable, app_store
+from rq.exceptions import NoSuchJobError
 
 from . import browse, monitoring
+from .monitoring import describe_job
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
 FAILED_SHOWN = 10
@@ -151,22 +153,28 @@ def overview_json():
 
 @bp.post("/failed/<job_id>/<action>")
 def failed_action(job_id: str, action: str):
+    """Requeue or delete a failed job. The page may be stale (another operator, a double
+    click): a job that is not in its queue's failed registry is left alone (409). The action is
+    not retried through a failover: a lost reply would act twice (answered 503, as the CLI)."""
     _same_origin()
     if action not in ("requeue", "delete"):
         abort(404)
     store = app_store(current_app)
-    found = fetch_job(store, job_id)
+    found = read_job(store, job_id, lambda job: (job, describe_job(job)["status"]))
     if found is None:
-        abort(404)
-    registry = browse.registry(store, "failed", found.origin)
-
-    def act() -> None:
+        abort(404, f"no job {job_id}")
+    job, status = found
+    if status != "failed":
+        abort(409, f"job {job_id} is not failed (status: {status}): nothing done")
+    try:
         if action == "requeue":
-            registry.requeue(job_id)
+            browse.requeue_failed(store, job.origin, job_id)
         else:
-            registry.remove(job_id, delete_job=True)
-
-    store.retrying(act)
+            browse.delete_failed(store, job)
+    except NoSuchJobError:
+        abort(404, f"no job {job_id} (deleted meanwhile)")
+    except browse.NotFailed as error:
+        abort(409, str(error))
     return _done({"job_id": job_id, "action": action})
 
 

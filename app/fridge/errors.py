@@ -31,7 +31,11 @@ def register(app: Flask) -> None:
             404: "no such resource",
             405: "method not allowed here",
         }
-        response = error(exc.code or 500, messages.get(exc.code or 0, exc.description or exc.name))
+        # A sentence given to abort() (e.g. "no job <id>") names the problem; werkzeug's own
+        # description is replaced by a short one.
+        given = exc.description if exc.description != type(exc).description else None
+        message = given or messages.get(exc.code or 0) or exc.description or exc.name
+        response = error(exc.code or 500, message)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response

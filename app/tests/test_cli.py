@@ -138,6 +138,16 @@ def test_requeue_all_pages_through_more_failed_jobs_than_one_read(as_web, settin
     assert (queues["default"]["depth"], queues["default"]["failed"]) == (130, 0)
 
 
+def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired(as_web, admin):
+    """A failed job's hash expired (FAILURE_TTL) before its registry entry was cleaned: its entry
+    is dropped, this run and every later one goes on."""
+    admin.zadd("rq:failed:default", {"0badc0de" * 4: 1})
+    for _ in range(2):
+        done = fridge(as_web, "requeue", "--all")
+        assert (done.returncode, done.stdout.strip()) == (0, "requeued 0 job(s)"), done.stderr
+        assert admin.zcard("rq:failed:default") == 0
+
+
 def test_empty_deletes_waiting_jobs_only_once_confirmed(as_web):
     for _ in range(5):
         run_json(as_web, "enqueue", "eat", '["kiwi"]', "--queue", "low")

@@ -247,3 +247,68 @@ def test_the_pages_name_their_assets_by_content_and_the_browser_keeps_them(clien
             answer = client.get(other)
             answer.close()
             assert "no-cache" in answer.headers["Cache-Control"], other
+
+
+ACTION = {**SAME_SITE, "Accept": "application/json"}
+
+
+def failed_jobs(client, workers, count: int) -> list[str]:
+    """`count` jobs failed on `default` (no retry), the worker then stopped: nothing runs after."""
+    ids = [
+        client.post("/jobs", json={"task": "fail", "args": ["x"]}).get_json()["job_id"] for _ in range(count)
+    ]
+    worker = workers.start(1, JOB_RETRIES=0)[0]
+    for job_id in ids:
+        wait_for_status(client, job_id, {"failed"})
+    workers.stop(worker)
+    assert worker.wait(timeout=30) == 0
+    return ids
+
+
+def test_failed_job_actions_act_only_on_a_job_in_the_failed_registry(client, workers, admin):
+    """A stale page, a double click, another operator first: Delete and Requeue act only on a job
+    still in its queue's failed registry, and otherwise answer 409 (404: no such job) with a
+    sentence, changing nothing. A queued job is never deleted from the dashboard."""
+    (failing,) = failed_jobs(client, workers, 1)
+    waiting = client.post("/jobs", json={"task": "eat", "args": ["uva"]}).get_json()["job_id"]
+    for action in ("delete", "requeue"):
+        answer = client.post(f"/dashboard/failed/{waiting}/{action}", headers=ACTION)
+        assert answer.status_code == 409, (action, answer.get_json())
+        assert f"job {waiting} is not failed (status: queued)" in answer.get_json()["error"]
+    assert client.get(f"/jobs/{waiting}").get_json()["status"] == "queued"
+    assert admin.lrange("rq:queue:default", 0, -1) == [waiting.encode()]
+
+    missing = client.post("/dashboard/failed/0123456789abcdef/delete", headers=ACTION)
+    assert missing.status_code == 404
+    assert "no job 0123456789abcdef" in missing.get_json()["error"]
+
+    # Another operator's requeue has taken it out of the failed registry, its status not yet
+    # written: this page still sees it failed.
+    score = admin.zscore("rq:failed:default", failing)
+    admin.zrem("rq:failed:default", failing)
+    for action in ("requeue", "delete"):
+        answer = client.post(f"/dashboard/failed/{failing}/{action}", headers=ACTION)
+        assert answer.status_code == 409, (action, answer.get_json())
+        assert f"job {failing} is not failed any more" in answer.get_json()["error"]
+    assert admin.exists(f"rq:job:{failing}")
+    assert admin.lrange("rq:queue:default", 0, -1) == [waiting.encode()]
+
+    admin.zadd("rq:failed:default", {failing: score})
+    assert client.post(f"/dashboard/failed/{failing}/requeue", headers=ACTION).status_code == 200
+    twice = client.post(f"/dashboard/failed/{failing}/requeue", headers=ACTION)  # a double click
+    assert twice.status_code == 409, twice.get_json()
+    assert admin.lrange("rq:queue:default", 0, -1) == [waiting.encode(), failing.encode()]
+
+
+def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired_and_goes_on(client, workers, admin):
+    """A failed job's hash expires (FAILURE_TTL) before its registry entry is cleaned: requeue all
+    drops that entry and requeues the others, this time and the next."""
+    (failing,) = failed_jobs(client, workers, 1)
+    expired = "0badc0de" * 4
+    admin.zadd("rq:failed:default", {expired: 1})  # the oldest entry: met first
+    answer = client.post("/dashboard/failed/requeue-all", headers=ACTION)
+    assert (answer.status_code, answer.get_json()) == (200, {"action": "requeue", "requeued": 1})
+    assert admin.zcard("rq:failed:default") == 0
+    assert admin.lrange("rq:queue:default", 0, -1) == [failing.encode()]
+    again = client.post("/dashboard/failed/requeue-all", headers=ACTION)
+    assert (again.status_code, again.get_json()) == (200, {"action": "requeue", "requeued": 0})
