@@ -9,6 +9,7 @@ from typing import Any
 
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
+from redis.client import Pipeline
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.registry import (
     BaseRegistry,
@@ -80,11 +81,27 @@ class NotFailed(Exception):
         super().__init__(f"job {job_id} is not failed any more: nothing done")
 
 
+class _Requeued(RegisteredJob):
+    """A failed job on its way back to its queue. FailedJobRegistry.add gave its hash an expiry
+    (FAILURE_TTL) and RQ's requeue leaves it: a job requeued late in that time expired while it
+    waited. RQ writes the requeued job in one transaction (BaseRegistry.requeue,
+    Queue._persist_job), whose last step is `cleanup(ttl=job.ttl)`; for a job with no TTL of
+    its own that step drops the expiry here (PERSIST), in the same transaction."""
+
+    def cleanup(
+        self, ttl: int | None = None, pipeline: Pipeline | None = None, remove_from_queue: bool = True
+    ) -> None:
+        if ttl is None and pipeline is not None:
+            pipeline.persist(self.key)
+            return
+        super().cleanup(ttl, pipeline, remove_from_queue)
+
+
 def requeue_failed(store: Store, queue: str, job_id: str) -> None:
-    """Put a failed job of `queue` back in it. Its removal from the failed
+    """Put a failed job of `queue` back in it, with no expiry. Its removal from the failed
     registry (ZREM) decides: NotFailed when it was not there, NoSuchJobError when the job is
     gone; nothing is done then. Not to be retried: a lost reply would requeue it twice."""
-    job = RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
+    job = _Requeued.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
     try:
         registry(store, "failed", queue).requeue(job)
     except InvalidJobOperation:

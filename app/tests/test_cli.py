@@ -77,7 +77,7 @@ def show_when(env: dict[str, str], job_id: str, status: str, timeout: float = 20
     return job
 
 
-def test_a_job_from_enqueue_to_failed_requeued_and_deleted(as_web, workers):
+def test_a_job_from_enqueue_to_failed_requeued_and_deleted(as_web, workers, admin):
     workers.start(1)
     eaten = run_json(as_web, "enqueue", "eat", '["pera"]')
     assert eaten["queue"] == "default"
@@ -101,8 +101,10 @@ def test_a_job_from_enqueue_to_failed_requeued_and_deleted(as_web, workers):
     assert failing in fridge(as_web, "failed", "--queue", "low").stdout
 
     workers.stop(workers.procs[0])
+    assert admin.ttl(f"rq:job:{failing}") > 0  # FAILURE_TTL
     assert run_json(as_web, "requeue", failing) == {"requeued": [failing]}
     assert run_json(as_web, "show", failing)["status"] == "queued"
+    assert admin.ttl(f"rq:job:{failing}") == -1  # it waits however long: the failure TTL is gone
     assert run_json(as_web, "failed") == []
     assert {q["name"]: q["depth"] for q in run_json(as_web, "queues")}["low"] == 1
     # Not failed any more: neither requeued twice nor deleted as a failed job.

@@ -300,6 +300,21 @@ def test_failed_job_actions_act_only_on_a_job_in_the_failed_registry(client, wor
     assert admin.lrange("rq:queue:default", 0, -1) == [waiting.encode(), failing.encode()]
 
 
+def test_a_requeued_job_loses_its_failure_ttl_and_waits_however_long(client, workers, admin):
+    """RQ gives a failed job's hash FAILURE_TTL and its requeue leaves it: a job requeued late in
+    that time expired while it waited, though "Requeued" was reported. Requeued one at a time or
+    all at once, it waits in its queue with no expiry."""
+    ids = failed_jobs(client, workers, 3)
+    for job_id in ids:
+        assert admin.ttl(f"rq:job:{job_id}") > 0  # FAILURE_TTL
+    assert client.post(f"/dashboard/failed/{ids[0]}/requeue", headers=ACTION).status_code == 200
+    answer = client.post("/dashboard/failed/requeue-all", data={"queue": "default"}, headers=ACTION)
+    assert answer.get_json() == {"action": "requeue", "requeued": 2}
+    for job_id in ids:
+        assert client.get(f"/jobs/{job_id}").get_json()["status"] == "queued"
+        assert admin.ttl(f"rq:job:{job_id}") == -1, job_id
+
+
 def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired_and_goes_on(client, workers, admin):
     """A failed job's hash expires (FAILURE_TTL) before its registry entry is cleaned: requeue all
     drops that entry and requeues the others, this time and the next."""
