@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import wait_for_status
+from fridge.config import load
+from kitqueue.worker import check_schedules
 from redis_cluster import wait_until
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -130,6 +133,19 @@ def test_recurring_jobs_run_once_per_period_however_many_workers_run(client, wor
     assert len(slots) == len(set(slots)), "a period got two jobs"
     in_window = [s for s in slots if int(begin) + 1 <= s <= int(end) - 1]
     assert in_window == list(range(int(begin) + 1, int(end))), (slots, begin, end)
+
+
+def test_a_recurring_job_s_queue_is_checked_as_it_will_be_enqueued(settings):
+    """With no queue of its own a recurring job goes to its task's queue: that queue is the one
+    checked (`default` was, whatever the task's)."""
+    napping = {"name": "nap", "task": "sleep", "args": [1], "every": 5}  # `sleep` goes to `low`
+    config = {**load({**settings, "DEMO_TASKS": False}), "RECURRING": [napping]}
+    with pytest.raises(SystemExit, match=r"RECURRING nap: queue 'low' \(task sleep's\) is not in QUEUES"):
+        check_schedules({**config, "QUEUES": ["critical", "default"]})
+    assert check_schedules({**config, "QUEUES": ["critical", "low"]}) == [napping]
+    elsewhere = {**napping, "queue": "urgent"}
+    with pytest.raises(SystemExit, match=r"RECURRING nap: queue 'urgent' is not in QUEUES"):
+        check_schedules({**config, "RECURRING": [elsewhere]})
 
 
 def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers, cluster):

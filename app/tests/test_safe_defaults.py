@@ -4,10 +4,14 @@ no internal addresses in public answers, no text/plain or non-UTF-8 input."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+from conftest import APP_DIR
 from fridge.config import BadSetting
 from fridge.web import create_app
+from redis_cluster import env_for
 
 TOKEN = "t0ken-for-the-tests-7d1c"  # noqa: S105 (a test value)
 
@@ -52,6 +56,28 @@ def test_public_queues_are_configurable_and_checked(settings):
     assert client.post("/jobs", json={"task": "add", "args": [1, 2], "queue": "critical"}).status_code == 202
     with pytest.raises(BadSetting, match=r"PUBLIC_QUEUES names queue\(s\) not in QUEUES: urgent"):
         create_app({**settings, "PUBLIC_QUEUES": ["urgent"]})
+
+
+def test_a_task_whose_queue_is_not_in_queues_is_refused_at_start(settings, cluster):
+    """Without `low` in QUEUES, `sleep` (queued on `low` by default) would be acknowledged on a
+    queue no worker reads: the app and the workers refuse to start, naming the task and queue."""
+    narrow = {"QUEUES": ["critical", "default"], "PUBLIC_QUEUES": ["default"]}
+    with pytest.raises(BadSetting, match=r"task 'sleep' .*queue 'low'.* not in QUEUES \(critical, default\)"):
+        create_app({**settings, **narrow})
+    worker = subprocess.run(
+        [sys.executable, "-m", "fridge.worker", "--burst"],
+        env={**env_for(cluster, **narrow, DEMO_TASKS=True), "PYTHONPATH": str(APP_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert worker.returncode != 0
+    assert "task 'sleep'" in worker.stderr, worker.stderr
+    assert "queue 'low'" in worker.stderr, worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr
+    # Demo tasks off, `sleep` is not offered: nothing can be put on `low`.
+    assert create_app({**settings, **narrow, "DEMO_TASKS": False})
 
 
 def test_tokens_guard_enqueueing_when_configured(settings, admin):

@@ -10,6 +10,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from .registry import offered
+
 DEFAULTS: dict[str, Any] = {
     # Redis is reached only through Sentinel.
     "SENTINELS": ["127.0.0.1:26379"],
@@ -147,6 +149,15 @@ def check(settings: Mapping[str, Any]) -> None:
         raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")
     if not isinstance(settings["REDIS_TLS"], bool):
         raise BadSetting(f"REDIS_TLS must be true or false, not {settings['REDIS_TLS']!r}")
+    # A task's own queue takes every job that names none: one no worker reads would take
+    # acknowledged jobs that never run. (Loads the app's tasks, by their entry points.)
+    queues = list(settings["QUEUES"])
+    for task in offered(settings).values():
+        if task.queue not in queues:
+            raise BadSetting(
+                f"task {task.name!r} goes to queue {task.queue!r} by default, which is not in QUEUES "
+                f"({', '.join(map(str, queues))}): add the queue to QUEUES, or no worker would run its jobs"
+            )
     ca = settings["REDIS_TLS_CA"]
     if ca is not None:
         if not settings["REDIS_TLS"]:

@@ -27,7 +27,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 
 from . import pool, registry, stats
-from .config import for_worker
+from .config import BadSetting, for_worker
 from .fetch import ReliableQueue, recover_predecessors
 from .follow import MasterWatch
 from .prefork import PreforkWorker
@@ -323,8 +323,13 @@ def check_schedules(config: dict[str, Any]) -> list[dict[str, Any]]:
         name = schedule.get("name", "?")
         if schedule.get("task") not in registry.tasks():
             raise SystemExit(f"RECURRING {name}: unknown task {schedule.get('task')!r}")
-        if schedule.get("queue", "default") not in config["QUEUES"]:
-            raise SystemExit(f"RECURRING {name}: unknown queue {schedule.get('queue')!r}")
+        task = registry.tasks()[schedule["task"]]
+        queue = schedule.get("queue", task.queue)  # as Recurring.tick enqueues it
+        if queue not in config["QUEUES"]:
+            whose = "" if "queue" in schedule else f" (task {task.name}'s)"
+            raise SystemExit(
+                f"RECURRING {name}: queue {queue!r}{whose} is not in QUEUES ({', '.join(config['QUEUES'])})"
+            )
         if not isinstance(schedule.get("every"), int | float) or schedule["every"] < 1:
             raise SystemExit(f"RECURRING {name}: 'every' must be a number of seconds >= 1")
         try:
@@ -392,7 +397,10 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
     args.name = args.name or socket.gethostname()
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = for_worker(load_settings())
+    try:
+        config = for_worker(load_settings())
+    except BadSetting as error:
+        raise SystemExit(f"{prog}: {error}") from None
     queue_names = args.queues.split(",") if args.queues else list(config["QUEUES"])
     unknown = [q for q in queue_names if q not in config["QUEUES"]]
     if unknown:
