@@ -11,8 +11,8 @@
     fridge empty QUEUE              its waiting jobs, after typing the queue's name (or --yes)
 
 `--json` (before or after the command) prints JSON for scripts. Exit codes: 0 done, 1 a job that is not
-there (or not failed), 2 bad usage or input, 3 Redis unreachable through Sentinel, no
-configuration, or a Redis user that may not do this (the message says which).
+there (or not failed), 2 bad usage or input, 3 Redis unreachable through Sentinel, a refused
+login, no configuration, or a Redis user that may not do this (the message says which).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 from kitqueue.queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
 from kitqueue.registry import offered
 from kitqueue.schema import BadArguments
-from kitqueue.store import Full, Store, Unavailable
-from redis.exceptions import ConnectionError, NoPermissionError, TimeoutError
+from kitqueue.store import Full, LoginRefused, Store, Unavailable, login_refusal
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, TimeoutError
 from rq.exceptions import NoSuchJobError
 
 from . import browse
@@ -262,13 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         return UNREACHABLE
     store = Store(settings)
     try:
-        if args.retried:
-            data, text = store.retrying(lambda: args.run(store, args), budget=float(settings["RETRY_BUDGET"]))
-        else:
-            data, text = args.run(store, args)
+        try:
+            if args.retried:
+                budget = float(settings["RETRY_BUDGET"])
+                data, text = store.retrying(lambda: args.run(store, args), budget=budget)
+            else:
+                data, text = args.run(store, args)
+        except AuthenticationError as error:  # a command that is not retried
+            raise login_refusal(error, settings["REDIS_USERNAME"]) or error from error
     except Failure as failure:
         print(f"fridge: {failure}", file=sys.stderr)
         return failure.code
+    except LoginRefused as error:
+        print(f"fridge: {error.reason} (FRIDGE_CONFIG, FRIDGE_* variables)", file=sys.stderr)
+        return UNREACHABLE
     except Full as error:
         print(f"fridge: the queue is full, retry later: {error.reason}", file=sys.stderr)
         return UNREACHABLE

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from kitqueue.queueing import IdempotencyConflict, NotDurable
 from kitqueue.schema import BadArguments
-from kitqueue.store import Full, Unavailable, is_transient
+from kitqueue.store import Full, LoginRefused, Unavailable, is_transient, login_refusal
 from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
@@ -57,10 +57,14 @@ def register(app: Flask) -> None:
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):
         # The reason names servers and addresses: it goes to the log, not to the client.
-        log.warning("answering 503: %s", exc.reason)
-        if isinstance(exc, Full):
+        if isinstance(exc, LoginRefused):  # a configuration error: the operator's to mend
+            log.error("answering 503: %s", exc.reason)
+            response = error(503, "the queue is unavailable: Redis refused the app's login (see its log)")
+        elif isinstance(exc, Full):
+            log.warning("answering 503: %s", exc.reason)
             response = error(503, "the queue is full (Redis is near its memory limit), retry later")
         else:
+            log.warning("answering 503: %s", exc.reason)
             response = error(503, "the queue is unavailable (Redis failover or outage), retry later")
         response.headers["Retry-After"] = retry_after
         return response
@@ -79,6 +83,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        refused = login_refusal(exc, app.config["REDIS_USERNAME"])
+        if refused is not None:  # outside a retry (which raises it as LoginRefused)
+            return unavailable(refused)
         if is_transient(exc):
             # Redis failed under a read or write that no retry covered: a failover's error,
             # which a later try may not meet. The client is told when, as for Unavailable.

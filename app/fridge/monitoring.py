@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 from kitqueue.queueing import make_queue
-from kitqueue.store import Store, Unavailable
+from kitqueue.store import LoginRefused, Store, Unavailable
 from rq import Worker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -90,6 +90,9 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
     try:
         store.retrying(store.redis.ping, budget=2.0)
         workers = store.retrying(lambda: len(live_workers(store)), budget=2.0)
+    except LoginRefused as error:
+        log.error("unhealthy: %s", error.reason)
+        return False, {"reason": "Redis refused the app's login"}
     except (Unavailable, Exception) as error:
         # Public answer: no server names or addresses (they go to the log).
         log.warning("unhealthy: the Redis master is not reachable through Sentinel: %s", error)

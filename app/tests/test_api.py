@@ -271,6 +271,28 @@ def test_enqueue_answers_503_with_retry_after_when_redis_is_unreachable(settings
     assert "unavailable" in response.get_json()["error"]
 
 
+@pytest.mark.acl_denials
+@pytest.mark.parametrize(("user", "password"), [("fridge-web", "not-the-password-1"), ("nobody", "x" * 16)])
+def test_a_refused_redis_login_answers_503_at_once_and_says_why(settings, caplog, user, password):
+    """A wrong Redis user or password is a configuration error, not a failover: the request does
+    not wait the whole retry budget, and the answer and the log say the login was refused."""
+    from fridge.web import create_app
+
+    client = create_app({**settings, "REDIS_USERNAME": user, "REDIS_PASSWORD": password}).test_client()
+    started = time.monotonic()
+    response = client.get("/comer/platano")
+    took = time.monotonic() - started
+    assert response.status_code == 503
+    assert "Redis refused the app's login" in response.get_json()["error"]
+    assert took < 2, f"{took:.1f}s (RETRY_BUDGET: {settings.get('RETRY_BUDGET', 5)} s)"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    said = f"Redis refused the login of user {user}"
+    assert any(said in m and "REDIS_PASSWORD" in m for m in logged), logged
+    assert not any("failover" in r.getMessage() for r in caplog.records), caplog.text
+    health = client.get("/healthz")
+    assert (health.status_code, health.get_json()["reason"]) == (503, "Redis refused the app's login")
+
+
 def test_metrics_in_prometheus_text_format(client, workers):
     workers.start(1)
     job_id = client.get("/comer/fresa").get_json()["job_id"]

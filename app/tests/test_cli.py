@@ -281,3 +281,21 @@ def test_reading_a_worker_s_current_job_writes_nothing_with_the_web_tier_s_user(
     finally:
         admin.srem(index, gone, running)
         admin.delete(f"rq:execution:{running}")
+
+
+@pytest.mark.acl_denials
+@pytest.mark.parametrize(("user", "password"), [(WEB_USER, "not-the-password-1"), ("nobody", "x" * 16)])
+def test_a_refused_redis_login_is_named_at_once(as_web, user, password):
+    """A wrong Redis user or password is a configuration error, not a failover: said at once,
+    naming the user, instead of "unreachable" after the whole retry budget."""
+    env = {**as_web, "FRIDGE_REDIS_USERNAME": json.dumps(user), "FRIDGE_REDIS_PASSWORD": json.dumps(password)}
+    # A read and a write, each retried; a command that is not (requeue).
+    for args in (("status",), ("enqueue", "eat", '["pera"]'), ("requeue", "--all")):
+        started = time.monotonic()
+        done = fridge(env, *args)
+        took = time.monotonic() - started
+        assert done.returncode == 3, done.stderr
+        assert f"Redis refused the login of user {user}" in done.stderr, done.stderr
+        assert "REDIS_PASSWORD" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"

@@ -147,6 +147,29 @@ class Unconfirmed(Unavailable):
     not vouch for this master alone): retried within the budget, then answered 503."""
 
 
+class LoginRefused(Unavailable):
+    """Redis refused the app's login (WRONGPASS, NOAUTH): a wrong REDIS_USERNAME or
+    REDIS_PASSWORD, or a user the servers do not have. A configuration error, not a failover:
+    no retry cures it, and it is said as it is (redis-py raises it as a ConnectionError)."""
+
+
+def _login_refused(error: BaseException) -> bool:
+    return isinstance(error, redis.AuthenticationError) or (
+        isinstance(error, redis.ResponseError) and str(error).upper().startswith(("WRONGPASS", "NOAUTH"))
+    )
+
+
+def login_refusal(error: BaseException, user: str | None) -> LoginRefused | None:
+    """`error` as a LoginRefused naming `user` (the Redis user logged in as), when it is one."""
+    if not _login_refused(error):
+        return None
+    who = f"user {user}" if user else "the default user (REDIS_USERNAME is not set)"
+    return LoginRefused(
+        f"Redis refused the login of {who} ({error}): check the REDIS_USERNAME and REDIS_PASSWORD "
+        "settings against the servers' ACL users"
+    )
+
+
 class StaleMaster(redis.ConnectionError):
     """The server written to is not (or no longer) the master a majority of Sentinels name."""
 
@@ -164,7 +187,10 @@ def refusal(error: BaseException) -> Unavailable | None:
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for errors that a failover explains and a retry may cure."""
+    """True for errors that a failover explains and a retry may cure (not a refused login,
+    which redis-py raises as a ConnectionError)."""
+    if _login_refused(error):
+        return False
     if isinstance(error, Unconfirmed | redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
         return True
     if isinstance(error, OSError):  # a socket error redis-py did not wrap
@@ -586,7 +612,7 @@ class Store:
             try:
                 return action()
             except Exception as error:
-                refused = refusal(error)
+                refused = refusal(error) or login_refusal(error, self.config["REDIS_USERNAME"])
                 if refused is not None:
                     raise refused from error
                 if not is_transient(error):
