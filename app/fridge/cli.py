@@ -12,7 +12,8 @@
 
 `--json` (before or after the command) prints JSON for scripts. Exit codes: 0 done, 1 a job that is not
 there (or not failed), 2 bad usage or input, 3 Redis unreachable through Sentinel, a refused
-login, no configuration, or a Redis user that may not do this (the message says which).
+login, no configuration, a job not yet replicated, or a Redis user that may not do this (the
+message says which).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from kitqueue.queueing import IdempotencyConflict, enqueue, fetch_job, make_queue
+from kitqueue.queueing import IdempotencyConflict, NotDurable, enqueue, fetch_job, make_queue
 from kitqueue.registry import offered
 from kitqueue.schema import BadArguments
 from kitqueue.store import Full, LoginRefused, Store, Unavailable, login_refusal
@@ -278,6 +279,20 @@ def main(argv: list[str] | None = None) -> int:
         return UNREACHABLE
     except Full as error:
         print(f"fridge: the queue is full, retry later: {error.reason}", file=sys.stderr)
+        return UNREACHABLE
+    except NotDurable as error:
+        if getattr(args, "idempotency_key", None):
+            again = "run it again with the same --idempotency-key"
+        else:
+            again = (
+                f"`fridge show {error.job_id}` tells whether it is there; running the command again "
+                "enqueues another job (--idempotency-key makes a retry safe)"
+            )
+        print(
+            f"fridge: not acknowledged: {error.reason}. The job is stored, not yet on enough replicas: "
+            f"it may run, or be lost in a failover; {again}",
+            file=sys.stderr,
+        )
         return UNREACHABLE
     except Unavailable as error:
         print(f"fridge: Redis is unreachable through Sentinel: {error.reason}", file=sys.stderr)

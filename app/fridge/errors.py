@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request, url_for
 from kitqueue.queueing import IdempotencyConflict, NotDurable
 from kitqueue.schema import BadArguments
 from kitqueue.store import Full, LoginRefused, Unavailable, is_transient, login_refusal
@@ -71,9 +71,19 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(NotDurable)
     def not_durable(exc: NotDurable):
+        if request.headers.get("Idempotency-Key"):
+            message = "the job was stored but not yet replicated; retry with the same Idempotency-Key"
+        else:
+            # A retry without a key is a new job: this one may still run.
+            status_url = url_for("api.job_status", job_id=exc.job_id)
+            message = (
+                f"job {exc.job_id} may have been stored but is not yet replicated: it may run, or be lost "
+                f"in a failover (GET {status_url} tells); a retry enqueues another job (send an "
+                "Idempotency-Key to make retries safe)"
+            )
         response = error(
             503,
-            "the job was stored but not yet replicated; retry with the same Idempotency-Key",
+            message,
             job_id=exc.job_id,
             replicas=exc.acked,
             wanted=exc.wanted,

@@ -202,8 +202,14 @@ def test_a_job_that_cannot_reach_enough_replicas_is_not_acknowledged(cluster, se
     body = response.get_json()
     assert body["replicas"] == 1
     assert body["wanted"] == 2
-    assert "Idempotency-Key" in body["error"]
+    assert "retry with the same Idempotency-Key" in body["error"]
     assert response.headers["Retry-After"] == "2"
+    # Without a key, a retry is a second job: the answer names this one instead.
+    response = client.get("/comer/pera")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert "retry with the same Idempotency-Key" not in body["error"], body
+    assert f"job {body['job_id']} may have been stored" in body["error"], body
 
 
 def test_healthz_needs_a_worker(client, workers):

@@ -299,3 +299,18 @@ def test_a_refused_redis_login_is_named_at_once(as_web, user, password):
         assert "REDIS_PASSWORD" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"
+
+
+def test_an_enqueue_not_yet_replicated_says_so_with_its_job_id(as_web, admin):
+    """Not "Redis is unreachable": the job is on the master, not yet on enough replicas; the
+    message gives its id, to look it up before enqueueing it again."""
+    strict = {"FRIDGE_ACK_REPLICAS": "2", "FRIDGE_ACK_TIMEOUT_MS": "200", "FRIDGE_ACK_POLICY": '"strict"'}
+    env = {**as_web, **strict, "FRIDGE_RETRY_BUDGET": "1"}
+    done = fridge(env, "enqueue", "eat", '["pera"]')
+    assert done.returncode == 3, done.stderr
+    (job_id,) = [key.decode().removeprefix("rq:job:") for key in admin.keys("rq:job:*")]
+    assert f"job {job_id}" in done.stderr, done.stderr
+    assert "1 of 2 replica(s)" in done.stderr, done.stderr
+    assert "unreachable" not in done.stderr, done.stderr
+    keyed = fridge(env, "enqueue", "eat", '["kiwi"]', "--idempotency-key", "kiwi-1")
+    assert "run it again with the same --idempotency-key" in keyed.stderr, keyed.stderr
