@@ -120,14 +120,101 @@ def test_sentinel_refuses_a_bad_password_and_names_it(tmp_path, variable, value)
         ("playbooks/redis.yml", "redis_preflight", {"redis_ha_nodes": ["127.0.0.1"]}),
         ("playbooks/redis.yml", "redis_preflight", {"redis_ha_bootstrap_master": "10.9.9.9"}),
         ("playbooks/sentinel.yml", "redis_sentinel_preflight", {"redis_sentinel_quorum": 4}),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", {"redis_sentinel_quorum": 3}),
         ("playbooks/sentinel.yml", "redis_sentinel_preflight", {"redis_sentinel_peers": ["127.0.0.1"]}),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", {"redis_sentinel_nodes": ["127.0.0.1"]}),
+        (
+            "playbooks/redis.yml",
+            "redis_preflight",
+            {"redis_ha_nodes": ["127.0.0.1", "127.0.0.2", "127.0.0.2"], "twice": "127.0.0.2"},
+        ),
+        (
+            "playbooks/sentinel.yml",
+            "redis_sentinel_preflight",
+            {"redis_sentinel_peers": ["127.0.0.1", "127.0.0.3", "127.0.0.3"], "twice": "127.0.0.3"},
+        ),
     ],
-    ids=["two-sentinels", "no-replica", "master-not-a-node", "quorum-above-sentinels", "one-sentinel"],
+    ids=[
+        "two-sentinels",
+        "no-replica",
+        "master-not-a-node",
+        "quorum-above-sentinels",
+        "quorum-of-every-sentinel",
+        "one-sentinel",
+        "sentinel-without-replica",
+        "node-listed-twice",
+        "sentinel-listed-twice",
+    ],
 )
 def test_impossible_topology_is_refused(tmp_path, playbook, tags, overrides):
+    twice = overrides.pop("twice", None)
     result = run(playbook, tags, tmp_path, **overrides)
+    said = " ".join(result.stdout.split())
     assert result.returncode != 0
-    assert "Impossible topology" in result.stdout
+    assert "Impossible topology" in said
+    if twice:
+        assert f"twice: {twice})" in said, said[-2000:]
+
+
+@pytest.mark.parametrize("value", ["correct horse battery staple", 'quote"in-it-12', "back\\slash-in-it-12"])
+@pytest.mark.parametrize(
+    ("playbook", "tags", "variable"),
+    [
+        ("playbooks/redis.yml", "redis_preflight", "redis_acl_replication_password"),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_auth_password"),
+    ],
+)
+def test_a_password_redis_cannot_write_in_its_configuration_is_refused_naming_it(
+    tmp_path, playbook, tags, variable, value
+):
+    """Redis writes masterauth, Sentinel auth-pass and sentinel-pass, unquoted: a space or a quote
+    there would keep the server from starting again."""
+    result = run(playbook, tags, tmp_path, **{variable: value})
+    said = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert f"{variable} has a space, a quote, a backslash" in said, said[-2000:]
+    assert value not in result.stdout, "the refused secret was printed"
+
+
+@pytest.mark.parametrize(
+    ("playbook", "tags", "variable"),
+    [
+        ("playbooks/redis.yml", "redis_preflight", "redis_tls_auth_clients"),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_tls_auth_clients"),
+    ],
+)
+def test_client_certificates_required_are_refused_naming_the_setting(tmp_path, playbook, tags, variable):
+    """The kit's clients (replicas, Sentinels, its modules, the app) have no certificate."""
+    result = run(playbook, tags, tmp_path, **{variable: "yes"})
+    said = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert f"value of {variable} must be one of: no, optional" in said, said[-2000:]
+
+
+def test_two_hosts_with_one_address_are_refused_naming_them(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n"
+        "    redis: {hosts: {a: {kit_address: 10.0.0.1}, b: {kit_address: 10.0.0.1}}}\n"
+        "    redis_sentinel: {hosts: {a: {}, b: {}, c: {kit_address: 10.0.0.3}}}\n"
+        "    web: {hosts: {c: {}}}\n"
+        "    workers: {hosts: {c: {}}}\n"
+    )
+    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    refusal = "Impossible topology: each host needs a kit_address of its own, but a (10.0.0.1), b (10.0.0.1)"
+    assert f"{refusal} share one" in said, said[-3000:]
+    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
+
+
+def test_a_run_limited_to_some_tiers_is_checked_too(tmp_path):
+    """The rotation's second run is `site.yml --tags redis,sentinel`: the tags must not skip
+    the preflight."""
+    result = run_site(tmp_path, args=("--tags", "redis,sentinel"))
+    assert result.returncode != 0
+    assert "vault_redis_admin_password is missing, empty" in result.stdout + result.stderr
+    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
 def test_valkey_is_refused_where_debian_does_not_package_it(tmp_path):
