@@ -543,7 +543,8 @@ def env_for(cluster: Cluster, **extra) -> dict[str, str]:
 
 def main() -> None:
     """`python tests/redis_cluster.py [--tls]`: a local master, replica and three Sentinels for
-    development; prints the environment to export for `flask run` and the worker."""
+    development; prints the environment to export for `flask run` (the web tier's Redis user)
+    and the worker's own user, as on a deployed platform."""
     import shlex
     import sys
     import tempfile
@@ -555,9 +556,14 @@ def main() -> None:
         f"# master 127.0.0.1:{cluster.data_ports[0]}, replica 127.0.0.1:{cluster.data_ports[1]}, "
         f"Sentinels {', '.join(cluster.sentinels)}; data in {workdir}"
     )
-    for name, value in env_for(cluster).items():
+    web = env_for(cluster, REDIS_USERNAME=WEB_USER, REDIS_PASSWORD=PASSWORDS["web"])
+    for name, value in web.items():
         if name.startswith("FRIDGE_"):
             print(f"export {name}={shlex.quote(value)}")
+    logins = {k: v for k, v in env_for(cluster).items() if k.startswith("FRIDGE_REDIS_")}
+    worker = " ".join(f"{k}={shlex.quote(v)}" for k, v in logins.items())
+    print("# A worker, in the background, logged in as the workers' user:")
+    print(f"{worker} python -m fridge.worker &")
     print("# Ctrl-C stops them.", flush=True)
     try:
         signal.pause()
