@@ -91,6 +91,21 @@ def test_a_slot_killed_mid_job_is_replaced_and_its_job_runs_again(client, worker
     assert len(slots_of(pool.pid, admin)) == 2
 
 
+def test_a_slot_killed_alone_takes_its_horse_with_it(client, workers, admin, notify_socket):
+    """The OOM killer, or an operator's kill -9, picks one process: the slot. Its horse, in a
+    process group of its own, would run its job on, and the job, abandoned once the slot's
+    heartbeats stopped, would then run twice at once."""
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    job_id = client.post("/jobs", json={"task": "sleep", "args": [60]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"}, timeout=15)
+    victim = next(pid for pid, name in slots_of(pool.pid, admin).items() if name == worker_of(admin, job_id))
+    horses = [pid for pid in descendants(victim) if pid not in group(victim)]
+    assert horses, "the slot has no horse"
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in horses), 5, f"its horse {horses} to end")
+
+
 def test_what_a_killed_slot_started_goes_with_it(workers, admin, notify_socket):
     """RQ's scheduler runs in a process the slot holding its lock forks, which outlives a slot
     killed outright: the pool ends it with the slot (each slot heads a process group)."""

@@ -146,7 +146,7 @@ class Pool:
                     os.close(ready_out)
                     for pidfd in self.running:
                         os.close(pidfd)
-                    _stop_with(parent)
+                    stop_with(parent)
 
                     def ready() -> None:
                         with contextlib.suppress(OSError):
@@ -165,11 +165,12 @@ class Pool:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _stop_with(parent: int) -> None:
-    """SIGTERM (a warm shutdown) to this process when its parent dies, also if it died while
-    this one was being forked."""
+def stop_with(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    """`sig` to this process when its parent dies, also if it died while this one was being
+    forked: SIGTERM (a warm shutdown) to a slot when the pool dies, SIGKILL to a horse when its
+    worker dies (prefork.py)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        log.warning("could not ask to be stopped with the pool: errno %d", ctypes.get_errno())
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with process %d: errno %d", parent, ctypes.get_errno())
     if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)

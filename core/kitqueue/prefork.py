@@ -16,7 +16,7 @@ RQ's job monitor waits for the horse in `wait_for_horse` under an alarm that int
 every job_monitoring_interval to send heartbeats, and calls it again: so the horse's answer is
 read with that alarm held back and kept until the next job, and the horse is reaped before it
 is forgotten. A horse's death is seen through its pidfd, not through the pipes, which a process
-the job forked may still hold open.
+the job forked may still hold open. A horse dies with its worker (SIGKILL from the kernel).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 from rq import Worker
 from rq.executions import Execution
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+from .pool import stop_with
 
 log = logging.getLogger("kitqueue.worker")
 
@@ -225,6 +227,9 @@ class PreforkWorker(Worker):
         is reached. An error outside the job (which RQ records itself) ends the horse with 1,
         and the parent then records the job's failure, as for a horse that crashed."""
         os.setpgrp()  # kill_horse kills the horse's group: the horse and what its job started
+        # Killed with its worker: a worker killed alone (the OOM killer, a kill -9 of one slot of
+        # a pool) would leave it running its job, which, abandoned, would then run twice at once.
+        stop_with(parent, signal.SIGKILL)
         # A process a job forks must not hold the horse's pipes (nor answer in its name).
         os.register_at_fork(after_in_child=lambda: _close(jobs, answers))
         random.seed()
