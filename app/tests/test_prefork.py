@@ -5,8 +5,11 @@ the job's failure as RQ does, starts a new horse and carries on."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import struct
+import termios
 import time
 
 import pytest
@@ -220,3 +223,42 @@ def test_a_timeout_marks_its_horse_even_when_the_job_swallows_it():
     with RetiringDeathPenalty(1, JobTimeoutException, job_id="x"), contextlib.suppress(Exception):
         time.sleep(3)  # a task that catches every Exception
     assert RetiringDeathPenalty.struck, "its horse is replaced after this job"
+
+
+def unread(pid: int) -> int:
+    """Bytes waiting in the pipes a process holds (FIONREAD on each, opened through /proc)."""
+    waiting = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"):
+            continue
+        pipe = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            waiting += struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0"))[0]
+        finally:
+            os.close(pipe)
+    return waiting
+
+
+def test_a_horse_killed_as_its_job_arrives_leaves_nothing_of_it_behind(client, workers, admin):
+    """The kernel kills the horse (the OOM killer, say) after the worker took a job, before the
+    horse started it: the worker records the failure and the job is retried. The first take must
+    not stay in the queue's intermediate list: RQ's maintenance would meet it there and fail (or
+    retry) the job, finished by then, a second time."""
+    (worker,) = workers.start(1)
+    run(client, "add", [1, 1])
+    horse = the_horse(worker)
+    os.kill(horse, signal.SIGSTOP)  # it cannot read the job the worker sends it
+    job_id = client.post("/jobs", json={"task": "add", "args": [2, 3]}).get_json()["job_id"]
+    taken = "rq:queue:default:intermediate"
+    wait_until(lambda: job_id.encode() in admin.lrange(taken, 0, -1), 15, "the worker to take the job")
+    wait_until(lambda: unread(horse), 15, "the worker to send the horse the job")
+    os.kill(horse, signal.SIGKILL)
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=30)
+    assert done["status"] == "finished", done
+    # Two maintenance passes and the intermediate list's grace (FAST: 2 s, 3 s), and more.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert job_id.encode() not in admin.lrange(taken, 0, -1), "the first take stayed"
+        time.sleep(0.5)
+    after = client.get(f"/jobs/{job_id}").get_json()
+    assert (after["status"], after["retries_left"]) == ("finished", done["retries_left"]), after

@@ -1,6 +1,6 @@
 """The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
 
-kitqueue's worker, queue and scheduler override 34 of RQ's methods and call, copy or read 13
+kitqueue's worker, queue and scheduler override 35 of RQ's methods and call, copy or read 13
 more of its internals (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with
 one change, fetch.py takes RQ's maintenance lock). A new RQ that changes one of them would
 change the workers silently: this test fails instead, naming each method whose source
@@ -78,6 +78,7 @@ PINNED = {
     "rq.worker.base.BaseWorker.__init__": "7a655455b399708a",
     "rq.worker.base.BaseWorker._start_scheduler": "a13b7b6ec099d91d",
     "rq.worker.base.BaseWorker.bootstrap": "b4043282188b9188",
+    "rq.worker.base.BaseWorker.cleanup_execution": "75e78ab672bbb9f5",
     "rq.worker.base.BaseWorker.dequeue_job_and_maintain_ttl": "c9303b96de2519cf",
     "rq.worker.base.BaseWorker.get_heartbeat_ttl": "9db9b1b021ae80e5",
     "rq.worker.base.BaseWorker.increment_failed_job_count": "cd6db67662a75114",

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.intermediate_queue import IntermediateQueue
 from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 
@@ -242,6 +243,16 @@ class KitWorker(PreforkWorker):
     def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
         # Every queue is read through its intermediate list (fetch.py), not only single ones.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def cleanup_execution(self, job, pipeline, execution=None) -> None:
+        """RQ's, and the job leaves its queue's intermediate list in the transaction that records
+        its outcome. The horse takes it out when it starts the job (prepare_job_execution); a
+        horse that died before (killed as the job arrived, or unable to read it in a failover)
+        left the worker's take there, and RQ's maintenance, meeting it later, would fail or
+        retry the job a second time, finished by then."""
+        super().cleanup_execution(job, pipeline=pipeline, execution=execution)
+        queue_key = self.queue_class.redis_queue_namespace_prefix + job.origin
+        pipeline.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 0, job.id)
 
     def perform_job(self, job, queue, *args: Any, **kwargs: Any) -> bool:
         """Runs the job with the worker's settings readable by its task (registry.settings())."""
