@@ -245,14 +245,17 @@ class KitWorker(PreforkWorker):
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
     def cleanup_execution(self, job, pipeline, execution=None) -> None:
-        """RQ's, and the job leaves its queue's intermediate list in the transaction that records
-        its outcome. The horse takes it out when it starts the job (prepare_job_execution); a
-        horse that died before (killed as the job arrived, or unable to read it in a failover)
-        left the worker's take there, and RQ's maintenance, meeting it later, would fail or
-        retry the job a second time, finished by then."""
+        """RQ's, and the outcome of an execution this worker registered takes the job out of its
+        queue's intermediate list in the same transaction. The horse takes it out when it starts
+        the job (prepare_job_execution); a horse that died before (killed as the job arrived, or
+        unable to read it in a failover) left the worker's take there, and RQ's maintenance,
+        meeting it later, would fail or retry the job a second time, finished by then. Without
+        an execution (RQ's maintenance failing a stuck take) RQ removes the take itself, after
+        its transaction: one removed here too could then be another worker's new take."""
         super().cleanup_execution(job, pipeline=pipeline, execution=execution)
-        queue_key = self.queue_class.redis_queue_namespace_prefix + job.origin
-        pipeline.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 0, job.id)
+        if execution is not None:
+            queue_key = self.queue_class.redis_queue_namespace_prefix + job.origin
+            pipeline.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job.id)
 
     def perform_job(self, job, queue, *args: Any, **kwargs: Any) -> bool:
         """Runs the job with the worker's settings readable by its task (registry.settings())."""
