@@ -1,6 +1,6 @@
 """The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
 
-kitqueue's worker, queue and scheduler override 35 of RQ's methods and call, copy or read 13
+kitqueue's worker, queue and scheduler override 36 of RQ's methods and call, copy or read 13
 more of its internals (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with
 one change, fetch.py takes RQ's maintenance lock). A new RQ that changes one of them would
 change the workers silently: this test fails instead, naming each method whose source
@@ -91,6 +91,7 @@ PINNED = {
     "rq.worker.base.BaseWorker.request_stop": "d06386e1ca6caca3",
     "rq.worker.base.BaseWorker.run_maintenance_tasks": "284cd29591c4499e",
     "rq.worker.base.BaseWorker.setup_work_horse_signals": "01167890bb8c5931",
+    "rq.worker.base.BaseWorker.stop_scheduler": "557bd44d53249107",
     "rq.worker.base.BaseWorker.teardown": "18d615a5d8c7b6e4",
     "rq.worker.base.BaseWorker.work": "7c1d51ba20fed3d7",
     "rq.worker.worker_classes.Worker.execute_job": "c5dc421e557a2426",

@@ -55,6 +55,10 @@ def sd_notify(message: str) -> None:
         log.warning("could not notify systemd: %s", error)
 
 
+# How long a stopping worker waits for its scheduler's process before it kills it.
+SCHEDULER_STOP_SECONDS = 10.0
+
+
 class KitWorker(PreforkWorker):
     """RQ's worker with a preforked horse, failover-aware dequeueing and a shorter abandonment
     window."""
@@ -213,6 +217,27 @@ class KitWorker(PreforkWorker):
         finally:
             self.scheduler.release_locks()
             self.scheduler.register_death()
+
+    def stop_scheduler(self) -> None:
+        """RQ's sends the scheduler's process one SIGTERM and waits for it without end. A stop
+        that comes as the worker starts it (a restart right after a start) can reach the new
+        process before it has set its own handler: the handler it inherited from the worker
+        takes the signal, the scheduler runs on, and the worker never exited (seen: a slot of a
+        pool, 1 stop in 7). The signal is sent again each second; after SCHEDULER_STOP_SECONDS
+        the process is killed (a due job it was moving stays due: the move is one script)."""
+        process = self.scheduler._process if self.scheduler is not None else None
+        if process is None or not process.pid:
+            return
+        deadline = time.monotonic() + SCHEDULER_STOP_SECONDS
+        while process.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGTERM)
+            process.join(1.0)
+        if process.is_alive():
+            log.warning("Worker %s: its scheduler %s did not stop; killed", self.name, process.pid)
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.join()
 
     def procline(self, message: str) -> None:
         super().procline(message)
