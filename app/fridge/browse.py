@@ -10,7 +10,9 @@ from typing import Any
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
 from redis.client import Pipeline
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from redis.exceptions import WatchError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.registry import (
     BaseRegistry,
     FailedJobRegistry,
@@ -21,6 +23,10 @@ from rq.registry import (
 from rq.serializers import JSONSerializer
 
 from .monitoring import describe_job
+
+# A requeue's transaction starts again when its queue's failed registry changed under it (another
+# job failed or was requeued meanwhile), at most this many times.
+WATCH_ATTEMPTS = 50
 
 REGISTRIES: dict[str, type[BaseRegistry]] = {
     "scheduled": ScheduledJobRegistry,
@@ -84,8 +90,8 @@ class NotFailed(Exception):
 class _Requeued(RegisteredJob):
     """A failed job on its way back to its queue. FailedJobRegistry.add gave its hash an expiry
     (FAILURE_TTL) and RQ's requeue leaves it: a job requeued late in that time expired while it
-    waited. RQ writes the requeued job in one transaction (BaseRegistry.requeue,
-    Queue._persist_job), whose last step is `cleanup(ttl=job.ttl)`; for a job with no TTL of
+    waited. The requeue's transaction (requeue_failed) writes the job with RQ's
+    Queue._persist_job, whose last step is `cleanup(ttl=job.ttl)`; for a job with no TTL of
     its own that step drops the expiry here (PERSIST), in the same transaction."""
 
     def cleanup(
@@ -98,14 +104,33 @@ class _Requeued(RegisteredJob):
 
 
 def requeue_failed(store: Store, queue: str, job_id: str) -> None:
-    """Put a failed job of `queue` back in it, with no expiry. Its removal from the failed
-    registry (ZREM) decides: NotFailed when it was not there, NoSuchJobError when the job is
-    gone; nothing is done then. Not to be retried: a lost reply would requeue it twice."""
+    """Put a failed job of `queue` back in it, with no expiry, in one transaction: its removal
+    from the failed registry (ZREM) and RQ's own writes of a queued job (Queue._enqueue_job)
+    commit together or not at all. RQ's requeue (BaseRegistry.requeue, whose steps these are)
+    sends the ZREM first and the writes in a second round trip: a process killed between the
+    two, or a failover, left the job in neither place (app/tests/test_cli.py). The registry is
+    watched (WATCH): NotFailed when the job is not in it, NoSuchJobError when the job is gone;
+    nothing is done then. Not retried through a failover: a lost reply would then say
+    NotFailed for a job it did requeue."""
     job = _Requeued.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
-    try:
-        registry(store, "failed", queue).requeue(job)
-    except InvalidJobOperation:
-        raise NotFailed(job_id) from None
+    failed = registry(store, "failed", queue)
+    origin = Queue(job.origin, connection=store.redis, job_class=_Requeued, serializer=JSONSerializer)
+    with store.redis.pipeline() as pipe:
+        for attempt in range(WATCH_ATTEMPTS):
+            try:
+                pipe.watch(failed.key)
+                if pipe.zscore(failed.key, job.id) is None:
+                    raise NotFailed(job_id)
+                pipe.multi()
+                pipe.zrem(failed.key, job.id)
+                job.started_at = job.ended_at = None
+                job._exc_info = ""  # as RQ's requeue
+                origin._enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+                return
+            except WatchError:  # the registry changed (another job failed): look again
+                if attempt + 1 == WATCH_ATTEMPTS:
+                    raise
 
 
 def delete_failed(store: Store, job: RegisteredJob) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import fridge_cli, wait_for_status
+from fridge import browse
+from kitqueue.store import app_store
 from redis_cluster import PASSWORDS, WEB_USER, WORKER_USER, Cluster, app_commands, env_for, wait_until
 
 # Listed, yet a short run cannot show them through MONITOR; each says why it is needed.
@@ -197,6 +199,10 @@ def test_each_tier_uses_every_command_it_is_given(client, workers, cluster):
             assert rq_info.returncode == 0, rq_info.stderr
             assert client.post(f"/dashboard/failed/{failing}/requeue", headers=SAME_SITE).status_code == 303
             assert client.get(f"/jobs/{failing}").get_json()["status"] == "queued"
+            # A requeue that finds the job requeued already (by another operator, after the
+            # page's own check) lets go of the registry its transaction watched (UNWATCH).
+            with pytest.raises(browse.NotFailed):
+                browse.requeue_failed(app_store(client.application), "default", failing)
             assert client.post(f"/dashboard/failed/{crashing}/delete", headers=SAME_SITE).status_code == 303
             assert client.get(f"/jobs/{crashing}").status_code == 404
     finally:

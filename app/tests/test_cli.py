@@ -17,6 +17,9 @@ from conftest import APP_DIR, FAST
 from conftest import fridge_cli as fridge
 from fridge.web import create_app
 from redis_cluster import PASSWORDS, WEB_USER, env_for
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
 
 
 def test_status_counts_queues_and_workers_per_host(cluster, client, workers):
@@ -148,6 +151,45 @@ def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired(as_web, admin)
         done = fridge(as_web, "requeue", "--all")
         assert (done.returncode, done.stdout.strip()) == (0, "requeued 0 job(s)"), done.stderr
         assert admin.zcard("rq:failed:default") == 0
+
+
+def test_requeue_all_killed_midway_leaves_each_job_failed_or_queued_never_neither(as_web, admin):
+    """`fridge requeue --all` killed (SIGKILL) while it works, five times over: each job is
+    still in its failed registry or back in its queue, never in both and never in neither. RQ's
+    requeue took a job out of the registry (ZREM), then queued it in a second round trip: a
+    process killed between the two (or a failover) left the job in neither place, where no
+    worker, no dashboard and no requeue would ever find it again."""
+    failed = FailedJobRegistry("default", connection=admin, serializer=JSONSerializer)
+    with admin.pipeline() as pipe:  # what a worker records for a job that failed (RQ's own calls)
+        made = {"connection": admin, "serializer": JSONSerializer, "origin": "default"}
+        jobs = [Job.create("fridge.tasks.eat", args=("kiwi",), **made) for _ in range(2000)]
+        for job in jobs:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job.save(pipeline=pipe)
+            failed.add(job, ttl=3600, exc_string="Traceback: boom", pipeline=pipe)
+        pipe.execute()
+    ids = {job.id.encode() for job in jobs}
+    for kill in range(5):
+        queued = admin.llen("rq:queue:default")
+        requeue = subprocess.Popen(
+            [sys.executable, "-m", "fridge.cli", "requeue", "--all"],
+            env={**as_web, "PYTHONPATH": str(APP_DIR)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while admin.llen("rq:queue:default") == queued:  # it has begun
+            assert requeue.poll() is None, requeue.stderr.read() if requeue.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.03 * kill)
+        requeue.kill()
+        assert requeue.wait() == -9, "it finished before it was killed: give it more jobs"
+        requeue.stderr.close()
+        waiting, listed = set(admin.lrange("rq:queue:default", 0, -1)), set(admin.zrange(failed.key, 0, -1))
+        lost, both = len(ids - waiting - listed), len(waiting & listed)
+        assert (lost, both) == (0, 0), f"kill {kill}: {lost} job(s) in neither place, {both} in both"
+        assert len(waiting) < len(ids)
 
 
 def test_empty_deletes_waiting_jobs_only_once_confirmed(as_web):

@@ -1,6 +1,6 @@
 """The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
 
-kitqueue's worker, queue and scheduler override 36 of RQ's methods and call, copy or read 13
+kitqueue's worker, queue and scheduler override 36 of RQ's methods and call, copy or read 14
 more of its internals (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with
 one change, fetch.py takes RQ's maintenance lock). A new RQ that changes one of them would
 change the workers silently: this test fails instead, naming each method whose source
@@ -47,6 +47,7 @@ CALLED = (
     "rq.worker.base.BaseWorker.setup_work_horse_signals",  # prefork.py's horse
     "rq.worker.worker_classes.Worker.monitor_work_horse",  # calls prefork.py's wait_for_horse
     "rq.worker.base.BaseWorker.work",  # the loop every override runs in
+    "rq.registry.BaseRegistry.requeue",  # fridge/browse.py does its steps in one transaction
 )
 
 # "module.Class.method": the first 16 hex digits of the SHA-256 of its source, in READ_IN.
@@ -67,6 +68,7 @@ PINNED = {
     "rq.queue.Queue.intermediate_queue": "6b87b62f71481ddf",
     "rq.queue.Queue.lmove": "bb27444d88be391b",
     "rq.queue.Queue.registry_cleaning_key": "ec0dd450af39e24b",
+    "rq.registry.BaseRegistry.requeue": "028cc60b63c35351",
     "rq.registry.StartedJobRegistry.cleanup": "3f15393e8e288175",
     "rq.scheduler.RQScheduler.enqueue_scheduled_jobs": "a8064476f220b4b4",
     "rq.scheduler.RQScheduler.get_locking_key": "4c5e7f1e19477492",
