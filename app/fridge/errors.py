@@ -59,7 +59,8 @@ def register(app: Flask) -> None:
         # The reason names servers and addresses: it goes to the log, not to the client.
         if isinstance(exc, LoginRefused):  # a configuration error: the operator's to mend
             log.error("answering 503: %s", exc.reason)
-            response = error(503, "the queue is unavailable: Redis refused the app's login (see its log)")
+            refused = f"{exc.server} refused the app's login"
+            response = error(503, f"the queue is unavailable: {refused} (see its log)")
         elif isinstance(exc, Full):
             log.warning("answering 503: %s", exc.reason)
             response = error(503, "the queue is full (Redis is near its memory limit), retry later")

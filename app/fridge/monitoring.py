@@ -92,7 +92,7 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
         workers = store.retrying(lambda: len(live_workers(store)), budget=2.0)
     except LoginRefused as error:
         log.error("unhealthy: %s", error.reason)
-        return False, {"reason": "Redis refused the app's login"}
+        return False, {"reason": f"{error.server} refused the app's login"}
     except (Unavailable, Exception) as error:
         # Public answer: no server names or addresses (they go to the log).
         log.warning("unhealthy: the Redis master is not reachable through Sentinel: %s", error)

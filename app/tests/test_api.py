@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for_status
 from kitqueue.queueing import SCRIPTS
 from kitqueue.store import app_store
-from redis_cluster import wait_until
+from redis_cluster import SENTINEL_CLIENT_USER, wait_until
 
 
 def queue_depth(store, name: str = "default") -> int:
@@ -297,6 +297,31 @@ def test_a_refused_redis_login_answers_503_at_once_and_says_why(settings, caplog
     assert not any("failover" in r.getMessage() for r in caplog.records), caplog.text
     health = client.get("/healthz")
     assert (health.status_code, health.get_json()["reason"]) == (503, "Redis refused the app's login")
+
+
+@pytest.mark.parametrize(
+    ("user", "password"), [(SENTINEL_CLIENT_USER, "not-the-password-1"), ("nobody", "x" * 16)]
+)
+def test_a_refused_sentinel_login_answers_503_at_once_and_says_why(settings, caplog, user, password):
+    """A wrong Sentinel user or password is a configuration error too: every Sentinel refuses
+    it, and the request does not wait the retry budget out as for a failover."""
+    from fridge.web import create_app
+
+    client = create_app({**settings, "SENTINEL_USERNAME": user, "SENTINEL_PASSWORD": password}).test_client()
+    started = time.monotonic()
+    response = client.get("/comer/platano")
+    took = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "Sentinel refused the app's login" in response.get_json()["error"]
+    assert took < 2, f"{took:.1f}s (RETRY_BUDGET: {settings.get('RETRY_BUDGET', 5)} s)"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    said = f"Sentinel refused the login of user {user}"
+    assert any(said in m and "SENTINEL_PASSWORD" in m for m in logged), logged
+    assert not any(password in r.getMessage() for r in caplog.records), caplog.text
+    assert not any("failover" in r.getMessage() for r in caplog.records), caplog.text
+    health = client.get("/healthz")
+    assert (health.status_code, health.get_json()["reason"]) == (503, "Sentinel refused the app's login")
 
 
 def test_metrics_in_prometheus_text_format(client, workers):

@@ -16,7 +16,7 @@ import pytest
 from conftest import APP_DIR, FAST
 from conftest import fridge_cli as fridge
 from fridge.web import create_app
-from redis_cluster import PASSWORDS, WEB_USER, env_for
+from redis_cluster import PASSWORDS, SENTINEL_CLIENT_USER, WEB_USER, env_for
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -339,6 +339,22 @@ def test_a_refused_redis_login_is_named_at_once(as_web, user, password):
         assert done.returncode == 3, done.stderr
         assert f"Redis refused the login of user {user}" in done.stderr, done.stderr
         assert "REDIS_PASSWORD" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"
+
+
+def test_a_refused_sentinel_login_is_named_at_once(as_web):
+    """A wrong Sentinel password: said at once, naming the Sentinel user and the settings to
+    check, instead of "unreachable through Sentinel" after the whole retry budget."""
+    env = {**as_web, "FRIDGE_SENTINEL_PASSWORD": json.dumps("not-the-password-1")}
+    for args in (("status",), ("enqueue", "eat", '["pera"]')):
+        started = time.monotonic()
+        done = fridge(env, *args)
+        took = time.monotonic() - started
+        assert done.returncode == 3, done.stderr
+        assert f"Sentinel refused the login of user {SENTINEL_CLIENT_USER}" in done.stderr, done.stderr
+        assert "SENTINEL_PASSWORD" in done.stderr, done.stderr
+        assert "not-the-password-1" not in done.stderr
         assert "Traceback" not in done.stderr
         assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"
 

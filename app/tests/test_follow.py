@@ -15,6 +15,7 @@ from conftest import wait_for_status
 from kitqueue.config import for_worker
 from kitqueue.follow import MasterWatch, Taken, orphans
 from kitqueue.store import Store
+from kitqueue.store import app_store as store_of
 from redis_cluster import PASSWORDS, WORKER_USER
 
 QUEUE = SimpleNamespace(name="default", key="rq:queue:default")
@@ -126,3 +127,18 @@ def test_jobs_taken_long_before_a_check_that_found_the_same_master_are_forgotten
     assert len(watch.taken) == 1
     assert watch.follow(watch.store.redis) is None
     assert len(watch.taken) == 0
+
+
+def test_a_master_check_the_sentinels_refuse_keeps_the_worker_going_and_says_why(settings, caplog):
+    """A worker whose Sentinel login is refused (a password changed on the Sentinels only) keeps
+    the master it has and its jobs, and says why at each check, instead of ending."""
+    from fridge.web import create_app
+
+    refused = create_app({**settings, "SENTINEL_PASSWORD": "not-the-password-1"})
+    watch = MasterWatch(store_of(refused), period=0, keep=60)
+    watch.address = ("127.0.0.1", 1)
+    watch.took(uuid.uuid4().hex, SimpleNamespace(id="e", worker_name="w"), QUEUE)
+    assert watch.follow(watch.store.redis) is None
+    assert (watch.address, len(watch.taken)) == (("127.0.0.1", 1), 1)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("Sentinel refused the login of user" in m and "SENTINEL_PASSWORD" in m for m in warned), warned

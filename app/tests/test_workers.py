@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from kitqueue.fetch import FETCH_MEMORY_SECONDS, FETCH_SCRIPT, recover_predecess
 from kitqueue.queueing import RegisteredJob, make_queue
 from kitqueue.store import Store
 from kitqueue.worker import build_worker
-from redis_cluster import PASSWORDS, WORKER_USER, wait_until
+from redis_cluster import PASSWORDS, SENTINEL_CLIENT_USER, WORKER_USER, wait_until
 from rq.serializers import JSONSerializer
 
 
@@ -207,6 +208,37 @@ def test_recover_without_a_name_of_its_own_is_refused():
     )
     assert run.returncode == 2, run
     assert "--recover needs --name" in run.stderr, run.stderr
+
+
+@pytest.mark.acl_denials
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("FRIDGE_SENTINEL_PASSWORD", f"Sentinel refused the login of user {SENTINEL_CLIENT_USER}"),
+        ("FRIDGE_REDIS_PASSWORD", f"Redis refused the login of user {WORKER_USER}"),
+    ],
+)
+def test_a_worker_whose_login_is_refused_says_so_in_one_line_and_exits(workers, setting, said):
+    """A wrong password for the Sentinels or for Redis: the worker ends with one line that names
+    the user and the settings to check (what `journalctl -u` shows), not with a traceback
+    about a master no Sentinel named, after retrying as for a failover."""
+    env = {**workers._env({}), setting: json.dumps("not-the-password-1")}
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "fridge.worker", "--name", "refused", "--recover"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    took = time.monotonic() - started
+    assert run.returncode == 1, run
+    assert f"fridge-worker: {said}" in run.stderr, run.stderr
+    assert setting.removeprefix("FRIDGE_") in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "not-the-password-1" not in run.stderr
+    assert took < 10, f"{took:.1f}s"
 
 
 def test_the_process_title_says_what_the_worker_does(client, workers):

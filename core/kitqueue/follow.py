@@ -41,7 +41,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import as_text
 
-from .store import Address, Store
+from .store import Address, SentinelLoginRefused, Store
 
 log = logging.getLogger("kitqueue.worker")
 
@@ -166,6 +166,9 @@ class MasterWatch:
         self.checked = now
         try:
             named = self.store.master_address()
+        except SentinelLoginRefused as error:  # a configuration error: the worker keeps its master
+            log.warning("master check: %s", error.reason)
+            return None
         except (MasterNotFoundError, redis.RedisError) as error:
             log.debug("master check: %s", error)
             return None

@@ -152,6 +152,15 @@ class LoginRefused(Unavailable):
     REDIS_PASSWORD, or a user the servers do not have. A configuration error, not a failover:
     no retry cures it, and it is said as it is (redis-py raises it as a ConnectionError)."""
 
+    server = "Redis"  # who refused: said in public answers, without the user or the reason
+
+
+class SentinelLoginRefused(LoginRefused):
+    """The Sentinels refused the app's login (SENTINEL_USERNAME, SENTINEL_PASSWORD) and too few
+    of them answered to name a master. Raised by QuorumSentinel.discover_master."""
+
+    server = "Sentinel"
+
 
 def _login_refused(error: BaseException) -> bool:
     return isinstance(error, redis.AuthenticationError) or (
@@ -168,6 +177,24 @@ def login_refusal(error: BaseException, user: str | None) -> LoginRefused | None
         f"Redis refused the login of {who} ({error}): check the REDIS_USERNAME and REDIS_PASSWORD "
         "settings against the servers' ACL users"
     )
+
+
+class FailoverRetry(Retry):
+    """redis-py's Retry of a connection error, except a refused login (redis-py raises WRONGPASS
+    as a ConnectionError): a configuration error that no retry cures. A worker with a wrong
+    password spent its 30 connection retries (about 14 s) on each command first."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return not _login_refused(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 class StaleMaster(redis.ConnectionError):
@@ -257,6 +284,7 @@ class QuorumSentinel(Sentinel):
     def discover_master(self, service_name: str) -> Address:
         votes: Counter[Address] = Counter()
         errors: list[str] = []
+        refused: list[str] = []  # the Sentinels that refused this login
         order = list(self.sentinels)  # those that did not answer last are at the back
         for index, sentinel in enumerate(order):
             if max(votes.values(), default=0) + len(order) - index < self.majority:
@@ -265,13 +293,17 @@ class QuorumSentinel(Sentinel):
                 break
             try:
                 state = sentinel.sentinel_master(service_name)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+                if _login_refused(error):  # it answered: no to this login (not a failover)
+                    self._answered(sentinel)
+                    refused.append(f"{_name(sentinel)}: {error}")
+                    continue
+                if isinstance(error, redis.ResponseError):
+                    self._answered(sentinel)
+                    errors.append(f"{_name(sentinel)}: {error}")
+                    continue
                 errors.append(f"{_name(sentinel)}: {error}")
                 self._unanswered(sentinel)
-                continue
-            except redis.ResponseError as error:
-                self._answered(sentinel)
-                errors.append(f"{_name(sentinel)}: {error}")
                 continue
             self._answered(sentinel)
             if not self.check_master_state(state, service_name):
@@ -280,6 +312,13 @@ class QuorumSentinel(Sentinel):
             votes[address] += 1
             if votes[address] >= self.majority:
                 return address
+        if refused:
+            user = self.sentinel_kwargs.get("username")
+            who = f"user {user}" if user else "the default user (SENTINEL_USERNAME is not set)"
+            raise SentinelLoginRefused(
+                f"Sentinel refused the login of {who} ({'; '.join(refused)}): check the "
+                "SENTINEL_USERNAME and SENTINEL_PASSWORD settings against the Sentinels' users"
+            )
         seen = ", ".join(f"{h}:{p} x{n}" for (h, p), n in votes.items()) or "none"
         raise MasterNotFoundError(
             f"no master of {service_name!r} named by {self.majority} of {len(self.sentinels)} "
@@ -485,7 +524,7 @@ class Store:
             socket_keepalive=True,
             socket_keepalive_options=KEEPALIVE,
             health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), connection_retries)
+            retry=FailoverRetry(ExponentialBackoff(cap=0.5, base=0.05), connection_retries)
             if connection_retries
             else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],

@@ -35,7 +35,7 @@ from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
 from .scheduler import KitScheduler
 from .schema import BadArguments
-from .store import Store, Unavailable, is_transient
+from .store import LoginRefused, Store, Unavailable, is_transient, login_refusal
 
 log = logging.getLogger("kitqueue.worker")
 
@@ -446,8 +446,6 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
         parser.error(f"unknown queue(s): {', '.join(unknown)} (QUEUES: {', '.join(config['QUEUES'])})")
     schedules = check_schedules(config)  # this loads the app's tasks: before any fork
     store = Store(config, connection_retries=int(config["WORKER_CONNECTION_RETRIES"]))
-    if args.recover:
-        recover(store, args.name)
 
     def serve(worker: KitWorker) -> None:
         recurring = Recurring(store, schedules, worker.name)
@@ -458,9 +456,17 @@ def main(load_settings: Callable[[], dict[str, Any]], prog: str, argv: list[str]
         finally:
             recurring.stopping.set()
 
-    if args.slots > 1:
-        return run_slots(store, queue_names, args.name, args.slots, serve, burst=args.burst)
-    serve(build_worker(store, queue_names, f"{args.name}.{os.getpid()}"))
+    try:
+        if args.recover:
+            recover(store, args.name)
+        if args.slots > 1:
+            return run_slots(store, queue_names, args.name, args.slots, serve, burst=args.burst)
+        serve(build_worker(store, queue_names, f"{args.name}.{os.getpid()}"))
+    except (LoginRefused, redis.AuthenticationError) as error:
+        # A wrong password or user: one line for the journal, no traceback, and no retry as
+        # for a failover (systemd's Restart= tries again, and says it again).
+        refused = error if isinstance(error, LoginRefused) else login_refusal(error, config["REDIS_USERNAME"])
+        raise SystemExit(f"{prog}: {refused.reason if refused else error}") from None
     return 0
 
 
@@ -471,6 +477,8 @@ def recover(store: Store, name: str) -> list[str]:
     try:
         queues = [make_queue(store, q) for q in store.config["QUEUES"]]
         recovered = store.retrying(lambda: recover_predecessors(queues, name))
+    except LoginRefused:  # a configuration error: the worker could not start either
+        raise
     except Exception:  # it only hastens what the maintenance pass does: never keep the worker down
         log.exception("%s: its earlier processes' jobs are left to the maintenance pass", name)
         return []
