@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from kitqueue.queueing import RegisteredJob, make_queue
-from kitqueue.store import Store
+from kitqueue.store import Store, Unavailable
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq import Queue
@@ -108,19 +109,22 @@ def requeue_failed(store: Store, queue: str, job_id: str) -> None:
     from the failed registry (ZREM) and RQ's own writes of a queued job (Queue._enqueue_job)
     commit together or not at all. RQ's requeue (BaseRegistry.requeue, whose steps these are)
     sends the ZREM first and the writes in a second round trip: a process killed between the
-    two, or a failover, left the job in neither place (app/tests/test_cli.py). The registry is
-    watched (WATCH): NotFailed when the job is not in it, NoSuchJobError when the job is gone;
-    nothing is done then. Not retried through a failover: a lost reply would then say
-    NotFailed for a job it did requeue."""
-    job = _Requeued.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
+    two, or a failover, left the job in neither place (app/tests/test_cli.py). The registry and
+    the job are watched (WATCH) and the job read after: NotFailed when it is not in the
+    registry, NoSuchJobError when it is gone; nothing is done then. Not retried through a
+    failover: a connection lost meanwhile is Unavailable (503), saying the requeue may or may
+    not be done (a lost EXEC reply), and a second try says NotFailed for a job that was."""
     failed = registry(store, "failed", queue)
-    origin = Queue(job.origin, connection=store.redis, job_class=_Requeued, serializer=JSONSerializer)
     with store.redis.pipeline() as pipe:
         for attempt in range(WATCH_ATTEMPTS):
             try:
-                pipe.watch(failed.key)
+                pipe.watch(failed.key, _Requeued.key_for(job_id))
+                job = _Requeued.fetch(job_id, connection=store.redis, serializer=JSONSerializer)
                 if pipe.zscore(failed.key, job.id) is None:
                     raise NotFailed(job_id)
+                origin = Queue(
+                    job.origin, connection=store.redis, job_class=_Requeued, serializer=JSONSerializer
+                )
                 pipe.multi()
                 pipe.zrem(failed.key, job.id)
                 job.started_at = job.ended_at = None
@@ -128,9 +132,17 @@ def requeue_failed(store: Store, queue: str, job_id: str) -> None:
                 origin._enqueue_job(job, pipeline=pipe)
                 pipe.execute()
                 return
-            except WatchError:  # the registry changed (another job failed): look again
-                if attempt + 1 == WATCH_ATTEMPTS:
-                    raise
+            except WatchError as error:
+                # redis-py raises a connection lost while watching as a WatchError too.
+                lost = error.__cause__ or error.__context__
+                if isinstance(lost, redis.ConnectionError | redis.TimeoutError):
+                    raise Unavailable(
+                        f"Redis connection lost during the requeue of job {job_id}, which may or may "
+                        f"not be done ({type(lost).__name__}: {lost})"
+                    ) from error
+                if attempt + 1 == WATCH_ATTEMPTS:  # the registry changed under every try
+                    changing = f"the failed registry of {queue} kept changing: job {job_id} not requeued"
+                    raise Unavailable(changing) from error
 
 
 def delete_failed(store: Store, job: RegisteredJob) -> None:

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,6 +374,24 @@ class Cluster:
         data = self.workdir / f"sentinel-{port}"
         self._spawn(port, ["redis-sentinel", str(data / "sentinel.conf")], data)
         wait_until(lambda: self.sentinel(port).ping(), 10, f"sentinel on {port} to restart")
+
+    @contextmanager
+    def sentinel_client_password(self, ports: list[int], password: str) -> Iterator[None]:
+        """The Sentinels at `ports` take only `password` for the app's Sentinel user (changed on
+        them and not in the app's settings, or a host a password rotation missed). Its open
+        connections to them are closed, as their restart would: the next question logs in."""
+
+        def take(taken: str) -> None:
+            for port in ports:
+                sentinel = self.sentinel(port)
+                sentinel.execute_command("ACL", "SETUSER", SENTINEL_CLIENT_USER, "resetpass", f">{taken}")
+                sentinel.execute_command("CLIENT", "KILL", "USER", SENTINEL_CLIENT_USER)
+
+        take(password)
+        try:
+            yield
+        finally:
+            take(PASSWORDS["sentinel_client"])
 
     def kill(self, port: int) -> None:
         proc = self.processes.pop(port)

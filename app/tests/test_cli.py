@@ -154,7 +154,7 @@ def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired(as_web, admin)
 
 
 def test_requeue_all_killed_midway_leaves_each_job_failed_or_queued_never_neither(as_web, admin):
-    """`fridge requeue --all` killed (SIGKILL) while it works, five times over: each job is
+    """`fridge requeue --all` killed (SIGKILL) while it works, ten times over: each job is
     still in its failed registry or back in its queue, never in both and never in neither. RQ's
     requeue took a job out of the registry (ZREM), then queued it in a second round trip: a
     process killed between the two (or a failover) left the job in neither place, where no
@@ -162,14 +162,14 @@ def test_requeue_all_killed_midway_leaves_each_job_failed_or_queued_never_neithe
     failed = FailedJobRegistry("default", connection=admin, serializer=JSONSerializer)
     with admin.pipeline() as pipe:  # what a worker records for a job that failed (RQ's own calls)
         made = {"connection": admin, "serializer": JSONSerializer, "origin": "default"}
-        jobs = [Job.create("fridge.tasks.eat", args=("kiwi",), **made) for _ in range(2000)]
+        jobs = [Job.create("fridge.tasks.eat", args=("kiwi",), **made) for _ in range(3000)]
         for job in jobs:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             job.save(pipeline=pipe)
             failed.add(job, ttl=3600, exc_string="Traceback: boom", pipeline=pipe)
         pipe.execute()
     ids = {job.id.encode() for job in jobs}
-    for kill in range(5):
+    for kill in range(10):
         queued = admin.llen("rq:queue:default")
         requeue = subprocess.Popen(
             [sys.executable, "-m", "fridge.cli", "requeue", "--all"],
@@ -182,7 +182,7 @@ def test_requeue_all_killed_midway_leaves_each_job_failed_or_queued_never_neithe
             assert requeue.poll() is None, requeue.stderr.read() if requeue.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        time.sleep(0.03 * kill)
+        time.sleep(0.013 * kill)  # each kill at another point of a requeue's round trips
         requeue.kill()
         assert requeue.wait() == -9, "it finished before it was killed: give it more jobs"
         requeue.stderr.close()

@@ -327,3 +327,28 @@ def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired_and_goes_on(cl
     assert admin.lrange("rq:queue:default", 0, -1) == [failing.encode()]
     again = client.post("/dashboard/failed/requeue-all", headers=ACTION)
     assert (again.status_code, again.get_json()) == (200, {"action": "requeue", "requeued": 0})
+
+
+def test_a_requeue_cut_off_is_a_503_and_leaves_the_job_in_one_place(client, workers, admin, caplog):
+    """The master stops taking writes while a requeue's transaction waits on it (CLIENT PAUSE
+    WRITE, as a coordinated failover pauses them): the transaction's reply is lost, so the
+    answer is 503 with Retry-After, saying the requeue may or may not be done; it is not
+    retried (its retry would find the job gone from the registry and say it was not failed).
+    Afterwards the job is failed or queued, never both, never neither."""
+    (failing,) = failed_jobs(client, workers, 1)
+    admin.execute_command("CLIENT", "PAUSE", 2500, "WRITE")
+    try:
+        answer = client.post(f"/dashboard/failed/{failing}/requeue", headers=ACTION)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.headers["Retry-After"]
+    logged = [r.getMessage() for r in caplog.records if "answering 503" in r.getMessage()]
+    assert any(f"requeue of job {failing}, which may or may not be done" in m for m in logged), logged
+    queued = admin.lrange("rq:queue:default", 0, -1).count(failing.encode())
+    listed = admin.zscore("rq:failed:default", failing) is not None
+    assert queued + listed == 1, (queued, listed)
+    again = client.post(f"/dashboard/failed/{failing}/requeue", headers=ACTION)
+    assert again.status_code == (409 if queued else 200), again.get_json()
+    assert admin.lrange("rq:queue:default", 0, -1) == [failing.encode()]
+    assert admin.zscore("rq:failed:default", failing) is None

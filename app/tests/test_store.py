@@ -11,9 +11,9 @@ import pytest
 from fridge.config import BadSetting
 from fridge.config import load as load_config
 from kitqueue.queueing import _confirm_durable
-from kitqueue.store import Replication, Store, _promotable
+from kitqueue.store import LoginRefused, Replication, SentinelLoginRefused, Store, _promotable
 from redis.sentinel import MasterNotFoundError
-from redis_cluster import MASTER_NAME, wait_until
+from redis_cluster import MASTER_NAME, SENTINEL_CLIENT_USER, wait_until
 
 INFO = (
     "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n"
@@ -92,6 +92,31 @@ def test_the_master_needs_a_majority_and_a_lost_sentinel_costs_one_timeout(clust
     finally:
         cluster.thaw(first)
         cluster.thaw(second)
+
+
+def test_one_sentinel_refusing_the_login_is_no_configuration_error(cluster, settings):
+    """One Sentinel of three refusing the app's login leaves a majority to name the master; and
+    when another is lost as well, no master is named, as in any outage of two Sentinels (a
+    MasterNotFoundError, retried through a failover), not a refused login (said at once, not
+    retried): the Sentinels that take the login could still make a majority."""
+    store = Store(load_config(settings))
+    master = ("127.0.0.1", cluster.master_port())
+    refusing, lost = cluster.sentinel_ports[:2]
+    with cluster.sentinel_client_password([refusing], "another-password-1"):
+        assert store.master_address() == master
+        cluster.freeze(lost)
+        try:
+            with pytest.raises(MasterNotFoundError, match="invalid username-password") as caught:
+                store.master_address()
+            assert not isinstance(caught.value, LoginRefused)
+        finally:
+            cluster.thaw(lost)
+        said = f"Sentinel refused the login of user {SENTINEL_CLIENT_USER}"
+        with (
+            cluster.sentinel_client_password([lost], "another-password-1"),
+            pytest.raises(SentinelLoginRefused, match=said),
+        ):
+            store.master_address()
 
 
 def _wait_for_every_sentinel_to_see_the_replica_down(cluster) -> None:

@@ -241,6 +241,33 @@ def test_a_worker_whose_login_is_refused_says_so_in_one_line_and_exits(workers, 
     assert took < 10, f"{took:.1f}s"
 
 
+def test_a_running_worker_rides_out_sentinels_refusing_it_then_goes_on(client, workers, cluster, admin):
+    """The Sentinels' password is changed on them and not yet in the workers' settings, and the
+    worker's connections drop meanwhile (a failover, a restart): its reconnection is refused. A
+    worker that had started keeps running, retrying as for a failover, and takes jobs again once
+    the Sentinels take its login (before, the refusal escaped RQ's loop and the worker exited)."""
+    (worker,) = workers.start(1)
+    wait_for_status(client, client.get("/comer/uva").get_json()["job_id"], {"finished"})
+    refused_before = refusals(cluster)
+    with cluster.sentinel_client_password(cluster.sentinel_ports, "another-password-1"):
+        admin.client_kill_filter(user=WORKER_USER)
+        wait_until(lambda: refusals(cluster) > refused_before, 10, "the worker's reconnection to be refused")
+        time.sleep(2)  # a few more of its retries
+        assert worker.poll() is None, "the worker exited on the refusal"
+    wait_for_status(client, client.get("/comer/kiwi").get_json()["job_id"], {"finished"}, timeout=30)
+    assert worker.poll() is None
+
+
+def refusals(cluster) -> int:
+    """The Sentinels' refusals of the app's Sentinel user so far (their ACL LOG)."""
+    return sum(
+        int(entry["count"])
+        for port in cluster.sentinel_ports
+        for entry in cluster.sentinel(port).acl_log()
+        if entry["username"] == SENTINEL_CLIENT_USER and entry["reason"] == "auth"
+    )
+
+
 def test_the_process_title_says_what_the_worker_does(client, workers):
     (worker,) = workers.start(1)
     deadline = time.monotonic() + 15

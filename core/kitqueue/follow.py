@@ -140,6 +140,7 @@ class MasterWatch:
         self.address: Address | None = None
         self.epoch = 0  # bumped at each new master: the horse drops its connections when it changes
         self.checked = float("-inf")
+        self.refused: str | None = None  # the Sentinels' refusal of this login, once warned of
         self.pending = False  # a new master whose recovery has not run through yet
         self.taken: deque[Taken] = deque(maxlen=most)
         # Only fetched at the last look: job id -> (the job, when first seen so).
@@ -167,11 +168,16 @@ class MasterWatch:
         try:
             named = self.store.master_address()
         except SentinelLoginRefused as error:  # a configuration error: the worker keeps its master
-            log.warning("master check: %s", error.reason)
+            if self.refused is None:  # said once, not at every check
+                log.warning("master check: %s", error.reason)
+            self.refused = error.reason
             return None
         except (MasterNotFoundError, redis.RedisError) as error:
             log.debug("master check: %s", error)
             return None
+        if self.refused is not None:
+            log.warning("master check: the Sentinels take this worker's login again")
+            self.refused = None
         if self.address is None or (named == self.address and not self.pending and not self.doubtful):
             self.address = named
             while self.taken and self.taken[0].at < now - self.keep:

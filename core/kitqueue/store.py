@@ -155,21 +155,26 @@ class LoginRefused(Unavailable):
     server = "Redis"  # who refused: said in public answers, without the user or the reason
 
 
-class SentinelLoginRefused(LoginRefused):
-    """The Sentinels refused the app's login (SENTINEL_USERNAME, SENTINEL_PASSWORD) and too few
-    of them answered to name a master. Raised by QuorumSentinel.discover_master."""
+class SentinelLoginRefused(LoginRefused, redis.ConnectionError):
+    """So many Sentinels refused the app's login (SENTINEL_USERNAME, SENTINEL_PASSWORD) that those
+    left could never name a master. Raised by QuorumSentinel.discover_master, under redis-py's
+    connection code, and so also a ConnectionError: RQ's loops and redis-py's pipelines handle
+    it as they handle an unreachable Sentinel, and a running worker rides it out, retrying, as
+    it did a failover. Neither the kit's retries nor FailoverRetry take it for a failover."""
 
     server = "Sentinel"
 
 
 def _login_refused(error: BaseException) -> bool:
-    return isinstance(error, redis.AuthenticationError) or (
+    return isinstance(error, LoginRefused | redis.AuthenticationError) or (
         isinstance(error, redis.ResponseError) and str(error).upper().startswith(("WRONGPASS", "NOAUTH"))
     )
 
 
 def login_refusal(error: BaseException, user: str | None) -> LoginRefused | None:
     """`error` as a LoginRefused naming `user` (the Redis user logged in as), when it is one."""
+    if isinstance(error, LoginRefused):
+        return error
     if not _login_refused(error):
         return None
     who = f"user {user}" if user else "the default user (REDIS_USERNAME is not set)"
@@ -312,7 +317,11 @@ class QuorumSentinel(Sentinel):
             votes[address] += 1
             if votes[address] >= self.majority:
                 return address
-        if refused:
+        errors += refused
+        # Only when those that took the login could never make a majority: one Sentinel
+        # refusing (a host a rotation missed) while another is lost or sees the master down
+        # is a failover's, retried as before.
+        if len(refused) > len(self.sentinels) - self.majority:
             user = self.sentinel_kwargs.get("username")
             who = f"user {user}" if user else "the default user (SENTINEL_USERNAME is not set)"
             raise SentinelLoginRefused(
@@ -652,6 +661,8 @@ class Store:
                 return action()
             except Exception as error:
                 refused = refusal(error) or login_refusal(error, self.config["REDIS_USERNAME"])
+                if refused is error:
+                    raise
                 if refused is not None:
                     raise refused from error
                 if not is_transient(error):
