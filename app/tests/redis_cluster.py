@@ -381,17 +381,19 @@ class Cluster:
         them and not in the app's settings, or a host a password rotation missed). Its open
         connections to them are closed, as their restart would: the next question logs in."""
 
-        def take(taken: str) -> None:
-            for port in ports:
-                sentinel = self.sentinel(port)
-                sentinel.execute_command("ACL", "SETUSER", SENTINEL_CLIENT_USER, "resetpass", f">{taken}")
-                sentinel.execute_command("CLIENT", "KILL", "USER", SENTINEL_CLIENT_USER)
+        def take(port: int, taken: str) -> None:
+            sentinel = self.sentinel(port)
+            sentinel.execute_command("ACL", "SETUSER", SENTINEL_CLIENT_USER, "resetpass", f">{taken}")
+            sentinel.execute_command("CLIENT", "KILL", "USER", SENTINEL_CLIENT_USER)
 
-        take(password)
         try:
+            for port in ports:
+                take(port, password)
             yield
-        finally:
-            take(PASSWORDS["sentinel_client"])
+        finally:  # every Sentinel given back the password, also after one failed on the way
+            for port in ports:
+                with contextlib.suppress(redis.RedisError):
+                    take(port, PASSWORDS["sentinel_client"])
 
     def kill(self, port: int) -> None:
         proc = self.processes.pop(port)
