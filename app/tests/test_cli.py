@@ -325,36 +325,34 @@ def test_reading_a_worker_s_current_job_writes_nothing_with_the_web_tier_s_user(
         admin.delete(f"rq:execution:{running}")
 
 
+# A read and a write, each retried; a command that is not (requeue).
+COMMANDS = (("status",), ("enqueue", "eat", '["pera"]'), ("requeue", "--all"))
+
+
 @pytest.mark.acl_denials
-@pytest.mark.parametrize(("user", "password"), [(WEB_USER, "not-the-password-1"), ("nobody", "x" * 16)])
-def test_a_refused_redis_login_is_named_at_once(as_web, user, password):
-    """A wrong Redis user or password is a configuration error, not a failover: said at once,
-    naming the user, instead of "unreachable" after the whole retry budget."""
-    env = {**as_web, "FRIDGE_REDIS_USERNAME": json.dumps(user), "FRIDGE_REDIS_PASSWORD": json.dumps(password)}
-    # A read and a write, each retried; a command that is not (requeue).
-    for args in (("status",), ("enqueue", "eat", '["pera"]'), ("requeue", "--all")):
+@pytest.mark.parametrize(
+    ("server", "user", "password", "commands"),
+    [
+        ("Redis", WEB_USER, "not-the-password-1", COMMANDS),
+        ("Redis", "nobody", "x" * 16, COMMANDS),
+        ("Sentinel", SENTINEL_CLIENT_USER, "not-the-password-1", COMMANDS[:2]),
+    ],
+)
+def test_a_refused_login_is_named_at_once(as_web, server, user, password, commands):
+    """A wrong Redis or Sentinel user or password is a configuration error, not a failover: said
+    at once, naming the user and the settings to check, instead of "unreachable" after the
+    whole retry budget."""
+    setting = "REDIS" if server == "Redis" else "SENTINEL"
+    env = {**as_web, f"FRIDGE_{setting}_USERNAME": json.dumps(user)}
+    env[f"FRIDGE_{setting}_PASSWORD"] = json.dumps(password)
+    for args in commands:
         started = time.monotonic()
         done = fridge(env, *args)
         took = time.monotonic() - started
         assert done.returncode == 3, done.stderr
-        assert f"Redis refused the login of user {user}" in done.stderr, done.stderr
-        assert "REDIS_PASSWORD" in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
-        assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"
-
-
-def test_a_refused_sentinel_login_is_named_at_once(as_web):
-    """A wrong Sentinel password: said at once, naming the Sentinel user and the settings to
-    check, instead of "unreachable through Sentinel" after the whole retry budget."""
-    env = {**as_web, "FRIDGE_SENTINEL_PASSWORD": json.dumps("not-the-password-1")}
-    for args in (("status",), ("enqueue", "eat", '["pera"]')):
-        started = time.monotonic()
-        done = fridge(env, *args)
-        took = time.monotonic() - started
-        assert done.returncode == 3, done.stderr
-        assert f"Sentinel refused the login of user {SENTINEL_CLIENT_USER}" in done.stderr, done.stderr
-        assert "SENTINEL_PASSWORD" in done.stderr, done.stderr
-        assert "not-the-password-1" not in done.stderr
+        assert f"{server} refused the login of user {user}" in done.stderr, done.stderr
+        assert f"{setting}_PASSWORD" in done.stderr, done.stderr
+        assert password not in done.stderr
         assert "Traceback" not in done.stderr
         assert took < 4, f"{args}: {took:.1f}s (RETRY_BUDGET is 5 s)"
 
