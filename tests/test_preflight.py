@@ -113,6 +113,52 @@ def test_sentinel_refuses_a_bad_password_and_names_it(tmp_path, variable, value)
     assert_refused(result, variable, value)
 
 
+# A rotation's previous passwords are accepted as logins while listed: the example's "<the old
+# ...>" left in place, or an empty value, would be a password anyone can type.
+@pytest.mark.parametrize(
+    ("playbook", "tags", "variable", "value"),
+    [
+        ("playbooks/redis.yml", "redis_preflight", "redis_acl_admin_previous_passwords", "<the old vault_redis_admin_password>"),
+        ("playbooks/redis.yml", "redis_preflight", "redis_ha_sentinel_previous_passwords", ""),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_previous_passwords", "changeme"),
+        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_client_previous_passwords", "short"),
+    ],
+    ids=["redis-placeholder", "redis-empty", "sentinel-changeme", "sentinel-client-short"],
+)
+def test_a_placeholder_previous_password_is_refused_naming_it(tmp_path, playbook, tags, variable, value):
+    result = run(playbook, tags, tmp_path, **{variable: ["a-real-old-password-7Hq2", value]})
+    said = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert f"{variable} holds a password that is empty, shorter than 12 characters or a placeholder" in said, (
+        said[-2000:]
+    )
+    assert "a-real-old-password-7Hq2" not in result.stdout, "a password was printed"
+
+
+def test_an_application_user_with_a_placeholder_previous_password_is_refused_naming_it(tmp_path):
+    users = [
+        {"name": "app-web", "password": "web-password-3Jd8Lq", "keys": ["rq:*"], "commands": ["get"]},
+        {
+            "name": "app-worker",
+            "password": "worker-password-5Kx2Mw",
+            "previous_passwords": ["<the old vault_redis_worker_password>"],
+            "keys": ["rq:*"],
+            "commands": ["get"],
+        },
+    ]
+    result = run("playbooks/redis.yml", "redis_preflight", tmp_path, redis_acl_app_users=users)
+    said = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert 'the entry for "app-worker" needs a name, a password' in said, said[-2000:]
+    assert 'the entry for "app-web"' not in said
+    for secret in ("web-password-3Jd8Lq", "worker-password-5Kx2Mw"):
+        assert secret not in result.stdout, "a password was printed"
+    users[1]["previous_passwords"] = ["worker-old-password-8Pn4"]
+    result = run("playbooks/redis.yml", "redis_preflight", tmp_path, redis_acl_app_users=users)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "worker-old-password-8Pn4" not in result.stdout, "a password was printed"
+
+
 @pytest.mark.parametrize(
     ("playbook", "tags", "overrides"),
     [
@@ -311,6 +357,30 @@ def test_site_with_the_example_values_stops_in_preflight(tmp_path):
     for name in PROD_SECRETS:
         assert f"{name} is missing, empty" in result.stdout + result.stderr
     assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("vault_redis_admin_password_previous", "<the old vault_redis_admin_password>"),
+        ("vault_redis_worker_password_previous", ""),
+        ("vault_kit_app_api_token_previous", "old-api-token-x"),
+    ],
+    ids=["example-line", "empty", "token-shorter-than-16"],
+)
+def test_site_refuses_a_placeholder_previous_secret_naming_it(tmp_path, name, value):
+    """The rotation's first run sets <name>_previous from vault.yml.example's commented lines."""
+    variables = {**PROD_SECRETS, "kit_app_tls": False, "kit_redis_tls": False, name: value}
+    result = run_site(tmp_path, variables, "playbooks/preflight.yml")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"{name} is set but empty, shorter than" in said, said[-3000:]
+    assert "while a rotation is under way it is accepted as a login" in said
+    for secret in PROD_SECRETS.values():
+        assert secret not in result.stdout + result.stderr, "a secret was printed"
+    variables[name] = "a-real-old-secret-4Tz9xQ"
+    result = run_site(tmp_path, variables, "playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 # Production enqueues only with a bearer token (kit_app_api_tokens: [vault_kit_app_api_token]);
