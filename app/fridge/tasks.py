@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -32,6 +33,13 @@ def eat(comida: str) -> str:
 def sleep(seconds: float) -> float:
     """Take `seconds` seconds (long-running job for shutdown and timeout checks)."""
     time.sleep(seconds)
+    return seconds
+
+
+def spawn(seconds: float) -> float:
+    """Run the `sleep` program for `seconds` seconds and wait for it, as a job that runs a
+    program (a converter, a shell script) does: the program must not outlive the job."""
+    subprocess.run(["/bin/sleep", str(seconds)], check=True)  # noqa: S603 (a number, no shell)
     return seconds
 
 
@@ -101,6 +109,7 @@ MESSAGE: Schema = {"type": "string", "minLength": 1, "maxLength": 200, "pattern"
 TASKS: tuple[Task, ...] = (
     Task("eat", eat, "default", {"comida": COMIDA}),
     Task("sleep", sleep, "low", {"seconds": _between("number", 0, 3600)}, demo=True),
+    Task("spawn", spawn, "low", {"seconds": _between("number", 0, 3600)}, demo=True),
     Task("fail", fail, "default", {"message": MESSAGE}, demo=True),
     Task("flaky", flaky, "default", {"failures": _between("integer", 0, 10)}, demo=True),
     Task("crash", crash, "default", {"how": {"enum": ["exit", "abort", "segfault"]}}, demo=True),

@@ -347,6 +347,7 @@ def test_openapi_document_describes_the_routes(client):
     assert doc["components"]["schemas"]["NewJob"]["properties"]["task"]["enum"] == [
         "eat",
         "sleep",
+        "spawn",
         "fail",
         "flaky",
         "crash",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import alive, descendants, group, wait_for_status
 from redis_cluster import wait_until
+from test_workers import children
 
 
 @pytest.fixture
@@ -91,19 +92,28 @@ def test_a_slot_killed_mid_job_is_replaced_and_its_job_runs_again(client, worker
     assert len(slots_of(pool.pid, admin)) == 2
 
 
-def test_a_slot_killed_alone_takes_its_horse_with_it(client, workers, admin, notify_socket):
+def test_a_slot_killed_alone_takes_its_horse_and_the_program_its_job_ran_with_it(
+    client, workers, admin, notify_socket
+):
     """The OOM killer, or an operator's kill -9, picks one process: the slot. Its horse, in a
-    process group of its own, would run its job on, and the job, abandoned once the slot's
-    heartbeats stopped, would then run twice at once."""
+    process group of its own, and the program its job runs (`spawn`: the `sleep` program)
+    would run on, and the job, abandoned once the slot's heartbeats stopped, would then run
+    twice at once. The pool reaps what it kills: no zombie is left under it."""
     (pool,) = workers.start(1, "--slots", "2")
     notifications(notify_socket, "READY=1")
-    job_id = client.post("/jobs", json={"task": "sleep", "args": [60]}).get_json()["job_id"]
+    job_id = client.post("/jobs", json={"task": "spawn", "args": [60]}).get_json()["job_id"]
     wait_for_status(client, job_id, {"started"}, timeout=15)
     victim = next(pid for pid, name in slots_of(pool.pid, admin).items() if name == worker_of(admin, job_id))
     horses = [pid for pid in descendants(victim) if pid not in group(victim)]
     assert horses, "the slot has no horse"
+    programs = wait_until(lambda: [pid for pid in descendants(horses[0])], 5, "the job's program")
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: not any(alive(pid) for pid in horses), 5, f"its horse {horses} to end")
+    wait_until(lambda: not any(alive(pid) for pid in programs), 5, f"the job's program {programs} to end")
+    heard = notifications(notify_socket, "STATUS=2 of 2", timeout=30)
+    slots = set(slots_of(pool.pid, admin))
+    wait_until(lambda: set(children(pool.pid)) <= slots, 15, "only its slots under the pool")
+    assert pool.poll() is None, heard
 
 
 def test_what_a_killed_slot_started_goes_with_it(workers, admin, notify_socket):

@@ -18,7 +18,7 @@ def test_fridge_registers_its_tasks_through_its_entry_point():
 
     points = {p.name: p.value for p in entry_points(group=ENTRY_POINT_GROUP)}
     assert points == {"fridge": "fridge.tasks:TASKS"}
-    assert sorted(tasks()) == ["add", "crash", "eat", "fail", "flaky", "hog", "sleep"]
+    assert sorted(tasks()) == ["add", "crash", "eat", "fail", "flaky", "hog", "sleep", "spawn"]
     assert "fridge.tasks.eat" in allowed_paths()
 
 

@@ -27,7 +27,7 @@ def enqueued(admin) -> int:
     return int(admin.get("fridge:stats:enqueued") or 0)
 
 
-@pytest.mark.parametrize("task", ["sleep", "fail", "flaky", "crash", "hog"])
+@pytest.mark.parametrize("task", ["sleep", "spawn", "fail", "flaky", "crash", "hog"])
 def test_demo_tasks_are_refused_unless_turned_on(production, admin, task):
     response = production.post("/jobs", json={"task": task, "args": [1]})
     assert response.status_code == 400

@@ -10,6 +10,12 @@ and exits (RQ's warm shutdown; a second signal kills the jobs), and the parent e
 last one has. A slot whose parent is gone is sent SIGTERM by the kernel, and stops the same way
 (under systemd, the unit's stop then kills what is left at once: KillMode=mixed sends SIGKILL to
 the other processes once the main one has gone, and their jobs are retried as abandoned ones).
+
+A slot killed alone (the OOM killer, a kill -9) takes its horse with it (prefork.py), but not a
+program the horse's job started: abandoned, the job would be retried while that program still
+ran. The parent is the slots' subreaper: what they leave behind becomes its child, and it kills
+each such process with its process group (a horse's group holds what its job started) and
+reaps it. Its only children of its own are the slots.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ log = logging.getLogger("kitqueue.pool")
 
 MAX_SLOTS = 64
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+# How often the parent looks for what a slot or a horse left behind, besides when a slot ends.
+SWEEP_SECONDS = 5.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # A slot's work: (slot number, ready) -> exit code; it calls ready() once it takes jobs.
@@ -62,6 +71,7 @@ class Pool:
         self.due: dict[int, float] = {}  # slot -> when it starts again
         self.ready: set[int] = set()
         self.stopping = False
+        self.terminated: dict[int, float] = {}  # an ended slot's process group -> when sent SIGTERM
 
     def run(self) -> int:
         """Start the slots and keep them running until a stop signal; then wait for them."""
@@ -70,6 +80,7 @@ class Pool:
         # The slots' collectors leave the parent's objects alone, so the pages they share are
         # not copied for them (the gc module's advice for fork without exec).
         gc.freeze()
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         ready_out, ready_in = os.pipe()
         try:
             for slot in range(1, self.slots + 1):
@@ -91,7 +102,9 @@ class Pool:
 
     def _wait(self, ready_out: int, ready_in: int) -> None:
         now = time.monotonic()
-        timeout = None if self.stopping or not self.due else max(0.0, min(self.due.values()) - now)
+        timeout = SWEEP_SECONDS
+        if self.due and not self.stopping:
+            timeout = min(timeout, max(0.0, min(self.due.values()) - now))
         readable = select.select([ready_out, *self.running], [], [], timeout)[0]
         if ready_out in readable:
             self.ready.update(os.read(ready_out, 512))
@@ -99,10 +112,32 @@ class Pool:
             self.notify(f"READY=1\n{self._status()}" if len(self.ready) == self.slots else self._status())
         for pidfd in (fd for fd in readable if fd in self.running):
             self._reap(pidfd)
+        self._sweep()
         for slot, when in list(self.due.items()):
             if not self.stopping and when <= time.monotonic():
                 del self.due[slot]
                 self._fork(slot, ready_out, ready_in)
+
+    def _sweep(self) -> None:
+        """Kill and reap the children that are not slots: what a slot or a horse that died
+        left behind (see the module). A slot's horse heads its own process group, with what its
+        job started; a process that is still this one's child keeps its pid, and so its group's
+        id, from being reused."""
+        now = time.monotonic()
+        # An ended slot's own group (RQ's scheduler) was sent SIGTERM: a sweep's time to stop.
+        self.terminated = {
+            group: when for group, when in self.terminated.items() if now - when < SWEEP_SECONDS
+        }
+        slots = {running.pid for running in self.running.values()}
+        for pid in _children() - slots:
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                if group not in self.terminated:
+                    if group != os.getpgrp():  # never this process's own group
+                        os.killpg(group, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reaped now if it died, else at the next sweep
 
     def _status(self) -> str:
         return f"STATUS={len(self.ready)} of {self.slots} slots taking jobs"
@@ -115,6 +150,7 @@ class Pool:
         # its horse has a group of its own and stops once it has no parent.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(ended.pid, signal.SIGTERM)
+            self.terminated[ended.pid] = time.monotonic()
         code = os.waitstatus_to_exitcode(status)
         if self.stopping or (self.burst and code == 0):
             return
@@ -165,12 +201,28 @@ class Pool:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def _prctl(option: int, value: int) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) == 0:
+        return True
+    log.warning("prctl(%d, %d) failed: errno %d", option, value, ctypes.get_errno())
+    return False
+
+
+def _children() -> set[int]:
+    """This process's children (Linux: /proc/<pid>/task/<tid>/children)."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{task}/children") as children:
+            found.update(int(pid) for pid in children.read().split())
+    return found
+
+
 def stop_with(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
     """`sig` to this process when its parent dies, also if it died while this one was being
     forked: SIGTERM (a warm shutdown) to a slot when the pool dies, SIGKILL to a horse when its
     worker dies (prefork.py)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        log.warning("could not ask to be stopped with process %d: errno %d", parent, ctypes.get_errno())
+    if not _prctl(_PR_SET_PDEATHSIG, int(sig)):
+        log.warning("could not ask to be stopped with process %d", parent)
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)

@@ -16,7 +16,9 @@ RQ's job monitor waits for the horse in `wait_for_horse` under an alarm that int
 every job_monitoring_interval to send heartbeats, and calls it again: so the horse's answer is
 read with that alarm held back and kept until the next job, and the horse is reaped before it
 is forgotten. A horse's death is seen through its pidfd, not through the pipes, which a process
-the job forked may still hold open. A horse dies with its worker (SIGKILL from the kernel).
+the job forked may still hold open. A horse dies with its worker (SIGKILL from the kernel),
+and what its job started (the horse's process group) with the horse: the worker kills the group
+when it reaps the horse, and a pool (pool.py) when the worker died alone.
 """
 
 from __future__ import annotations
@@ -192,7 +194,13 @@ class PreforkWorker(Worker):
         return self._horse
 
     def _bury(self, horse: Horse) -> tuple[int, int | None, Any]:
-        """Reap a horse that ended, then forget it; the next job gets a new one."""
+        """Reap a horse that ended, with what its job started, then forget it; the next job
+        gets a new one. A program the job ran (its process group) would otherwise run on once
+        the horse died (a crash, the OOM killer), beside the job's retry. Until the horse is
+        reaped, its pid, the group's id, cannot be reused: the group is killed first."""
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.waitid(os.P_PID, horse.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
+            os.killpg(horse.pid, signal.SIGKILL)
         try:
             pid, status, rusage = os.wait4(horse.pid, 0)
         except ChildProcessError:  # already reaped

@@ -79,7 +79,7 @@ def test_the_example_app_runs_its_own_task_with_its_own_dependency_version():
         for app in ("fridge", "pantry")
     }
     assert registered == {
-        "fridge": ["add", "crash", "eat", "fail", "flaky", "hog", "sleep"],
+        "fridge": ["add", "crash", "eat", "fail", "flaky", "hog", "sleep", "spawn"],
         "pantry": ["stock"],
     }, registered
 
