@@ -1,6 +1,6 @@
 """The RQ code kitqueue builds on beyond RQ's public API, pinned to the release it was read in.
 
-kitqueue's worker, queue and scheduler override 36 of RQ's methods and call, copy or read 14
+kitqueue's worker, queue and scheduler override 37 of RQ's methods and call, copy or read 14
 more of its internals (prefork.py runs what RQ's horse runs, scheduler.py is RQ's pass with
 one change, fetch.py takes RQ's maintenance lock). A new RQ that changes one of them would
 change the workers silently: this test fails instead, naming each method whose source
@@ -78,6 +78,7 @@ PINNED = {
     "rq.scripts.save_unique_job": "af0753230560a727",
     "rq.timeouts.UnixSignalDeathPenalty.handle_death_penalty": "be9705f5f529a7c6",
     "rq.worker.base.BaseWorker.__init__": "7a655455b399708a",
+    "rq.worker.base.BaseWorker.clean_registries": "3b6158366e582b3c",
     "rq.worker.base.BaseWorker._start_scheduler": "a13b7b6ec099d91d",
     "rq.worker.base.BaseWorker.bootstrap": "b4043282188b9188",
     "rq.worker.base.BaseWorker.cleanup_execution": "75e78ab672bbb9f5",

@@ -195,6 +195,45 @@ def test_recovery_waits_for_the_maintenance_lock_and_leaves_the_job_while_it_sta
     assert (retried["status"], retried["retries_left"]) == ("queued", 1), retried
 
 
+def test_a_maintenance_pass_cut_off_leaves_no_lock_that_holds_back_the_next(workers, admin):
+    """A worker's maintenance pass holds its queue's lock. RQ's lasts 15 minutes and was given
+    back only by a pass that ended well: a rolling restart's SIGTERM in the pass left it taken,
+    and every abandoned job of the queue then waited for it to lapse. Here the pass over
+    `critical` is made long for real (20,000 entries of jobs that are gone, each read once),
+    then cut off: by SIGTERM (the lock is given back as the worker stops), and by SIGKILL of
+    the whole unit (the same name started again with --recover frees its dead process's lock
+    and its pass runs at once)."""
+    registry, lock = "rq:wip:critical", "rq:clean_registries:critical"
+
+    def fill() -> None:
+        for start in range(0, 20_000, 5_000):
+            admin.zadd(registry, {f"gone-{n}:x": 1 for n in range(start, start + 5_000)})
+
+    def in_the_pass(name: str) -> str:
+        return wait_until(
+            lambda: (h := (admin.get(lock) or b"").decode()).startswith(f"{name}.") and h, 30, "a pass"
+        )
+
+    fill()
+    (worker,) = workers.start(1, "--queues", "critical")
+    holder = in_the_pass("test-worker-0")
+    assert holder.endswith(".maintenance"), holder
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert admin.zcard(registry) > 0, "the pass was not cut off: nothing shown"
+    assert admin.exists(lock) == 0, f"the lock stayed taken: {admin.get(lock)!r}, {admin.ttl(lock)} s"
+
+    fill()
+    unit = workers.start_named("host-1", "--recover", "--queues", "critical")
+    in_the_pass("host-1")
+    workers.kill_all(unit)
+    assert admin.exists(lock) == 1, "killed in its pass: the lock is left"
+    started = time.monotonic()
+    workers.start_named("host-1", "--recover", "--queues", "critical")
+    wait_until(lambda: admin.zcard(registry) == 0, 60, "the next pass over critical")
+    print(f"\nthe restarted unit's pass ran {time.monotonic() - started:.1f} s after the kill")
+
+
 def test_recover_without_a_name_of_its_own_is_refused():
     """The host name, the default, is every unit's of the host: one would retry the jobs the
     others run."""

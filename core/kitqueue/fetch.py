@@ -20,13 +20,13 @@ it hands the jobs its predecessors of that name were running to the same retry a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from functools import partial
 
 from redis.commands.core import Script
 from rq import Queue
@@ -207,16 +207,22 @@ def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float 
     retries left, else failed. When the lock stays taken, or the execution's record has
     expired, the jobs are left to the maintenance pass once their heartbeat lapses, as before.
     A scheduler lock (KitWorker names its scheduler `<worker>.scheduler`) left to lapse would
-    hold back every retry and delayed job of the queue for up to a minute."""
+    hold back every retry and delayed job of the queue for up to a minute; a maintenance lock
+    left by a pass killed midway (`<worker>.maintenance`), every abandoned job's retry."""
     worker = re.compile(rf"{re.escape(prefix)}\.\d+")
     scheduler = re.compile(rf"{re.escape(prefix)}\.\d+\.scheduler")
+    maintenance = re.compile(rf"{re.escape(prefix)}\.\d+\.maintenance")
     recovered: list[str] = []
     for queue in queues:
         connection = queue.connection
-        lock = RQScheduler.get_locking_key(queue.name)
-        holder = as_text(connection.get(lock) or b"")
-        if scheduler.fullmatch(holder):
-            release_lock(connection, lock, holder)
+        held = (
+            (RQScheduler.get_locking_key(queue.name), scheduler),
+            (queue.registry_cleaning_key, maintenance),
+        )
+        for lock, held_by in held:
+            holder = as_text(connection.get(lock) or b"")
+            if held_by.fullmatch(holder):
+                release_lock(connection, lock, holder)
         registry = StartedJobRegistry(
             queue.name, connection=connection, job_class=queue.job_class, serializer=queue.serializer
         )
@@ -234,7 +240,13 @@ def recover_predecessors(queues: Iterable[Queue], prefix: str, lock_wait: float 
             for entry, name, status in zip(entries, replies[::2], replies[1::2], strict=True)
             if worker.fullmatch(name) and status == "started"
         ]
-        if ours and _with_maintenance_lock(queue, prefix, lock_wait, partial(_expire, registry, ours)):
+        if not ours:
+            continue
+        with maintenance_lock(queue, f"{prefix}.recover", lock_wait) as taken:
+            if not taken:
+                log.warning("queue %s: the maintenance lock stayed taken; left to the next pass", queue.name)
+                continue
+            _expire(registry, ours)
             recovered += [parse_composite_key(entry)[0] for entry in ours]
     return recovered
 
@@ -246,20 +258,29 @@ def _expire(registry: StartedJobRegistry, entries: list[str]) -> None:
     registry.cleanup(timestamp=1)
 
 
-def _with_maintenance_lock(queue: Queue, owner: str, wait: float, action: Callable[[], None]) -> bool:
-    """`action` under the queue's maintenance lock (RQ's: a worker's pass takes it too), taken
-    with an owner and a short expiry: a retry after a lost connection finds it its own, and a
-    lock left by a crash lapses in a minute (RQ's own lasts 15). False: it stayed taken."""
-    key, token = queue.registry_cleaning_key, f"{owner}.recover"
+# How long a queue's maintenance lock lasts when its holder is killed before it gives it back
+# (RQ's own: 15 minutes, also when a stop signal or an error interrupts the pass). Much longer
+# than a pass, which takes milliseconds: two passes at once could retry one abandoned job twice.
+MAINTENANCE_LOCK_SECONDS = 120
+
+
+@contextlib.contextmanager
+def maintenance_lock(queue: Queue, token: str, wait: float = 0.0) -> Iterator[bool]:
+    """The queue's maintenance lock (RQ's key: one pass at a time over its registries), taken
+    with an owner and a short expiry, and given back however the block ends: a retry after a
+    lost connection finds it its own, and one left by a killed holder lapses in
+    MAINTENANCE_LOCK_SECONDS. Yields False when it stayed taken for `wait` seconds."""
+    key = queue.registry_cleaning_key
     connection = queue.connection
     deadline = time.monotonic() + wait
-    while not connection.set(key, token, nx=True, ex=60) and as_text(connection.get(key) or b"") != token:
-        if time.monotonic() > deadline:
-            log.warning("queue %s: the maintenance lock stayed taken; left to the next pass", queue.name)
-            return False
+    while not connection.set(key, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
+        if as_text(connection.get(key) or b"") == token:
+            break
+        if time.monotonic() >= deadline:
+            yield False
+            return
         time.sleep(0.2)
     try:
-        action()
+        yield True
     finally:
         release_lock(connection, key, token)
-    return True

@@ -22,14 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq import worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.intermediate_queue import IntermediateQueue
+from rq.registry import clean_registries
 from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 
 from . import pool, registry, stats
 from .config import BadSetting, for_worker
-from .fetch import ReliableQueue, recover_predecessors
+from .fetch import ReliableQueue, maintenance_lock, recover_predecessors
 from .follow import MasterWatch
 from .prefork import PreforkWorker
 from .queueing import NotDurable, RegisteredJob, enqueue, make_queue
@@ -183,6 +185,22 @@ class KitWorker(PreforkWorker):
         if self._stop_requested:
             return
         super().run_maintenance_tasks()
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance pass over each queue, its steps in its order, under the queue's lock
+        taken as fetch.maintenance_lock takes it. RQ's lock lasts 15 minutes and is given back
+        only when the pass ends well: a pass a stop signal (a rolling restart), a kill or an
+        error interrupted left it taken, and every abandoned job of the queue waited for it to
+        lapse before its retry. Each step is one transaction: an interrupted pass leaves no
+        job half handled."""
+        for queue in self.queues:
+            with maintenance_lock(queue, f"{self.name}.maintenance") as taken:
+                if taken:
+                    self.log.info("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                    clean_registries(queue, self._exc_handlers)
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+        self.last_cleaned_at = utcnow()
 
     def _start_scheduler(
         self,
