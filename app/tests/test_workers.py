@@ -234,6 +234,26 @@ def test_a_maintenance_pass_cut_off_leaves_no_lock_that_holds_back_the_next(work
     print(f"\nthe restarted unit's pass ran {time.monotonic() - started:.1f} s after the kill")
 
 
+def test_a_job_s_arguments_never_reach_the_worker_s_log(client, workers):
+    """RQ's worker logs the description of each job it takes and finishes, at INFO: the kit's
+    named every argument's value, so an app's (an e-mail address, a token) went to the journal,
+    once per attempt. It logs the task and the job's id."""
+    job_id = client.post("/jobs", json={"task": "add", "args": [13371337, 1]}).get_json()["job_id"]
+    run = subprocess.run(
+        [sys.executable, "-m", "fridge.worker", "--burst", "--queues", "default"],
+        env=workers._env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert client.get(f"/jobs/{job_id}").get_json()["result"] == 13371338
+    logged = run.stdout + run.stderr
+    assert f"default: add ({job_id})" in logged, logged[-2000:]
+    assert "13371337" not in logged, logged[-2000:]
+
+
 def test_recover_without_a_name_of_its_own_is_refused():
     """The host name, the default, is every unit's of the host: one would retry the jobs the
     others run."""

@@ -286,7 +286,10 @@ def enqueue(
             "retry": retry,
             "result_ttl": int(store.config["RESULT_TTL"]),
             "failure_ttl": int(store.config["FAILURE_TTL"]),
-            "description": f"{task.name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
+            # RQ's workers log the description of each job they take and finish: the task's
+            # name, never its arguments (an app's may be personal data; the journal is read
+            # more widely than the queue). The arguments are the job's kwargs.
+            "description": task.name,
             "meta": {"task": task.name},
         }
         try:
