@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from conftest import wait_for_status
 from fridge.config import load
 from kitqueue.worker import check_schedules
-from redis_cluster import wait_until
+from redis_cluster import PASSWORDS, WEB_USER, wait_until
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -156,6 +157,34 @@ def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers,
     failed = wait_for_status(client, job.id, {"failed", "finished"}, timeout=20)
     assert failed["status"] == "failed"
     assert "not a registered task" in failed["error"]
+
+
+def test_workers_refuse_a_stored_job_the_api_would_refuse(client, workers, cluster):
+    """A web host's Redis login may write jobs (it enqueues): taken over, it could store in a
+    queue a demo task where DEMO_TASKS is off (`hog`: memory the worker host has not got), or
+    a task with arguments its schema refuses, or given by position. The worker checks what the
+    API checks: each such job fails naming why, and runs nothing."""
+    web = redis.Redis(
+        port=cluster.master_port(), username=WEB_USER, password=PASSWORDS["web"], **cluster.client_tls()
+    )
+    queue = Queue("default", connection=web, serializer=JSONSerializer)
+    stored = {
+        "demo": queue.enqueue("fridge.tasks.hog", kwargs={"mib": 4096}, retry=None),
+        "schema": queue.enqueue("fridge.tasks.eat", kwargs={"comida": "x" * 10_000}, retry=None),
+        "position": queue.enqueue("fridge.tasks.add", args=[1, 2], retry=None),
+        "good": queue.enqueue("fridge.tasks.add", kwargs={"a": 1, "b": 2}, retry=None),
+    }
+    workers.start(1, DEMO_TASKS=False)
+    done = {kind: wait_for_status(client, job.id, {"failed", "finished"}) for kind, job in stored.items()}
+    assert done["good"]["result"] == 3, done["good"]
+    reasons = {
+        "demo": "refusing to run 'hog': a demo task, and DEMO_TASKS is off",
+        "schema": "'comida' is longer than 64 characters",
+        "position": "task 'add' takes its arguments by name, not by position",
+    }
+    for kind, reason in reasons.items():
+        assert done[kind]["status"] == "failed", done[kind]
+        assert reason in done[kind]["error"], done[kind]
 
 
 def test_a_job_over_its_timeout_is_stopped_and_failed(settings, workers):

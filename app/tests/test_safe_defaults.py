@@ -58,6 +58,25 @@ def test_public_queues_are_configurable_and_checked(settings):
         create_app({**settings, "PUBLIC_QUEUES": ["urgent"]})
 
 
+@pytest.mark.parametrize(
+    ("retries", "intervals", "said"),
+    [
+        (3, [], "JOB_RETRY_INTERVALS must list the seconds before each retry"),
+        (3, [5, -1], "JOB_RETRY_INTERVALS must list the seconds before each retry"),
+        (3, "5,30", "JOB_RETRY_INTERVALS must list the seconds before each retry"),
+        (-1, [5], "JOB_RETRIES must be a whole number of retries"),
+        ("3", [5], "JOB_RETRIES must be a whole number of retries"),
+    ],
+    ids=["empty", "negative", "a-string", "negative-retries", "retries-a-string"],
+)
+def test_retry_settings_the_workers_cannot_follow_are_refused_naming_them(settings, retries, intervals, said):
+    """An empty JOB_RETRY_INTERVALS was taken, then every failed job's retry raised IndexError
+    in RQ, and so did each maintenance pass that met an abandoned job."""
+    with pytest.raises(BadSetting, match=said):
+        create_app({**settings, "JOB_RETRIES": retries, "JOB_RETRY_INTERVALS": intervals})
+    create_app({**settings, "JOB_RETRIES": 0, "JOB_RETRY_INTERVALS": []})  # no retry: no interval
+
+
 def test_a_task_whose_queue_is_not_in_queues_is_refused_at_start(settings, cluster):
     """Without `low` in QUEUES, `sleep` (queued on `low` by default) would be acknowledged on a
     queue no worker reads: the app and the workers refuse to start, naming the task and queue."""

@@ -147,6 +147,20 @@ def check(settings: Mapping[str, Any]) -> None:
     # An enqueue confirms the job by reading it back, possibly after a worker already ran it.
     if int(settings["RESULT_TTL"]) < 60:
         raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")
+    # RQ reads a retry's wait from this list (the last one for the later retries): an empty list
+    # made every failed job's retry, and every maintenance pass that met one, raise IndexError.
+    retries, intervals = settings["JOB_RETRIES"], settings["JOB_RETRY_INTERVALS"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise BadSetting(f"JOB_RETRIES must be a whole number of retries, 0 or more, not {retries!r}")
+    if retries and (
+        not isinstance(intervals, list)
+        or not intervals
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in intervals)
+    ):
+        raise BadSetting(
+            f"JOB_RETRY_INTERVALS must list the seconds before each retry (whole numbers, 0 or more; "
+            f"the last one for any later retry), not {intervals!r}"
+        )
     if not isinstance(settings["REDIS_TLS"], bool):
         raise BadSetting(f"REDIS_TLS must be true or false, not {settings['REDIS_TLS']!r}")
     # A task's own queue takes every job that names none: one no worker reads would take

@@ -22,7 +22,8 @@ from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, _build_hset_args
 from rq.serializers import JSONSerializer
 
 from .fetch import ReliableQueue
-from .registry import Task, allowed_paths
+from .registry import Task, by_path, settings
+from .schema import BadArguments
 from .store import (
     CannotPersist,
     Full,
@@ -50,8 +51,19 @@ class RegisteredJob(Job):
 
     @property
     def func(self):
-        if self.func_name not in allowed_paths():
+        """The task's function, for a stored job the API could have made. Anyone who can
+        write to Redis (a web host's login can) could store a job naming any function, a demo
+        task (`crash`, `hog`) where DEMO_TASKS is off, or arguments the task's schema refuses:
+        the worker checks what the API checks, and the job fails naming the reason."""
+        task = by_path().get(self.func_name)
+        if task is None:
             raise UnknownTask(f"refusing to run {self.func_name!r}: not a registered task")
+        running = settings()  # the worker's settings, while it runs the job
+        if task.demo and running and not running.get("DEMO_TASKS"):
+            raise UnknownTask(f"refusing to run {task.name!r}: a demo task, and DEMO_TASKS is off")
+        if self.args:
+            raise BadArguments(f"task '{task.name}' takes its arguments by name, not by position")
+        task.arguments(self.kwargs)
         return super().func
 
 

@@ -108,9 +108,14 @@ def tasks() -> Mapping[str, Task]:
 
 
 @functools.cache
+def by_path() -> Mapping[str, Task]:
+    """The registered tasks by their function's Python path: the only functions a worker runs."""
+    return MappingProxyType({task.path: task for task in tasks().values()})
+
+
 def allowed_paths() -> frozenset[str]:
     """The Python paths of the registered functions: the only ones a worker runs."""
-    return frozenset(task.path for task in tasks().values())
+    return frozenset(by_path())
 
 
 def offered(config: Mapping[str, Any]) -> dict[str, Task]:
