@@ -49,13 +49,18 @@ def asset_url(filename: str) -> str:
 def _cache_named_assets(response):
     # Only under the name of the content sent: during a rolling deploy an old web host may be
     # asked for a new name, and what it sends must not be kept under that name.
-    named = request.endpoint == "dashboard.static" and response.status_code == 200
-    if named and request.args.get("v") == _asset_version((request.view_args or {}).get("filename", "")):
-        response.cache_control.public = False
-        response.cache_control.no_cache = None
-        response.cache_control.private = True
-        response.cache_control.max_age = ASSET_MAX_AGE
-        response.cache_control.immutable = True
+    if request.endpoint == "dashboard.static":
+        named = response.status_code == 200
+        if named and request.args.get("v") == _asset_version((request.view_args or {}).get("filename", "")):
+            response.cache_control.public = False
+            response.cache_control.no_cache = None
+            response.cache_control.private = True
+            response.cache_control.max_age = ASSET_MAX_AGE
+            response.cache_control.immutable = True
+        return response
+    # Pages and their JSON show jobs' arguments, results and tracebacks: kept on no disk (the
+    # browser's cache of a shared or lost laptop), fetched afresh each time.
+    response.cache_control.no_store = True
     return response
 
 

@@ -224,6 +224,20 @@ def test_the_dashboard_follows_a_failover(client, cluster):
     assert client.get("/dashboard/jobs/waiting/default").status_code == 200
 
 
+def test_no_page_that_shows_a_job_is_kept_by_the_browser(client, workers):
+    """A job's arguments, result and traceback appear on the pages and their JSON: no-store
+    keeps them out of the browser's disk cache."""
+    job_id = client.post("/jobs", json={"task": "fail", "args": ["kept nowhere"]}).get_json()["job_id"]
+    workers.start(1)
+    wait_for_status(client, job_id, {"failed"}, timeout=30)
+    pages = ("/dashboard/", f"/dashboard/job/{job_id}", "/dashboard/api/overview")
+    pages += ("/dashboard/jobs/failed/default",)
+    for path in pages:
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert "no-store" in answer.headers.get("Cache-Control", ""), (path, answer.headers)
+
+
 def test_the_pages_name_their_assets_by_content_and_the_browser_keeps_them(client):
     """Apache checks the Basic auth password (bcrypt) on every request: each asset a page uses
     is named by a hash of its content and sent to be kept a year without asking again, privately
