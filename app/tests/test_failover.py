@@ -24,6 +24,7 @@ from functools import partial
 from unittest import mock
 
 import pytest
+import redis
 from conftest import wait_for_status
 from kitqueue.config import for_worker
 from kitqueue.fetch import ReliableQueue
@@ -255,10 +256,10 @@ def test_a_recurring_period_a_fault_kept_from_its_replica_is_enqueued_once_the_r
     assert queued.count(job_key.removeprefix("rq:job:").encode()) == 1
 
 
-def _workers_store(app) -> Store:
-    """A worker's Store (its login, its retries), whose connections give up waiting for a reply
-    after 0.3 s: a stall of the master longer than that and shorter than down-after makes them
-    send their command again."""
+def _workers_store(app, connection_retries: int | None = None) -> Store:
+    """A worker's Store (its login, its retries unless given), whose connections give up
+    waiting for a reply after 0.3 s: a stall of the master longer than that and shorter than
+    down-after makes them send their command again."""
     settings = for_worker(
         {
             **app.config,
@@ -268,7 +269,8 @@ def _workers_store(app) -> Store:
             "WORKER_REDIS_PASSWORD": PASSWORDS["worker"],
         }
     )
-    return Store(settings, connection_retries=int(settings["WORKER_CONNECTION_RETRIES"]))
+    retries = int(settings["WORKER_CONNECTION_RETRIES"]) if connection_retries is None else connection_retries
+    return Store(settings, connection_retries=retries)
 
 
 def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler_moves_it(
@@ -339,4 +341,36 @@ def test_a_worker_takes_one_job_when_the_master_stalls_while_its_fetch_is_on_the
     assert scripts_run() - before >= 2, "the fetch was not sent again: nothing tested"
     intermediate = queue.intermediate_queue.key
     assert (job.id, admin.lrange(intermediate, 0, -1)) == (first, [first.encode()]), "one job taken"
+    assert admin.lrange(queue.key, 0, -1) == [second.encode()]
+
+
+def test_a_fetch_cut_off_past_its_retries_is_sent_again_as_the_same_fetch(app, cluster, client, admin):
+    """The fetch moved a job into the intermediate list, then the master stopped answering
+    (SIGSTOP, shorter than down-after) before the job was read, and the connection's retries
+    ran out: the error reaches the worker's loop, which fetches again. That fetch was a new one:
+    it moved the next job, and the first waited in the intermediate list until a maintenance
+    pass (30 s and more) retried it as a failed attempt. It is now the same fetch sent again,
+    which answers the job the first moved."""
+    store = _workers_store(app, connection_retries=0)  # its retries run out at once
+    queue_class = ReliableQueue.configured(store.key("wake"), 30.0, store.key("fetch", "test.fetch"))
+    queue = make_queue(store, "default", queue_class)
+    fetch = partial(queue_class.dequeue_any, [queue], None, connection=store.redis, job_class=RegisteredJob)
+    assert fetch() is None  # the queue is empty; the script is loaded on the master now
+    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    master, send = cluster.master_port(), Script.__call__
+
+    def stalled_after(script: Script, *args, **kwargs):
+        moved = send(script, *args, **kwargs)
+        cluster.freeze(master)  # the move done, the job's read to come
+        threading.Timer(0.7, cluster.thaw, [master]).start()
+        return moved
+
+    with mock.patch.object(Script, "__call__", stalled_after), pytest.raises(redis.RedisError):
+        fetch()
+    wait_until(lambda: admin.ping(), 10, "the master to answer again")
+    assert admin.lrange(queue.intermediate_queue.key, 0, -1) == [first.encode()], "the fetch moved one job"
+    job, _ = fetch()
+    assert cluster.master_port() == master  # a stall, not a failover
+    assert job.id == first
+    assert admin.lrange(queue.intermediate_queue.key, 0, -1) == [first.encode()], "one job taken"
     assert admin.lrange(queue.key, 0, -1) == [second.encode()]

@@ -110,6 +110,12 @@ class ReliableQueue(Queue):
     # The key holding this worker's last fetch (FETCH); set by `configured`. None: RQ's own
     # queues of this class (no worker of the kit fetches through them) keep no record.
     fetch_key: str | None = None
+    # The fetch under way: its token and its queue's key, kept until the job it moved is read
+    # (or none was moved). A fetch whose reply, or the read of whose job, was lost past the
+    # connection's retries (an outage, a refused login) is sent again as the same fetch by the
+    # worker's next try, which then answers that job instead of moving the next one and leaving
+    # it in the intermediate list for a maintenance pass (charged as a failed attempt).
+    pending: tuple[str, str] | None = None
 
     @classmethod
     def configured(cls, wake_key: str, grace_seconds: float, fetch_key: str) -> type[ReliableQueue]:
@@ -139,8 +145,13 @@ class ReliableQueue(Queue):
         assert cls.fetch_key is not None, "a worker's queue class comes from ReliableQueue.configured"
         intermediate = cls.intermediate_class(queue_key, connection=connection)
         keys = [queue_key, intermediate.key, cls.fetch_key]
-        job_id = FETCH_SCRIPT(keys=keys, args=[uuid.uuid4().hex, FETCH_MEMORY_SECONDS], client=connection)
-        return None if job_id is None else (queue_key, job_id)
+        if cls.pending is None or cls.pending[1] != queue_key:
+            cls.pending = (uuid.uuid4().hex, queue_key)
+        job_id = FETCH_SCRIPT(keys=keys, args=[cls.pending[0], FETCH_MEMORY_SECONDS], client=connection)
+        if job_id is None:
+            cls.pending = None
+            return None
+        return queue_key, job_id
 
     @classmethod
     def dequeue_any(
@@ -159,7 +170,9 @@ class ReliableQueue(Queue):
                 raise StopRequested()
             if cls.between_polls is not None:
                 cls.between_polls()
-            for queue in queues:
+            # A fetch that was cut off is sent again first (see `pending`).
+            resent = [q for q in queues if cls.pending is not None and q.key == cls.pending[1]]
+            for queue in resent + [q for q in queues if q not in resent]:
                 # Holding from before the move: a stop asked while its reply is on the way
                 # must not be raised into it (the job would be moved and never run).
                 cls.holding = True
@@ -176,6 +189,7 @@ class ReliableQueue(Queue):
                     serializer=serializer,
                     death_penalty_class=death_penalty_class,
                 )
+                cls.pending = None  # this fetch is over: the job was read, or is gone
                 if fetched is not None:
                     return fetched
                 cls.holding = False
