@@ -96,7 +96,7 @@ def test_a_slot_killed_alone_takes_its_horse_and_the_program_its_job_ran_with_it
     client, workers, admin, notify_socket
 ):
     """The OOM killer, or an operator's kill -9, picks one process: the slot. Its horse, in a
-    process group of its own, and the program its job runs (`spawn`: the `sleep` program)
+    process group of its own, and the program its job started in the background (`spawn`)
     would run on, and the job, abandoned once the slot's heartbeats stopped, would then run
     twice at once. The pool reaps what it kills: no zombie is left under it."""
     (pool,) = workers.start(1, "--slots", "2")
@@ -105,8 +105,8 @@ def test_a_slot_killed_alone_takes_its_horse_and_the_program_its_job_ran_with_it
     wait_for_status(client, job_id, {"started"}, timeout=15)
     victim = next(pid for pid, name in slots_of(pool.pid, admin).items() if name == worker_of(admin, job_id))
     horses = [pid for pid in descendants(victim) if pid not in group(victim)]
-    assert horses, "the slot has no horse"
-    programs = wait_until(lambda: [pid for pid in descendants(horses[0])], 5, "the job's program")
+    assert len(horses) == 1, horses
+    programs = wait_until(lambda: [p for p in group(horses[0]) if p != horses[0]], 5, "the job's program")
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: not any(alive(pid) for pid in horses), 5, f"its horse {horses} to end")
     wait_until(lambda: not any(alive(pid) for pid in programs), 5, f"the job's program {programs} to end")
@@ -114,6 +114,23 @@ def test_a_slot_killed_alone_takes_its_horse_and_the_program_its_job_ran_with_it
     slots = set(slots_of(pool.pid, admin))
     wait_until(lambda: set(children(pool.pid)) <= slots, 15, "only its slots under the pool")
     assert pool.poll() is None, heard
+
+
+def test_a_program_a_running_job_left_to_the_pool_does_not_stop_the_job(
+    client, workers, admin, notify_socket
+):
+    """The shell `spawn` runs exits at once, and the program it started in the background is
+    handed to the pool (the slots' subreaper) while the job runs on: the pool's sweeps (every
+    5 s) leave both alone, and reap the program once it ends."""
+    (pool,) = workers.start(1, "--slots", "2")
+    notifications(notify_socket, "READY=1")
+    job_id = client.post("/jobs", json={"task": "spawn", "args": [8]}).get_json()["job_id"]
+    wait_for_status(client, job_id, {"started"}, timeout=15)
+    left = wait_until(lambda: set(children(pool.pid)) - set(slots_of(pool.pid, admin)), 5, "the program")
+    done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=30)
+    assert (done["status"], done["retries_left"]) == ("finished", 2), (done, left)
+    slots = set(slots_of(pool.pid, admin))
+    wait_until(lambda: set(children(pool.pid)) <= slots, 15, "the ended program reaped")
 
 
 def test_what_a_killed_slot_started_goes_with_it(workers, admin, notify_socket):

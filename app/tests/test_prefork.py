@@ -13,7 +13,7 @@ import termios
 import time
 
 import pytest
-from conftest import alive, wait_for_status
+from conftest import alive, group, wait_for_status
 from fridge.web import create_app
 from redis_cluster import wait_until
 from test_workers import children, proc_title
@@ -68,18 +68,19 @@ def test_a_job_that_kills_its_horse_fails_alone(client, workers, how):
 
 
 def test_a_program_a_job_ran_dies_with_its_horse(client, workers):
-    """A horse killed mid-job (the OOM killer, a crash in a C extension) while its job's
-    program runs: the program is killed with it, or it would run on beside the job's retry."""
+    """A horse killed mid-job (the OOM killer, a crash in a C extension) while the program its
+    job started in the background runs (`spawn`: the shell's `&`, in the horse's process
+    group): the program is killed with it, or it would run on beside the job's retry."""
     (worker,) = workers.start(1)
     response = client.post("/jobs", json={"task": "spawn", "args": [60]})
     wait_for_status(client, response.get_json()["job_id"], {"started"}, timeout=15)
     horse = the_horse(worker)
-    programs = wait_until(lambda: children(horse), 5, "the job's program")
+    programs = wait_until(lambda: [p for p in group(horse) if p != horse], 5, "the job's program")
     os.kill(horse, signal.SIGKILL)
     wait_until(lambda: not any(alive(pid) for pid in programs), 5, f"the job's program {programs} to end")
     # The job is retried in a new horse, whose program is then the only one running.
     retry = wait_until(
-        lambda: [p for h in horses(worker) if h != horse for p in children(h)], 15, "the retry"
+        lambda: [p for h in horses(worker) if h != horse for p in group(h) if p != h], 15, "the retry"
     )
     assert not any(alive(pid) for pid in programs), (programs, retry)
     assert worker.poll() is None, "the worker carries on"

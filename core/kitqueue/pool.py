@@ -13,9 +13,10 @@ the other processes once the main one has gone, and their jobs are retried as ab
 
 A slot killed alone (the OOM killer, a kill -9) takes its horse with it (prefork.py), but not a
 program the horse's job started: abandoned, the job would be retried while that program still
-ran. The parent is the slots' subreaper: what they leave behind becomes its child, and it kills
-each such process with its process group (a horse's group holds what its job started) and
-reaps it. Its only children of its own are the slots.
+ran. Each slot tells the parent the pid of every horse it starts; the parent is the slots'
+subreaper, so a dead slot's horse becomes its child (its pid, which is also its process group's
+id, cannot be reused before the parent reaps it), and the parent kills the horse's group: the
+horse and what its job started. It reaps whatever else a slot or a job left to it.
 """
 
 from __future__ import annotations
@@ -27,21 +28,28 @@ import logging
 import os
 import select
 import signal
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 log = logging.getLogger("kitqueue.pool")
 
 MAX_SLOTS = 64
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-# How often the parent looks for what a slot or a horse left behind, besides when a slot ends.
+# How often the parent reaps what a slot or a job left behind, besides when a slot ends; an
+# ended slot's scheduler has as long to stop on SIGTERM before it is killed.
 SWEEP_SECONDS = 5.0
+# What a slot tells the parent: (slot, 0) once it takes jobs, (slot, pid) when it starts a horse.
+# Shorter than PIPE_BUF: each is written whole, and a read of whole records returns whole ones.
+_RECORD = struct.Struct("<BI")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-# A slot's work: (slot number, ready) -> exit code; it calls ready() once it takes jobs.
-Slot = Callable[[int, Callable[[], None]], int]
+# A slot's work: (slot number, ready, horse) -> exit code; it calls ready() once it takes jobs
+# and horse(pid) whenever it starts a horse.
+Slot = Callable[[int, Callable[[], None], Callable[[int], None]], int]
 
 
 @dataclass
@@ -72,6 +80,7 @@ class Pool:
         self.ready: set[int] = set()
         self.stopping = False
         self.terminated: dict[int, float] = {}  # an ended slot's process group -> when sent SIGTERM
+        self.horses: dict[int, int] = {}  # slot -> the pid of the last horse it started
 
     def run(self) -> int:
         """Start the slots and keep them running until a stop signal; then wait for them."""
@@ -107,9 +116,12 @@ class Pool:
             timeout = min(timeout, max(0.0, min(self.due.values()) - now))
         readable = select.select([ready_out, *self.running], [], [], timeout)[0]
         if ready_out in readable:
-            self.ready.update(os.read(ready_out, 512))
-            # systemd's start (and so a rolling restart) waits until every slot takes jobs.
-            self.notify(f"READY=1\n{self._status()}" if len(self.ready) == self.slots else self._status())
+            told = list(_RECORD.iter_unpack(os.read(ready_out, _RECORD.size * 64)))
+            self.horses.update((slot, pid) for slot, pid in told if pid)
+            if any(not pid for _, pid in told):
+                self.ready.update(slot for slot, pid in told if not pid)
+                # systemd's start (and so a rolling restart) waits until every slot takes jobs.
+                self.notify(f"READY=1\n{self._status()}" if len(self.ready) == self.slots else self._status())
         for pidfd in (fd for fd in readable if fd in self.running):
             self._reap(pidfd)
         self._sweep()
@@ -119,25 +131,21 @@ class Pool:
                 self._fork(slot, ready_out, ready_in)
 
     def _sweep(self) -> None:
-        """Kill and reap the children that are not slots: what a slot or a horse that died
-        left behind (see the module). A slot's horse heads its own process group, with what its
-        job started; a process that is still this one's child keeps its pid, and so its group's
-        id, from being reused."""
+        """Reap the children that are not slots and have ended: what a slot or a job left to
+        this process (its subreaper). An ended slot's own group (RQ's scheduler, sent SIGTERM)
+        that is still there a sweep later is killed; one of its processes, still this one's
+        child, keeps the group's id from being reused. Anything else is left to run: a program
+        a running job started and left (a shell's background job) is its horse's to end."""
         now = time.monotonic()
-        # An ended slot's own group (RQ's scheduler) was sent SIGTERM: a sweep's time to stop.
-        self.terminated = {
-            group: when for group, when in self.terminated.items() if now - when < SWEEP_SECONDS
-        }
         slots = {running.pid for running in self.running.values()}
         for pid in _children() - slots:
             with contextlib.suppress(ProcessLookupError):
                 group = os.getpgid(pid)
-                if group not in self.terminated:
-                    if group != os.getpgrp():  # never this process's own group
-                        os.killpg(group, signal.SIGKILL)
-                    os.kill(pid, signal.SIGKILL)
+                if now - self.terminated.get(group, now) >= SWEEP_SECONDS:
+                    os.killpg(group, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reaped now if it died, else at the next sweep
+                os.waitpid(pid, os.WNOHANG)  # reaped now if it ended, else at a later sweep
+        self.terminated = {group: when for group, when in self.terminated.items() if now - when < 60}
 
     def _status(self) -> str:
         return f"STATUS={len(self.ready)} of {self.slots} slots taking jobs"
@@ -151,6 +159,14 @@ class Pool:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(ended.pid, signal.SIGTERM)
             self.terminated[ended.pid] = time.monotonic()
+        # Its horse and what the horse's job started: the horse is this process's child now
+        # (reparented when the slot died), so its pid is still its group's. A horse that is not
+        # was reaped by the slot, which killed its group then (prefork.py).
+        horse = self.horses.pop(ended.slot, None)
+        slots = {running.pid for running in self.running.values()}
+        if horse is not None and horse in _children() - slots:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(horse, signal.SIGKILL)
         code = os.waitstatus_to_exitcode(status)
         if self.stopping or (self.burst and code == 0):
             return
@@ -184,11 +200,11 @@ class Pool:
                         os.close(pidfd)
                     stop_with(parent)
 
-                    def ready() -> None:
+                    def tell(pid: int) -> None:
                         with contextlib.suppress(OSError):
-                            os.write(ready_in, bytes([slot]))
+                            os.write(ready_in, _RECORD.pack(slot, pid))
 
-                    code = self.work(slot, ready)
+                    code = self.work(slot, partial(tell, 0), tell)
                 except BaseException:
                     log.exception("slot %d failed", slot)
                 finally:
@@ -210,12 +226,21 @@ def _prctl(option: int, value: int) -> bool:
 
 
 def _children() -> set[int]:
-    """This process's children (Linux: /proc/<pid>/task/<tid>/children)."""
+    """This process's children (Linux: /proc/<pid>/task/<tid>/children, CONFIG_PROC_CHILDREN,
+    which Debian's kernels have)."""
     found: set[int] = set()
     for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{task}/children") as children:
-            found.update(int(pid) for pid in children.read().split())
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                found.update(int(pid) for pid in children.read().split())
+        except FileNotFoundError:
+            if not _warned:
+                _warned.append(True)
+                log.warning("this kernel lists no process's children: what a slot leaves is not reaped")
     return found
+
+
+_warned: list[bool] = []
 
 
 def stop_with(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:

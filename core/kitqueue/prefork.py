@@ -18,7 +18,8 @@ read with that alarm held back and kept until the next job, and the horse is rea
 is forgotten. A horse's death is seen through its pidfd, not through the pipes, which a process
 the job forked may still hold open. A horse dies with its worker (SIGKILL from the kernel),
 and what its job started (the horse's process group) with the horse: the worker kills the group
-when it reaps the horse, and a pool (pool.py) when the worker died alone.
+when it reaps the horse, and a pool (pool.py) when the worker died alone. A program a job leaves
+running therefore ends with its horse (after `max_jobs` jobs, a memory limit, a stop).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import random
 import select
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +103,8 @@ class PreforkWorker(Worker):
         self.max_memory_mb = float(max_memory_mb)
         self.horses_started = 0
         self._horse: Horse | None = None
+        # Told the pid of each horse started (a pool's slot tells the pool: pool.py).
+        self.on_horse: Callable[[int], None] | None = None
         # Bumped when the worker follows a new master (follow.py); part of `_epoch`, sent with
         # each job: when that changes, the horse drops its Redis connections before the job.
         self.connection_epoch = 0
@@ -190,6 +194,8 @@ class PreforkWorker(Worker):
         os.close(answers_in)
         self._horse = Horse(pid, jobs_in, answers_out, os.pidfd_open(pid))
         self.horses_started += 1
+        if self.on_horse is not None:
+            self.on_horse(pid)
         log.info("Worker %s: horse %s started (horse number %d)", self.name, pid, self.horses_started)
         return self._horse
 

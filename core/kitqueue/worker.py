@@ -527,12 +527,14 @@ def run_slots(
     build_worker(store, queue_names, f"{prefix}.pool")
     store.disconnect()
 
-    def slot(number: int, ready: Callable[[], None]) -> int:
+    def slot(number: int, ready: Callable[[], None], horse: Callable[[int], None]) -> int:
         def notify(message: str) -> None:
             if "READY=1" in message.splitlines():
                 ready()
 
-        serve(build_worker(store, queue_names, f"{prefix}.{os.getpid()}", notify))
+        worker = build_worker(store, queue_names, f"{prefix}.{os.getpid()}", notify)
+        worker.on_horse = horse  # the pool kills a horse's group when its slot dies alone
+        serve(worker)
         return 0
 
     return pool.Pool(slots, slot, sd_notify, burst=burst).run()
