@@ -11,7 +11,7 @@ from conftest import wait_for_status
 from fridge.config import load
 from kitqueue.worker import check_schedules
 from redis_cluster import PASSWORDS, WEB_USER, wait_until
-from rq import Queue
+from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 
@@ -140,13 +140,16 @@ def test_a_recurring_job_s_queue_is_checked_as_it_will_be_enqueued(settings):
     """With no queue of its own a recurring job goes to its task's queue: that queue is the one
     checked (`default` was, whatever the task's)."""
     napping = {"name": "nap", "task": "sleep", "args": [1], "every": 5}  # `sleep` goes to `low`
-    config = {**load({**settings, "DEMO_TASKS": False}), "RECURRING": [napping]}
+    config = {**load({**settings, "DEMO_TASKS": True}), "RECURRING": [napping]}
     with pytest.raises(SystemExit, match=r"RECURRING nap: queue 'low' \(task sleep's\) is not in QUEUES"):
         check_schedules({**config, "QUEUES": ["critical", "default"]})
     assert check_schedules({**config, "QUEUES": ["critical", "low"]}) == [napping]
     elsewhere = {**napping, "queue": "urgent"}
     with pytest.raises(SystemExit, match=r"RECURRING nap: queue 'urgent' is not in QUEUES"):
         check_schedules({**config, "RECURRING": [elsewhere]})
+    # Its jobs would be refused by the workers (test_workers_refuse_a_stored_job_the_api_would_refuse).
+    with pytest.raises(SystemExit, match=r"RECURRING nap: 'sleep' is a demo task, and DEMO_TASKS is off"):
+        check_schedules({**config, "QUEUES": ["critical", "low"], "DEMO_TASKS": False})
 
 
 def test_workers_refuse_functions_that_are_not_registered_tasks(client, workers, cluster):
@@ -168,11 +171,12 @@ def test_workers_refuse_a_stored_job_the_api_would_refuse(client, workers, clust
         port=cluster.master_port(), username=WEB_USER, password=PASSWORDS["web"], **cluster.client_tls()
     )
     queue = Queue("default", connection=web, serializer=JSONSerializer)
+    retry = Retry(max=2)  # a refusal is final: not retried
     stored = {
-        "demo": queue.enqueue("fridge.tasks.hog", kwargs={"mib": 4096}, retry=None),
-        "schema": queue.enqueue("fridge.tasks.eat", kwargs={"comida": "x" * 10_000}, retry=None),
-        "position": queue.enqueue("fridge.tasks.add", args=[1, 2], retry=None),
-        "good": queue.enqueue("fridge.tasks.add", kwargs={"a": 1, "b": 2}, retry=None),
+        "demo": queue.enqueue("fridge.tasks.hog", kwargs={"mib": 4096}, retry=retry),
+        "schema": queue.enqueue("fridge.tasks.eat", kwargs={"comida": "x" * 10_000}, retry=retry),
+        "position": queue.enqueue("fridge.tasks.add", args=[1, 2], retry=retry),
+        "good": queue.enqueue("fridge.tasks.add", kwargs={"a": 1, "b": 2}, retry=retry),
     }
     workers.start(1, DEMO_TASKS=False)
     done = {kind: wait_for_status(client, job.id, {"failed", "finished"}) for kind, job in stored.items()}
@@ -183,8 +187,9 @@ def test_workers_refuse_a_stored_job_the_api_would_refuse(client, workers, clust
         "position": "task 'add' takes its arguments by name, not by position",
     }
     for kind, reason in reasons.items():
-        assert done[kind]["status"] == "failed", done[kind]
+        assert (done[kind]["status"], done[kind]["retries_left"]) == ("failed", 0), done[kind]
         assert reason in done[kind]["error"], done[kind]
+        assert len(queue.fetch_job(stored[kind].id).results()) == 1, "refused once, not retried"
 
 
 def test_a_job_over_its_timeout_is_stopped_and_failed(settings, workers):

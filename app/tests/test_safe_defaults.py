@@ -65,9 +65,10 @@ def test_public_queues_are_configurable_and_checked(settings):
         (3, [5, -1], "JOB_RETRY_INTERVALS must list the seconds before each retry"),
         (3, "5,30", "JOB_RETRY_INTERVALS must list the seconds before each retry"),
         (-1, [5], "JOB_RETRIES must be a whole number of retries"),
-        ("3", [5], "JOB_RETRIES must be a whole number of retries"),
+        ("three", [5], "JOB_RETRIES must be a whole number of retries"),
+        (2.5, [5], "JOB_RETRIES must be a whole number of retries"),
     ],
-    ids=["empty", "negative", "a-string", "negative-retries", "retries-a-string"],
+    ids=["empty", "negative", "a-string", "negative-retries", "retries-a-word", "retries-a-fraction"],
 )
 def test_retry_settings_the_workers_cannot_follow_are_refused_naming_them(settings, retries, intervals, said):
     """An empty JOB_RETRY_INTERVALS was taken, then every failed job's retry raised IndexError
@@ -75,6 +76,7 @@ def test_retry_settings_the_workers_cannot_follow_are_refused_naming_them(settin
     with pytest.raises(BadSetting, match=said):
         create_app({**settings, "JOB_RETRIES": retries, "JOB_RETRY_INTERVALS": intervals})
     create_app({**settings, "JOB_RETRIES": 0, "JOB_RETRY_INTERVALS": []})  # no retry: no interval
+    create_app({**settings, "JOB_RETRIES": "3", "JOB_RETRY_INTERVALS": [5]})  # `-e kit_app_job_retries=3`
 
 
 def test_a_task_whose_queue_is_not_in_queues_is_refused_at_start(settings, cluster):

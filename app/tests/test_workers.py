@@ -217,15 +217,17 @@ def test_a_maintenance_pass_cut_off_leaves_no_lock_that_holds_back_the_next(work
     fill()
     (worker,) = workers.start(1, "--queues", "critical")
     holder = in_the_pass("test-worker-0")
-    assert holder.endswith(".maintenance"), holder
+    admin.execute_command("CLIENT", "PAUSE", 1500)  # the pass waits on Redis: it is surely cut off
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+    assert holder.endswith(".maintenance"), holder
     assert admin.zcard(registry) > 0, "the pass was not cut off: nothing shown"
     assert admin.exists(lock) == 0, f"the lock stayed taken: {admin.get(lock)!r}, {admin.ttl(lock)} s"
 
     fill()
     unit = workers.start_named("host-1", "--recover", "--queues", "critical")
     in_the_pass("host-1")
+    admin.execute_command("CLIENT", "PAUSE", 1500)
     workers.kill_all(unit)
     assert admin.exists(lock) == 1, "killed in its pass: the lock is left"
     started = time.monotonic()

@@ -149,9 +149,11 @@ def check(settings: Mapping[str, Any]) -> None:
         raise BadSetting(f"RESULT_TTL ({settings['RESULT_TTL']}) must be at least 60 seconds")
     # RQ reads a retry's wait from this list (the last one for the later retries): an empty list
     # made every failed job's retry, and every maintenance pass that met one, raise IndexError.
+    # A number in a string is one (`-e kit_app_job_retries=5` renders "5"), as for the others.
     retries, intervals = settings["JOB_RETRIES"], settings["JOB_RETRY_INTERVALS"]
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+    if isinstance(retries, bool) or not str(retries).isdigit():
         raise BadSetting(f"JOB_RETRIES must be a whole number of retries, 0 or more, not {retries!r}")
+    retries = int(retries)
     if retries and (
         not isinstance(intervals, list)
         or not intervals

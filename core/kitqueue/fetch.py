@@ -273,9 +273,11 @@ def _expire(registry: StartedJobRegistry, entries: list[str]) -> None:
 
 
 # How long a queue's maintenance lock lasts when its holder is killed before it gives it back
-# (RQ's own: 15 minutes, also when a stop signal or an error interrupts the pass). Much longer
-# than a pass, which takes milliseconds: two passes at once could retry one abandoned job twice.
-MAINTENANCE_LOCK_SECONDS = 120
+# (RQ's own: 15 minutes, also when a stop signal or an error interrupts the pass; a unit's
+# restart with --recover frees its dead process's at once). Far longer than a pass, which takes
+# milliseconds, and still longer than one a failover stretches (each command's retries ride it
+# out): two passes at once could retry one abandoned job twice.
+MAINTENANCE_LOCK_SECONDS = 300
 
 
 @contextlib.contextmanager

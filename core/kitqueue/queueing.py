@@ -55,15 +55,19 @@ class RegisteredJob(Job):
         write to Redis (a web host's login can) could store a job naming any function, a demo
         task (`crash`, `hog`) where DEMO_TASKS is off, or arguments the task's schema refuses:
         the worker checks what the API checks, and the job fails naming the reason."""
-        task = by_path().get(self.func_name)
-        if task is None:
-            raise UnknownTask(f"refusing to run {self.func_name!r}: not a registered task")
-        running = settings()  # the worker's settings, while it runs the job
-        if task.demo and running and not running.get("DEMO_TASKS"):
-            raise UnknownTask(f"refusing to run {task.name!r}: a demo task, and DEMO_TASKS is off")
-        if self.args:
-            raise BadArguments(f"task '{task.name}' takes its arguments by name, not by position")
-        task.arguments(self.kwargs)
+        try:
+            task = by_path().get(self.func_name)
+            if task is None:
+                raise UnknownTask(f"refusing to run {self.func_name!r}: not a registered task")
+            running = settings()  # the worker's settings, while it runs the job
+            if task.demo and running and not running.get("DEMO_TASKS"):
+                raise UnknownTask(f"refusing to run {task.name!r}: a demo task, and DEMO_TASKS is off")
+            if self.args:
+                raise BadArguments(f"task '{task.name}' takes its arguments by name, not by position")
+            task.arguments(self.kwargs)
+        except (UnknownTask, BadArguments):
+            self.retries_left = 0  # a refusal is final: no retry would be taken
+            raise
         return super().func
 
 

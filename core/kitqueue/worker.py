@@ -380,6 +380,8 @@ def check_schedules(config: dict[str, Any]) -> list[dict[str, Any]]:
         name = schedule.get("name", "?")
         if schedule.get("task") not in registry.tasks():
             raise SystemExit(f"RECURRING {name}: unknown task {schedule.get('task')!r}")
+        if schedule["task"] not in registry.offered(config):  # its jobs would be refused (queueing.py)
+            raise SystemExit(f"RECURRING {name}: {schedule['task']!r} is a demo task, and DEMO_TASKS is off")
         task = registry.tasks()[schedule["task"]]
         queue = schedule.get("queue", task.queue)  # as Recurring.tick enqueues it
         if queue not in config["QUEUES"]:
