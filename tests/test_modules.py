@@ -457,6 +457,40 @@ def test_ha_master_follows_the_sentinel_and_refuses_a_master_outside_the_nodes(g
     assert "127.0.0.1" in planted["msg"], planted["msg"]
 
 
+def test_ha_master_without_sentinels_keeps_the_node_that_holds_the_data(tmp_path):
+    """No Sentinel answers (down, or refusing the run's password) and the nodes replicate from
+    none: a master the Sentinels had promoted, whose replica was lost and rebuilt empty, holds
+    the jobs. The bootstrap node (the inventory's first, the one rebuilt) was answered, and the
+    role then made the master replicate from it: every job wiped. The node holding data is the
+    master; two holding data are refused, named; none (a first deploy) is the bootstrap."""
+    port = free_port()
+    rebuilt = Server(tmp_path / "rebuilt", address="127.0.0.2", port=port)
+    promoted = Server(tmp_path / "promoted", address="127.0.0.3", port=port)
+    args = {
+        "master_name": "kit",
+        "sentinels": ["127.0.0.1"],
+        "sentinel_port": free_port(),  # nothing listens there
+        "nodes": ["127.0.0.2", "127.0.0.3"],
+        "node_port": port,
+        "node_password": "pw",
+        "bootstrap_master": "127.0.0.2",
+    }
+    try:
+        first = run_module("redis_ha_master", tmp_path, **args)
+        assert (first["master_host"], first["source"]) == ("127.0.0.2", "bootstrap"), first
+        promoted("SET", "rq:job:kept", "1")
+        found = run_module("redis_ha_master", tmp_path, **args)
+        assert (found["master_host"], found["source"]) == ("127.0.0.3", "replication"), found
+        rebuilt("SET", "rq:job:other", "1")
+        both = run_module("redis_ha_master", tmp_path, **args)
+        assert both["failed"] is True, both
+        assert "127.0.0.2 (1 keys), 127.0.0.3 (1 keys)" in both["msg"], both["msg"]
+    finally:
+        for server in (rebuilt, promoted):
+            server.proc.terminate()
+            server.proc.wait()
+
+
 def test_sentinel_monitor_sets_what_differs_once(group, tmp_path):
     master, _, _, port = group
     args = {

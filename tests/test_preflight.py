@@ -113,15 +113,18 @@ def test_sentinel_refuses_a_bad_password_and_names_it(tmp_path, variable, value)
     assert_refused(result, variable, value)
 
 
+REDIS, SENTINEL = "playbooks/redis.yml", "playbooks/sentinel.yml"
+
+
 # A rotation's previous passwords are accepted as logins while listed: the example's "<the old
 # ...>" left in place, or an empty value, would be a password anyone can type.
 @pytest.mark.parametrize(
     ("playbook", "tags", "variable", "value"),
     [
-        ("playbooks/redis.yml", "redis_preflight", "redis_acl_admin_previous_passwords", "<the old vault_redis_admin_password>"),
-        ("playbooks/redis.yml", "redis_preflight", "redis_ha_sentinel_previous_passwords", ""),
-        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_previous_passwords", "changeme"),
-        ("playbooks/sentinel.yml", "redis_sentinel_preflight", "redis_sentinel_client_previous_passwords", "short"),
+        (REDIS, "redis_preflight", "redis_acl_admin_previous_passwords", "<the old vault_redis_admin_pw>"),
+        (REDIS, "redis_preflight", "redis_ha_sentinel_previous_passwords", ""),
+        (SENTINEL, "redis_sentinel_preflight", "redis_sentinel_previous_passwords", "changeme"),
+        (SENTINEL, "redis_sentinel_preflight", "redis_sentinel_client_previous_passwords", "short"),
     ],
     ids=["redis-placeholder", "redis-empty", "sentinel-changeme", "sentinel-client-short"],
 )
@@ -129,9 +132,8 @@ def test_a_placeholder_previous_password_is_refused_naming_it(tmp_path, playbook
     result = run(playbook, tags, tmp_path, **{variable: ["a-real-old-password-7Hq2", value]})
     said = " ".join(result.stdout.split())
     assert result.returncode != 0
-    assert f"{variable} holds a password that is empty, shorter than 12 characters or a placeholder" in said, (
-        said[-2000:]
-    )
+    refusal = f"{variable} holds a password that is empty, shorter than 12 characters or a placeholder"
+    assert refusal in said, said[-2000:]
     assert "a-real-old-password-7Hq2" not in result.stdout, "a password was printed"
 
 

@@ -289,14 +289,22 @@ def maintenance_lock(queue: Queue, token: str, wait: float = 0.0) -> Iterator[bo
     key = queue.registry_cleaning_key
     connection = queue.connection
     deadline = time.monotonic() + wait
-    while not connection.set(key, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
-        if as_text(connection.get(key) or b"") == token:
-            break
-        if time.monotonic() >= deadline:
-            yield False
-            return
-        time.sleep(0.2)
+    # Given back (if it is this token's) also when a stop signal lands while the SET's reply is
+    # on its way: the lock is then taken, though the SET never returned.
     try:
+        while not connection.set(key, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
+            if as_text(connection.get(key) or b"") == token:
+                break
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.2)
         yield True
+    except BaseException:
+        # A stop signal raised into a command (RQ's warm stop of an idle worker) can leave the
+        # connection back in the pool owing that command's reply: the release would read it as
+        # its own and give nothing back (seen: the lock left taken for its whole expiry).
+        connection.connection_pool.disconnect(inuse_connections=False)
+        raise
     finally:
         release_lock(connection, key, token)

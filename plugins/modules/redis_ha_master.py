@@ -10,9 +10,11 @@ author: kit maintainers
 description:
 - Asks every reachable Sentinel for the master of O(master_name) and keeps the answer with the highest
   configuration epoch, so that a re-run after a failover follows the new master.
-- When no Sentinel knows the group yet (first bootstrap), reads C(INFO replication) on the data nodes;
-  a node that replicas point to is the master.
-- When the nodes are still unconfigured standalone servers, answers O(bootstrap_master).
+- When no Sentinel knows the group yet (first bootstrap) or none can be asked, reads C(INFO replication) on
+  the data nodes; a node that replicas point to is the master, else the only node with replicas, else the
+  only node that holds data (a master whose replicas are gone must not replicate from an empty node).
+- When the nodes are still unconfigured standalone servers holding no data, answers O(bootstrap_master).
+- Fails, naming them, when several standalone nodes hold data and no Sentinel answers.
 - Fails, naming the Sentinel and the address, when any Sentinel names a master that is not one of
   O(nodes) (for instance one reconfigured by hand or by an attacker), or when the master found otherwise
   is not. The roles would otherwise make every node replicate from it and send it the replication
@@ -109,8 +111,17 @@ def ask_sentinels(params: dict, unreachable: list[str]) -> list[dict]:
     return answers
 
 
+class Ambiguous(Exception):
+    """Several data nodes hold data and none replicates from another: no master to pick."""
+
+
 def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
+    """The master the replicas follow; else the one node with replicas; else the one node that
+    holds data (a master the Sentinels promoted, whose replicas are gone or new, must not be
+    made to replicate from an empty bootstrap node: its jobs would be wiped); None when no node
+    holds any (nothing configured yet). Ambiguous when several hold data on their own."""
     masters: list[str] = []
+    holders: list[str] = []
     pointed_to: list[tuple[str, int]] = []
     for address in params["nodes"]:
         try:
@@ -123,6 +134,7 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
                 params["tls"],
             ) as conn:
                 info = kit_redis.parse_info(conn.command("INFO", "replication"))
+                keys = int(conn.command("DBSIZE"))
         except (OSError, kit_redis.ReplyError) as error:
             unreachable.append(f"{address}:{params['node_port']} ({error})")
             continue
@@ -130,11 +142,17 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
             pointed_to.append((info["master_host"], int(info["master_port"])))
         elif int(info.get("connected_slaves", "0")) > 0:
             masters.append(address)
+        elif keys:
+            holders.append(f"{address} ({keys} keys)")
     if pointed_to:
         # The address most replicas follow; ties go to the first one seen.
         return max(pointed_to, key=pointed_to.count)
     if len(masters) == 1:
         return masters[0], params["node_port"]
+    if len(holders) > 1:
+        raise Ambiguous(", ".join(holders))
+    if holders:
+        return holders[0].split(" ", 1)[0], params["node_port"]
     return None
 
 
@@ -191,7 +209,17 @@ def main() -> None:
         best = max(answers, key=lambda a: (a["epoch"], said.count((a["host"], a["port"], a["epoch"]))))
         result.update(master_host=best["host"], master_port=best["port"], source="sentinel")
     else:
-        found = ask_nodes(params, unreachable)
+        try:
+            found = ask_nodes(params, unreachable)
+        except Ambiguous as holders:
+            module.fail_json(
+                msg=f"No Sentinel names the master of {params['master_name']} (not answering: "
+                f"{', '.join(unreachable) or 'none'}), and several data nodes hold data while none "
+                f"replicates from another: {holders}. Refusing to pick one: the others' data would "
+                "be replaced. Bring the Sentinels back (or fix their login) and re-run, or keep the "
+                "node whose data is wanted and empty the others.",
+                **result,
+            )
         if found:
             result.update(master_host=found[0], master_port=found[1], source="replication")
         else:
