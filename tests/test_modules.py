@@ -277,8 +277,10 @@ def test_replica_synced_sees_a_replica_in_sync_and_not_a_master(pair):
 # --- a Sentinel forgets a replica that left the group --------------------------------------
 
 
-def start_sentinel(directory: Path, master: Server) -> tuple[subprocess.Popen, int]:
-    """A Sentinel on 127.0.0.1 (no password) watching `master` as "kit" (quorum 1, down after
+def start_sentinel(
+    directory: Path, master: Server, address: str = "127.0.0.1", port: int | None = None
+) -> tuple[subprocess.Popen, int]:
+    """A Sentinel on `address` (no password) watching `master` as "kit" (quorum 1, down after
     1 s); returns its process and port."""
     conf = directory / "sentinel.conf"
     conf.write_text(
@@ -286,8 +288,8 @@ def start_sentinel(directory: Path, master: Server) -> tuple[subprocess.Popen, i
         "sentinel auth-pass kit pw\n"
         "sentinel down-after-milliseconds kit 1000\n"
     )
-    port = free_port()
-    command = ["redis-server", str(conf), "--sentinel", "--port", str(port), "--bind", "127.0.0.1"]
+    port = port or free_port()
+    command = ["redis-server", str(conf), "--sentinel", "--port", str(port), "--bind", address]
     return subprocess.Popen([*command, "--dir", str(directory)], stdout=subprocess.DEVNULL), port
 
 
@@ -532,6 +534,46 @@ def test_failover_promotes_a_replica_in_sync_and_then_changes_nothing(group, tmp
         assert kit_redis.parse_info(conn.command("INFO", "replication"))["role"] == "master"
     again = run_module("redis_failover", tmp_path, **{**args, "target": "127.0.0.1"})
     assert again["changed"] is False, again
+
+
+def test_failover_with_one_sentinel_of_three_down_ends_on_the_majority_s_word(group, tmp_path):
+    """A planned switchover while one Sentinel's host is down (in maintenance): the switchover
+    starts on a majority's word, and ends on it. It waited for every Sentinel, so it moved the
+    master, then failed after its timeout ("no agreement"), and a rolling restart stopped
+    there."""
+    master, replica, leaving, port = group
+    leaving.proc.terminate()
+    leaving.proc.wait()
+    (tmp_path / "second").mkdir()
+    second, _ = start_sentinel(tmp_path / "second", master, address="127.0.0.2", port=port)
+    try:
+        wait_for(lambda: _names(f"127.0.0.2:{port}"), 20, "the second Sentinel")
+        args = group_args(port, timeout=20, sentinels=["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        done = run_module("redis_failover", tmp_path, **args)
+        assert done["changed"] is True, done.get("msg")
+        assert done["new_master"] == f"127.0.0.1:{replica.port}", done
+        assert "Sentinel(s) not answering: 127.0.0.3" in str(done.get("warnings")), done
+    finally:
+        second.terminate()
+        second.wait()
+
+
+def _names(sentinel: str) -> str | None:
+    host, port = sentinel.split(":")
+    try:
+        with kit_redis.Connection(host, int(port), None, None, 2.0) as conn:
+            state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", "kit"))
+            return f"{state['ip']}:{state['port']}"
+    except (OSError, kit_redis.ReplyError):
+        return None
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+    return found
 
 
 # --- redis_ha_status against a real group ----------------------------------------------------

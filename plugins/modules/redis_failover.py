@@ -184,11 +184,17 @@ def choose(group: Group, master: str) -> tuple[str, list[str]]:
 
 
 def agree(group: Group, old: str, new: str | None) -> str | None:
-    """The new master once every Sentinel names it, it is master and the old one its replica."""
-    named = set(group.named().values())
-    if len(named) != 1 or None in named or old in named:
+    """The new master once every Sentinel that answers names it, and they are a majority (the
+    rule the switchover started under: agreed_master), it is master and the old one its
+    replica. A Sentinel that is down (its host in maintenance) learns the new master when it
+    is back; waiting for it moved the master, then reported a failure (and stopped a rolling
+    restart halfway)."""
+    named = group.named()
+    answers = {a for a in named.values() if a}
+    answered = sum(1 for a in named.values() if a)
+    if len(answers) != 1 or answered < len(named) // 2 + 1 or old in answers:
         return None
-    now = named.pop()
+    now = answers.pop()
     if new and now != new:
         return None
     if group.info(now).get("role") != "master":
@@ -256,8 +262,10 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
             try:
                 group.set_priority(address, priority)
             except (OSError, kit_redis.ReplyError) as error:
-                result.setdefault("warnings", []).append(f"restore replica-priority on {address}: {error}")
+                module.warn(f"restore replica-priority on {address}: {error}")
     result.update(changed=True, new_master=now, seconds=round(time.monotonic() - started, 2))
+    if silent := [address for address, said in group.named().items() if said is None]:
+        module.warn(f"Sentinel(s) not answering: {', '.join(silent)}; each learns the new master once back")
 
 
 def main() -> None:
