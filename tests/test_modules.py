@@ -468,13 +468,16 @@ def test_ha_master_without_sentinels_keeps_the_node_that_holds_the_data(tmp_path
     port = free_port()
     rebuilt = Server(tmp_path / "rebuilt", address="127.0.0.2", port=port)
     promoted = Server(tmp_path / "promoted", address="127.0.0.3", port=port)
+    for server in (rebuilt, promoted):  # the Sentinels' user on the nodes: INFO, not DBSIZE
+        server("ACL", "SETUSER", "watcher", "on", ">watcher-pw", "-@all", "+info", "+ping", "+auth", "+hello")
     args = {
         "master_name": "kit",
         "sentinels": ["127.0.0.1"],
         "sentinel_port": free_port(),  # nothing listens there
         "nodes": ["127.0.0.2", "127.0.0.3"],
         "node_port": port,
-        "node_password": "pw",
+        "node_user": "watcher",
+        "node_password": "watcher-pw",
         "bootstrap_master": "127.0.0.2",
     }
     try:

@@ -134,7 +134,9 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
                 params["tls"],
             ) as conn:
                 info = kit_redis.parse_info(conn.command("INFO", "replication"))
-                keys = int(conn.command("DBSIZE"))
+                # INFO, not DBSIZE: the Sentinels' user on the nodes may run INFO alone.
+                keyspace = kit_redis.parse_info(conn.command("INFO", "keyspace"))
+                keys = sum(int(v.split(",")[0].removeprefix("keys=")) for v in keyspace.values())
         except (OSError, kit_redis.ReplyError) as error:
             unreachable.append(f"{address}:{params['node_port']} ({error})")
             continue
