@@ -308,6 +308,18 @@ def test_a_delayed_job_is_queued_once_when_the_master_stalls_while_the_scheduler
     assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
 
 
+def _a_worker_s_fetch(app, client, connection_retries: int | None = None):
+    """A worker's fetch on `default` (its script loaded on the master), and two jobs queued
+    there: (queue, fetch, first, second)."""
+    store = _workers_store(app, connection_retries)
+    queue_class = ReliableQueue.configured(store.key("wake"), 30.0, store.key("fetch", "test.fetch"))
+    queue = make_queue(store, "default", queue_class)
+    fetch = partial(queue_class.dequeue_any, [queue], None, connection=store.redis, job_class=RegisteredJob)
+    assert fetch() is None  # the queue is empty; the script is loaded on the master now
+    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    return queue, fetch, first, second
+
+
 def test_a_worker_takes_one_job_when_the_master_stalls_while_its_fetch_is_on_the_way(
     app, cluster, client, admin
 ):
@@ -318,12 +330,7 @@ def test_a_worker_takes_one_job_when_the_master_stalls_while_its_fetch_is_on_the
     job too: the worker ran that one, and the first waited in the intermediate list, its reply
     lost, until a maintenance pass (30 s and more) retried it as a failed attempt. The moment is
     chosen by a hook on the fetch's sending; the stall is the real server's."""
-    store = _workers_store(app)
-    queue_class = ReliableQueue.configured(store.key("wake"), 30.0, store.key("fetch", "test.fetch"))
-    queue = make_queue(store, "default", queue_class)
-    fetch = partial(queue_class.dequeue_any, [queue], None, connection=store.redis, job_class=RegisteredJob)
-    assert fetch() is None  # the queue is empty; the script is loaded on the master now
-    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    queue, fetch, first, second = _a_worker_s_fetch(app, client)
     master, send = cluster.master_port(), Script.__call__
 
     def stalled_send(script: Script, *args, **kwargs):
@@ -351,12 +358,7 @@ def test_a_fetch_cut_off_past_its_retries_is_sent_again_as_the_same_fetch(app, c
     it moved the next job, and the first waited in the intermediate list until a maintenance
     pass (30 s and more) retried it as a failed attempt. It is now the same fetch sent again,
     which answers the job the first moved."""
-    store = _workers_store(app, connection_retries=0)  # its retries run out at once
-    queue_class = ReliableQueue.configured(store.key("wake"), 30.0, store.key("fetch", "test.fetch"))
-    queue = make_queue(store, "default", queue_class)
-    fetch = partial(queue_class.dequeue_any, [queue], None, connection=store.redis, job_class=RegisteredJob)
-    assert fetch() is None  # the queue is empty; the script is loaded on the master now
-    first, second = (client.get(f"/comer/{food}").get_json()["job_id"] for food in ("uno", "dos"))
+    queue, fetch, first, second = _a_worker_s_fetch(app, client, connection_retries=0)  # none left
     master, send = cluster.master_port(), Script.__call__
 
     def stalled_after(script: Script, *args, **kwargs):
