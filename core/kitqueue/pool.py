@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -32,7 +33,6 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 log = logging.getLogger("kitqueue.pool")
 
@@ -204,7 +204,7 @@ class Pool:
                         with contextlib.suppress(OSError):
                             os.write(ready_in, _RECORD.pack(slot, pid))
 
-                    code = self.work(slot, partial(tell, 0), tell)
+                    code = self.work(slot, functools.partial(tell, 0), tell)
                 except BaseException:
                     log.exception("slot %d failed", slot)
                 finally:
@@ -234,13 +234,13 @@ def _children() -> set[int]:
             with open(f"/proc/self/task/{task}/children") as children:
                 found.update(int(pid) for pid in children.read().split())
         except FileNotFoundError:
-            if not _warned:
-                _warned.append(True)
-                log.warning("this kernel lists no process's children: what a slot leaves is not reaped")
+            _warn_no_children()
     return found
 
 
-_warned: list[bool] = []
+@functools.cache
+def _warn_no_children() -> None:
+    log.warning("this kernel lists no process's children: what a slot leaves is not reaped")
 
 
 def stop_with(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:

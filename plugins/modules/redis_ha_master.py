@@ -121,7 +121,7 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
     made to replicate from an empty bootstrap node: its jobs would be wiped); None when no node
     holds any (nothing configured yet). Ambiguous when several hold data on their own."""
     masters: list[str] = []
-    holders: list[str] = []
+    holders: list[tuple[str, int]] = []  # standalone nodes holding data, with their key counts
     pointed_to: list[tuple[str, int]] = []
     for address in params["nodes"]:
         try:
@@ -145,16 +145,16 @@ def ask_nodes(params: dict, unreachable: list[str]) -> tuple[str, int] | None:
         elif int(info.get("connected_slaves", "0")) > 0:
             masters.append(address)
         elif keys:
-            holders.append(f"{address} ({keys} keys)")
+            holders.append((address, keys))
     if pointed_to:
         # The address most replicas follow; ties go to the first one seen.
         return max(pointed_to, key=pointed_to.count)
     if len(masters) == 1:
         return masters[0], params["node_port"]
     if len(holders) > 1:
-        raise Ambiguous(", ".join(holders))
+        raise Ambiguous(", ".join(f"{address} ({keys} keys)" for address, keys in holders))
     if holders:
-        return holders[0].split(" ", 1)[0], params["node_port"]
+        return holders[0][0], params["node_port"]
     return None
 
 
