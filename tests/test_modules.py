@@ -415,6 +415,24 @@ def test_live_config_changes_what_differs_once_and_check_mode_changes_nothing(pa
     assert master("CONFIG", "GET", "maxmemory") == ["maxmemory", "67108864"]
 
 
+def test_an_immutable_setting_changed_beside_a_live_one_stays_in_the_file(pair, tmp_path):
+    """An immutable setting goes to the file, for the restart; a live one changed in the same
+    run made the module run CONFIG REWRITE afterwards, which wrote the running (old) value back:
+    the restart applied nothing, and every run restarted the node again."""
+    master, _ = pair
+    wanted = {"tcp-backlog": "128", "maxmemory": "48mb"}
+    args = {**login(master.port), "config_file": str(master.conf)}
+    first = run_module("redis_live_config", tmp_path, config=wanted, **args)
+    assert first["changed"] is True, first
+    assert first["restart_required"] == ["tcp-backlog"], first
+    written = master.conf.read_text()
+    assert "tcp-backlog 128" in written.splitlines(), written
+    assert "maxmemory 48mb" in written, "the live change is in the file too"
+    again = run_module("redis_live_config", tmp_path, config=wanted, **args)
+    assert again["restart_required"] == ["tcp-backlog"], "nothing is written until the restart"
+    assert "tcp-backlog 128" in master.conf.read_text().splitlines()
+
+
 def test_live_config_names_the_server_when_the_password_is_wrong(pair, tmp_path):
     master, _ = pair
     refused = run_module(

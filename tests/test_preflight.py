@@ -5,6 +5,8 @@ tags and in check mode, so nothing can be installed even if a check wrongly pass
 
 from __future__ import annotations
 
+import datetime
+import importlib
 import json
 import os
 import shutil
@@ -748,6 +750,77 @@ def test_a_redis_certificate_must_name_the_node_and_be_valid_now(tmp_path, addre
     assert result.returncode != 0
     assert "must name this node's address (IP:127.0.0.1) and be valid now" in said
     assert f"SANs: IP:{address}" in said if address else "SANs: none" in said
+
+
+@pytest.mark.parametrize("wrong", ["key", "ca_certificate"])
+def test_a_redis_certificate_must_match_its_key_and_come_from_the_ca(tmp_path, wrong):
+    """A renewal signed by another CA passed (every client would refuse every node once they
+    reloaded it), and so did a key of another certificate (a server that cannot start)."""
+    good, other = certificate("127.0.0.1", (-1, 30)), certificate("127.0.0.1", (-1, 30))
+    result = run(
+        "playbooks/redis.yml",
+        "redis_preflight,redis_sentinel_preflight",
+        tmp_path,
+        **redis_tls({**good, wrong: other["key" if wrong == "key" else "certificate"]}),
+    )
+    said = " ".join(result.stdout.split())
+    assert result.returncode != 0, said[-3000:]
+    assert "redis_tls_certificate, redis_tls_key and redis_tls_ca_certificate do not go together" in said
+    if wrong == "key":
+        assert "the key is not the certificate's" in said
+        assert "PRIVATE KEY" not in result.stdout + result.stderr, "no key is shown"
+    else:
+        assert "was not signed by the CA (CN=redis 127.0.0.1)" in said, said[-3000:]
+
+
+def test_tls_mismatch_follows_the_intermediates_sent_with_the_certificate():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    sys.path.insert(0, str(ROOT / ".collections"))
+    tls_mismatch = importlib.import_module("ansible_collections.kit.jobqueue.plugins.filter.tls_mismatch")
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(name: str, signer=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        issuer_name, issuer_key = signer or (subject, key)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(issuer_key, hashes.SHA256())
+        )
+        return cert, key
+
+    def pem(*items) -> str:
+        return "".join(
+            i.public_bytes(serialization.Encoding.PEM).decode()
+            if isinstance(i, x509.Certificate)
+            else i.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+            for i in items
+        )
+
+    root, root_key = issue("root")
+    middle, middle_key = issue("middle", (root.subject, root_key))
+    leaf, leaf_key = issue("leaf", (middle.subject, middle_key))
+    check = tls_mismatch.tls_mismatch
+    assert check(pem(leaf, middle), pem(leaf_key), pem(root)) == []
+    assert check(pem(leaf), pem(leaf_key), pem(middle, root)) == []  # the CA file holds it
+    assert check(pem(leaf), pem(leaf_key), pem(root)) == [
+        "the certificate (CN=leaf, issued by CN=middle) was not signed by the CA (CN=root)"
+    ]
+    assert check(pem(leaf, middle), pem(middle_key), pem(root)) == [
+        "the key is not the certificate's (its public key differs)"
+    ]
 
 
 @pytest.mark.parametrize(("slots", "refused"), [(2, False), (0, True), (65, True)])

@@ -13,7 +13,7 @@ from kitqueue.queueing import enqueue, read_job
 from kitqueue.registry import Task, offered, tasks
 from kitqueue.schema import BadArguments, check
 from kitqueue.store import app_store
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import MethodNotAllowed, UnsupportedMediaType
 
 from . import monitoring, openapi
 from .tasks import validate_comida
@@ -28,13 +28,20 @@ class Unauthorized(Exception):
 @bp.before_app_request
 def _utf8_path() -> None:
     """Werkzeug decodes a path's bytes with replacement characters; refuse them instead. WSGI
-    hands PATH_INFO over as bytes decoded as Latin-1; REQUEST_URI is the path as sent."""
-    raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI") or ""
+    hands PATH_INFO and QUERY_STRING over as bytes decoded as Latin-1; REQUEST_URI is the path
+    as sent. A query's raw bytes that are not UTF-8 (Apache passes them on) once made werkzeug
+    raise inside request.args: a 500."""
+    environ = request.environ
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
     try:
-        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         unquote_to_bytes(raw.partition("?")[0]).decode("utf-8")
     except UnicodeError:
         raise BadArguments("the path is not valid UTF-8") from None
+    try:
+        unquote_to_bytes(environ.get("QUERY_STRING", "").encode("latin-1")).decode("utf-8")
+    except UnicodeError:
+        raise BadArguments("the query string is not valid UTF-8") from None
 
 
 def _authorize() -> None:
@@ -98,6 +105,8 @@ def _queue(name: Any, default: str) -> str:
 @bp.route("/comer/<comida>", methods=["GET", "POST"])
 def comer(comida: str):
     """The original notes' example: put one food in the fridge for a worker to eat."""
+    if request.method == "HEAD":  # Flask adds HEAD to every GET route; a link checker's HEAD
+        raise MethodNotAllowed(["GET", "POST"])  # enqueued a job
     _authorize()
     task = tasks()["eat"]
     kwargs = {"comida": validate_comida(comida)}

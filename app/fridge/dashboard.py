@@ -27,6 +27,7 @@ from .monitoring import describe_job
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
 FAILED_SHOWN = 10
+MAX_PAGE = 10**9  # far past any registry: (MAX_PAGE - 1) * browse.PAGE fits a Redis index
 # Apache checks the Basic auth password (bcrypt) on every request: the pages name their assets
 # by a hash of their content, and the browser keeps them for a year without asking again, so a
 # page (and its refresh every 10 s) costs one check, not one per asset. A new release's assets
@@ -79,7 +80,11 @@ def _same_origin() -> None:
         return
     source = headers.get("Origin") or headers.get("Referer")
     if source is not None:
-        if urlparse(source).netloc != request.host:
+        try:
+            netloc = urlparse(source).netloc
+        except ValueError:  # "http://[": once a 500
+            netloc = None
+        if netloc != request.host:
             abort(403, "dashboard actions must come from the dashboard page (Origin does not match)")
         return
     if "X-Requested-With" not in headers:
@@ -124,7 +129,8 @@ def jobs(state: str, queue: str):
     store = app_store(current_app)
     if state not in browse.STATES:
         abort(404, f"no job state {state!r}")
-    number = request.args.get("page", default=1, type=int) or 1
+    # Beyond a 64-bit offset Redis refuses the range (once a 500); far past the end is empty.
+    number = min(request.args.get("page", default=1, type=int) or 1, MAX_PAGE)
     found = store.retrying(
         lambda: browse.page(store, state, _queue(store, queue), (max(number, 1) - 1) * browse.PAGE)
     )
@@ -205,6 +211,7 @@ def _done(answer: dict[str, Any]):
         return jsonify(answer)
     back = request.form.get("next", "")
     home = url_for("dashboard.index")
-    if not back.startswith(home) or "//" in back or "\\" in back:
+    # A line break in it once made the Location header raise: a 500.
+    if not back.startswith(home) or "//" in back or "\\" in back or not back.isprintable():
         back = home
     return redirect(back, code=303)

@@ -3,11 +3,15 @@ enqueues nothing."""
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import ssl
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kitqueue.store import is_transient
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
@@ -162,3 +166,89 @@ def test_the_api_accepts_a_body_exactly_when_its_openapi_document_says_so(quiet_
     response = quiet_app.test_client().post("/jobs", data=json.dumps(body), content_type="application/json")
     valid = new_job_schema.is_valid(body)
     assert response.status_code == (202 if valid else 400), (body, response.get_json())
+
+
+QUERY_PATHS = st.sampled_from(["/comer/pan", "/dashboard/", "/dashboard/jobs/failed/low"])
+
+
+@HYPOTHESIS
+@given(raw=st.binary(max_size=60), path=QUERY_PATHS)
+def test_any_query_string_bytes_never_break_the_api_or_the_dashboard(quiet_app, admin, raw, path):
+    """Apache passes a query's raw bytes on (WSGI hands them over decoded as Latin-1); bytes
+    that were not UTF-8 made werkzeug raise inside request.args: a 500."""
+    client = quiet_app.test_client()
+    before = enqueued(admin)
+    response = client.get(path, environ_overrides={"QUERY_STRING": raw.decode("latin-1")})
+    assert response.status_code < 500, (raw, response.get_data(as_text=True)[:300])
+    if response.status_code >= 400:
+        assert enqueued(admin) == before
+
+
+def test_a_query_that_is_not_utf8_is_named(quiet_app, admin):
+    client = quiet_app.test_client()
+    for query in ("queue=\xff", "queue=%ff%fe"):
+        response = client.get("/comer/pan", environ_overrides={"QUERY_STRING": query})
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert response.get_json()["error"] == "the query string is not valid UTF-8"
+    assert enqueued(admin) == 0
+    assert client.get("/comer/pan?queue=low").status_code == 202
+
+
+def test_head_on_an_enqueue_route_is_405_and_enqueues_nothing(quiet_app, admin):
+    """Flask answers HEAD on every GET route by running it: a link checker's or a monitor's
+    HEAD /comer/<x> enqueued a job."""
+    client = quiet_app.test_client()
+    response = client.head("/comer/pan")
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert enqueued(admin) == 0
+    assert client.head("/openapi.json").status_code == 200  # reads keep HEAD
+
+
+def test_dashboard_odd_input_is_a_4xx_or_ignored(quiet_app):
+    client = quiet_app.test_client()
+    huge = client.get("/dashboard/jobs/failed/low?page=400000000000000000")
+    assert huge.status_code == 200, huge.get_data(as_text=True)[:300]  # far past the end: empty
+    forged = client.post("/dashboard/failed/requeue-all", headers={"Origin": "http://["})
+    assert forged.status_code == 403
+    back = client.post(
+        "/dashboard/failed/requeue-all",
+        data={"next": "/dashboard/\r\nSet-Cookie: x=1"},
+        headers={"Sec-Fetch-Site": "same-origin"},
+    )
+    assert (back.status_code, back.headers["Location"]) == (303, "/dashboard/")
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (FileNotFoundError(2, "No such file or directory"), False),
+        (PermissionError(13, "Permission denied"), False),
+        (IsADirectoryError(21, "Is a directory"), False),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), True),
+        (TimeoutError(), True),
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (ssl.SSLError(1, "tlsv1 alert"), True),
+    ],
+)
+def test_only_a_socket_s_oserror_counts_as_a_failover(error, transient):
+    assert is_transient(error) is transient
+
+
+def test_a_file_error_is_a_500_with_its_traceback_not_a_503(settings, caplog):
+    """A missing or unreadable file (an asset, a template) is a bug to see, not a failover to
+    wait out: it was answered 503 'Redis unavailable' with Retry-After, and one warning line."""
+    from fridge.web import create_app
+
+    app = create_app(settings)
+
+    @app.get("/_test/file-error")
+    def file_error():
+        raise PermissionError(13, "Permission denied", "/srv/fridge/static/app.js")
+
+    response = app.test_client().get("/_test/file-error")
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
+    assert "PermissionError" in caplog.text

@@ -10,6 +10,7 @@ Two rules keep a failover or a partition from losing acknowledged jobs:
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -218,6 +219,14 @@ def refusal(error: BaseException) -> Unavailable | None:
     return None
 
 
+# A socket's failures (a file's, such as a missing or unreadable one, are bugs: a 500 with its
+# traceback, not a 503 blamed on a failover).
+NETWORK_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError, socket.gaierror)
+NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.EPIPE}
+)
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors that a failover explains and a retry may cure (not a refused login,
     which redis-py raises as a ConnectionError)."""
@@ -225,8 +234,8 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, Unconfirmed | redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
         return True
-    if isinstance(error, OSError):  # a socket error redis-py did not wrap
-        return True
+    if isinstance(error, OSError):  # a socket error redis-py did not wrap, not a file's
+        return isinstance(error, NETWORK_ERRORS) or error.errno in NETWORK_ERRNOS
     if isinstance(error, redis.BusyLoadingError | redis.exceptions.TryAgainError):
         return True
     if isinstance(error, redis.ResponseError):

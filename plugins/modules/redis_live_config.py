@@ -104,11 +104,16 @@ def write_setting(path: str, key: str, value: str) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def reconcile_config(module: AnsibleModule, conn: kit_redis.Connection, result: dict) -> bool:
+def reconcile_config(
+    module: AnsibleModule, conn: kit_redis.Connection, result: dict
+) -> tuple[bool, dict[str, str]]:
+    """Sets what differs live. Returns whether anything was, and the immutable settings, for
+    the file: written after any CONFIG REWRITE, which would put the running values back."""
     wanted = dict(module.params["config"])
     secret_keys = set(module.params["secret_config"])
     wanted.update(module.params["secret_config"])
     changed_live = False
+    for_file: dict[str, str] = {}
     for key, value in wanted.items():
         reply = conn.command("CONFIG", "GET", key)
         if not reply:
@@ -127,9 +132,9 @@ def reconcile_config(module: AnsibleModule, conn: kit_redis.Connection, result: 
         except kit_redis.ReplyError as error:
             if "immutable" not in str(error).lower() or not module.params["config_file"]:
                 module.fail_json(msg=f"CONFIG SET {key} failed: {error}", **result)
-            write_setting(module.params["config_file"], key, str(value))
+            for_file[key] = str(value)
             result["restart_required"].append(key)
-    return changed_live
+    return changed_live, for_file
 
 
 def reconcile_replication(module: AnsibleModule, conn: kit_redis.Connection, result: dict) -> bool:
@@ -214,10 +219,12 @@ def main() -> None:
                 conn.command("ACL", "LOAD")
         if p["tls_reload"]:
             reload_tls(module, conn, result)
-        config_changed = reconcile_config(module, conn, result)
+        config_changed, for_file = reconcile_config(module, conn, result)
         replication_changed = reconcile_replication(module, conn, result)
         if (config_changed or replication_changed) and not module.check_mode:
             conn.command("CONFIG", "REWRITE")
+        for key, value in for_file.items():
+            write_setting(module.params["config_file"], key, value)
 
 
 if __name__ == "__main__":

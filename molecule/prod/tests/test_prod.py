@@ -15,8 +15,18 @@ from pathlib import Path
 import testinfra.utils.ansible_runner
 import yaml
 from ansible.parsing.vault import VaultLib, VaultSecret
-from kit_checks import INVENTORY, SCENARIO_DIR, Http, get_host, hosts_in, hostvars, play_recap, run_playbook
-from kit_faults import sh
+from kit_checks import (
+    INVENTORY,
+    SCENARIO_DIR,
+    Http,
+    changed_tasks,
+    get_host,
+    hosts_in,
+    hostvars,
+    play_recap,
+    run_playbook,
+)
+from kit_faults import block_ssh, heal, sh
 
 # The platform's hosts; the scenario's spare hosts join it only inside the scaling test.
 _runner = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
@@ -400,14 +410,40 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     assert f"data node {state['master']}: no AOF guard is logged in" in said, said[-5000:]
     assert "Problems:" in said
     assert json.loads(report.read_text())["problems"], "the JSON lists the problems too"
+    _wait_in_sync(replica)
+
+    # The first data host and the web host cut off from Ansible: the other hosts are still
+    # read (the group's state from the second data host) and the two are named. It once failed
+    # on an undefined variable, with no report.
+    unreachable = [hosts_in("redis")[0], hosts_in("web")[0]]
+    for host in unreachable:
+        block_ssh(host)
+    try:
+        cut_off = _day2("status.yml", "-e", f"status_json={report}")
+    finally:
+        heal(*unreachable)
+    assert cut_off.returncode != 0
+    after = json.loads(report.read_text())
+    for host in unreachable:
+        assert f"{host}: Ansible cannot reach it" in after["problems"], cut_off.stdout[-5000:]
+    assert after["master"] == state["master"], "the second data host read the group"
+    assert all("error" not in n for n in after["nodes"]), after["nodes"]
+    assert "the app cannot read the queues: no web host was reached" in " ".join(after["problems"])
+
+    limited = _day2("status.yml", "--limit", hosts_in("workers")[0])
+    assert limited.returncode != 0, "a partial run once reported nothing and ended green"
+    assert "status.yml reads the whole platform" in " ".join((limited.stdout + limited.stderr).split())
+
+
+def _wait_in_sync(replica: str) -> None:
     deadline = time.monotonic() + 60
     while "master_link_status:up" not in _admin(replica, "INFO replication"):
-        assert time.monotonic() < deadline, "the replica did not come back in sync"
+        assert time.monotonic() < deadline, f"{replica} did not come back in sync"
         time.sleep(0.5)
 
 
 def test_backup_wipe_restore_brings_every_job_back(tmp_path):
-    """Workers stopped, 20 jobs queued; backed up (twice: retention keeps the newest), the data
+    """Workers stopped, 20 jobs queued; backed up (three times: retention keeps the newest), the data
     wiped on the master, restored: every node holds the data again and every job runs."""
     workers = hosts_in("workers")
     for host in workers:
@@ -419,8 +455,27 @@ def test_backup_wipe_restore_brings_every_job_back(tmp_path):
         assert reply.status == 202, reply.body
         job_ids.append(reply.json()["job_id"])
     where = ("-e", f"redis_backup_dir={tmp_path}")
+    master = next(h for h in hosts_in("redis") if "role:master" in _admin(h, "INFO replication"))
+    replica = next(h for h in hosts_in("redis") if h != master)
+    # A --limit chooses among its own hosts (it once left the replica out, skipped every step
+    # and ended green with no backup); a limit to a node that is down takes none and says so.
+    sh(replica, "systemctl stop redis-server")
+    try:
+        refused = _day2("backup.yml", *where, "--limit", replica)
+    finally:
+        sh(replica, "systemctl start redis-server")
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0, said[-3000:]
+    assert f"none of this run's hosts ({replica}) is a replica in sync or the master" in said, said[-3000:]
+    assert not list(tmp_path.iterdir()), "nothing is written"
+    _wait_in_sync(replica)
+    limited = _day2("backup.yml", *where, "--limit", master)
+    assert limited.returncode == 0, limited.stdout[-5000:]
+    assert f"taken on {hostvars(master)['kit_address']}:6379" in " ".join(limited.stdout.split())
+    time.sleep(1)  # backups are named by the second
     first = _day2("backup.yml", *where)
     assert first.returncode == 0, first.stdout[-5000:]
+    assert f"taken on {hostvars(replica)['kit_address']}:6379" in " ".join(first.stdout.split())
     time.sleep(1)  # backups are named by the second
     second = _day2("backup.yml", *where, "-e", "redis_backup_keep=1")
     assert second.returncode == 0, second.stdout[-5000:]
@@ -430,7 +485,6 @@ def test_backup_wipe_restore_brings_every_job_back(tmp_path):
     checked = subprocess.run(["sha256sum", "-c", kept[1]], cwd=tmp_path, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    master = next(h for h in hosts_in("redis") if "role:master" in _admin(h, "INFO replication"))
     assert _admin(master, "FLUSHALL") == "OK"
     assert http.get(f"/jobs/{job_ids[0]}").status == 404, "the wipe removed the jobs"
 
@@ -568,7 +622,7 @@ def test_a_replica_and_a_web_host_join_then_the_replica_leaves(tmp_path):
     again = _recap_changed(verbose)
     timings["site.yml -vvv (scaled)"] = time.monotonic() - started
     assert len(again) == 6, again
-    assert not any(again.values()), again
+    assert not any(again.values()), (again, changed_tasks(verbose.stdout))
     said = verbose.stdout + verbose.stderr
     assert len(said) > 200_000  # really verbose: module arguments and results are in there
     secrets = {**_secrets(), f"redis tls key {new_node}": _key_body(_tls(f"redis/{new_node}.key"))}
@@ -583,6 +637,20 @@ def test_a_replica_and_a_web_host_join_then_the_replica_leaves(tmp_path):
         -3000:
     ]
     assert "master_link_status:up" in _admin(new_node, "INFO replication"), "nothing was touched"
+
+    # The other replica down: removing the new one would leave the master alone.
+    other = next(h for h in hosts_in("redis") if h != master)
+    sh(other, "systemctl stop redis-server")
+    try:
+        alone = _day2("remove_replica.yml", "-e", f"node={new_node}", inventory=scaled)
+    finally:
+        sh(other, "systemctl start redis-server")
+    said = " ".join((alone.stdout + alone.stderr).split())
+    assert alone.returncode != 0, said[-3000:]
+    master_at = f"{hostvars(master)['kit_address']}:6379"
+    assert f"would leave the master {master_at} with no other replica in sync" in said, said[-3000:]
+    assert "master_link_status:up" in _admin(new_node, "INFO replication"), "nothing was touched"
+    _wait_in_sync(other)
 
     started = time.monotonic()
     removed = _day2("remove_replica.yml", "-e", f"node={new_node}", inventory=scaled)

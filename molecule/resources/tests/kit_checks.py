@@ -124,6 +124,17 @@ def play_recap(output: str) -> dict[str, dict[str, int]]:
     }
 
 
+def changed_tasks(output: str) -> list[str]:
+    """Each task an ansible-playbook run reported changed, with the host: "TASK [...] host"."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK [") or line.startswith("RUNNING HANDLER ["):
+            task = line.rstrip(" *")
+        elif line.startswith("changed: ["):
+            found.append(f"{task} {line.split(']')[0][len('changed: [') :]}")
+    return found
+
+
 def converge(*extra_args: str) -> dict[str, dict[str, int]]:
     """Run the scenario's converge playbook again; return the PLAY RECAP per host."""
     proc = run_playbook(*extra_args)

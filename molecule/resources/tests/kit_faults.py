@@ -276,6 +276,13 @@ def cut(platform: Platform, host: str, peer: str, port: int | None = None, user:
         _netns(host, "-A", chain, way, address, "-p", "tcp", port_side, str(port), "-j", "DROP")
 
 
+def block_ssh(host: str) -> None:
+    """Ansible cannot reach the host (its SSH port drops every packet, both ways); its servers
+    run on and its peers still reach them. `heal` undoes it."""
+    _netns(host, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP")
+    _netns(host, "-A", "OUTPUT", "-p", "tcp", "--sport", "22", "-j", "DROP")
+
+
 def heal(*hosts: str) -> None:
     for host in hosts:
         _netns(host, "-F", "INPUT")
