@@ -520,6 +520,26 @@ def test_an_inventory_with_two_sentinels_is_refused(tmp_path):
     assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
+def test_an_inventory_where_no_failover_could_promote_a_replica_is_refused(tmp_path):
+    """Sentinel never promotes a replica with replica-priority 0: with it on every node but the
+    master, the group has no failover at all, which nothing said."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n"
+        "    redis: {hosts: {a: {kit_address: 10.0.0.1},\n"
+        "                    b: {kit_address: 10.0.0.2, redis_replica_priority: 0}}}\n"
+        "    redis_sentinel: {hosts: {a: {}, b: {}, c: {kit_address: 10.0.0.3}}}\n"
+        "    web: {hosts: {c: {}}}\n"
+        "    workers: {hosts: {c: {}}}\n"
+    )
+    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "Sentinel promotes only a replica whose redis_replica_priority is above 0" in said, said[-3000:]
+    assert "only a of a, b have one" in said
+    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
+
+
 def encrypt_string(tmp_path: Path, name: str, value: str) -> str:
     tool = str(Path(sys.executable).parent / "ansible-vault")
     return subprocess.run(
@@ -821,6 +841,22 @@ def test_tls_mismatch_follows_the_intermediates_sent_with_the_certificate():
     assert check(pem(leaf, middle), pem(middle_key), pem(root)) == [
         "the key is not the certificate's (its public key differs)"
     ]
+    # Cross-signed: the same intermediate by the old root and the new one, in either order.
+    old_root, old_root_key = issue("old root")
+    crossed = (
+        x509.CertificateBuilder()
+        .subject_name(middle.subject)
+        .issuer_name(old_root.subject)
+        .public_key(middle.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(old_root_key, hashes.SHA256())
+    )
+    assert check(pem(leaf, crossed, middle), pem(leaf_key), pem(root)) == []
+    assert check(pem(leaf, middle, crossed), pem(leaf_key), pem(old_root)) == []
+    unreadable = check("not a certificate", pem(leaf_key), pem(root))
+    assert unreadable == ["the certificate cannot be read (not PEM)"]
 
 
 @pytest.mark.parametrize(("slots", "refused"), [(2, False), (0, True), (65, True)])

@@ -26,6 +26,7 @@ from unittest import mock
 import pytest
 import redis
 from conftest import wait_for_status
+from kitqueue import queueing
 from kitqueue.config import for_worker
 from kitqueue.fetch import ReliableQueue
 from kitqueue.queueing import NotDurable, RegisteredJob, make_queue
@@ -376,3 +377,53 @@ def test_a_fetch_cut_off_past_its_retries_is_sent_again_as_the_same_fetch(app, c
     assert job.id == first
     assert admin.lrange(queue.intermediate_queue.key, 0, -1) == [first.encode()], "one job taken"
     assert admin.lrange(queue.key, 0, -1) == [second.encode()]
+
+
+def test_an_idempotency_key_claimed_on_the_old_master_is_bound_where_the_job_is(app, cluster, monkeypatch):
+    """A partition's race: the key is claimed through the pool on the old master (a web host
+    still reaches it, and it no longer replicates), then another request's thread meets the new
+    master and moves the pool, and the job is written and acknowledged there. The key lived only
+    on the old master, which the new one's data then replaced: a retry of the request with the
+    same key wrote a second job. The key is now claimed again beside the job, on its
+    connection, and replicated with it."""
+    client = app.test_client()
+    old = cluster.master_port()
+    real_claim = queueing._claim_idempotency_key
+    raced = []
+
+    def claim_in_a_partition(store_, key, fingerprint, new_id):
+        if raced:
+            return real_claim(store_, key, fingerprint, new_id)
+        raced.append(True)
+        # The old master's side of a partition: what it takes from now on reaches no replica.
+        cluster.admin(old).execute_command("ACL", "SETUSER", "kit-replica", "off")
+        cluster.admin(old).execute_command("CLIENT", "KILL", "USER", "kit-replica")
+        claimed = real_claim(store_, key, fingerprint, new_id)  # through the pool: the old master
+        _, new = cluster.failover()
+        wait_until(
+            lambda: cluster.admin(old).info("replication").get("master_link_status") == "up",
+            30,
+            "the old master to follow the new one (its copy of the key replaced)",
+        )
+        wait_until(
+            lambda: cluster.admin(new).execute_command("WAIT", 1, 200) == 1,
+            30,
+            "the old master to acknowledge the new one's writes (a full sync may come twice)",
+        )
+        premise = queueing._idempotency_redis_key(store_, key)
+        assert not cluster.admin(new).exists(premise), "the claim stayed on the old master's side"
+        # Another thread's lookup meets the new master: redis-py drops the pool's idle connections.
+        assert store_.redis.connection_pool.get_master_address()[1] == new
+        return claimed
+
+    monkeypatch.setattr(queueing, "_claim_idempotency_key", claim_in_a_partition)
+    try:
+        first = client.post("/comer/higo", headers={"Idempotency-Key": "partition-1"})
+    finally:
+        cluster.admin(old).execute_command("ACL", "SETUSER", "kit-replica", "on")
+    assert raced, "the request claimed its key"
+    assert first.status_code == 202, first.get_json()
+    again = client.post("/comer/higo", headers={"Idempotency-Key": "partition-1"})
+    assert again.status_code == 202, again.get_json()
+    assert again.get_json()["job_id"] == first.get_json()["job_id"], "the retry wrote a second job"
+    assert again.get_json().get("replayed") is True

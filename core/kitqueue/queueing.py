@@ -146,7 +146,13 @@ def read_job(store: Store, job_id: str, read: Callable[[Job], T]) -> T | None:
     return store.retrying(fetch_and_read)
 
 
-def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: Commands = ()) -> None:
+def _confirm_durable(
+    store: Store,
+    job_id: str,
+    replayed: bool = False,
+    first: Commands = (),
+    binding: tuple[str, str, int] | None = None,
+) -> None:
     """Acknowledge only what will survive a failover: the job on this master and on
     ACK_REPLICAS replicas (WAIT), or on this master alone when the Sentinels say no replica
     could replace it (ACK_POLICY "available", see QuorumSentinel.sole_master_doubt).
@@ -170,7 +176,16 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
 
     `first`: commands that go ahead of these in the same round trip (RQ's own writes: the
     queue's registration and the job's script, see EnqueueingQueue).
+
+    `binding`: an idempotency key's (Redis key, value, TTL). It is claimed again here, on the
+    job's own connection, and must name this job: the first claim went through the pool, whose
+    connection may have reached another master than this one (in a partition, the old master a
+    web host still reaches, while another thread's lookup already moved the pool to the new
+    one). The key then lived only where the job did not, and a replay wrote the job again.
     """
+    if binding is not None:
+        redis_key, value, ttl = binding
+        first = (*first, ("SET", redis_key, value, "NX", "EX", ttl), ("GET", redis_key))
     wanted = int(store.config["ACK_REPLICAS"])
     timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
     max_lag = int(store.config["REPLICA_MAX_LAG"])
@@ -200,9 +215,20 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
                 guess = min(wanted, Replication.parse(info).in_sync(max_lag))
             conn.run(*(("SCRIPT", "LOAD", SCRIPTS[sha]) for sha in missing))
             replies = conn.run(*batch(0), raising=False)
-        failed = next((r for r in replies[: len(first)] if isinstance(r, Exception)), None)
+        # The key's SET refused (the job's own write took the master to maxmemory) while the
+        # key is still free: the job stands, as for its counters below, and the key is left.
+        claim = len(first) - 2 if binding is not None else -1
+        refused = {claim} if claim >= 0 and refusal(replies[claim]) is not None else set()
+        ahead = enumerate(replies[: len(first)])
+        failed = next((r for i, r in ahead if isinstance(r, Exception) and i not in refused), None)
         if failed is not None:
             raise failed
+        if binding is not None:
+            bound = replies[len(first) - 1]
+            if bound is None and refused:
+                log.warning("job %s stored; its idempotency key was refused: %s", job_id, replies[claim])
+            elif Binding.parse(bound or b"").job_id != job_id:
+                raise StaleMaster(f"idempotency key {binding[0]} names another job on {conn.address_text}")
         exists, info = replies[len(first)], replies[len(first) + 4]
         if isinstance(info, Exception):
             raise info
@@ -211,11 +237,12 @@ def _confirm_durable(store: Store, job_id: str, replayed: bool = False, first: C
             raise StaleMaster(f"job {job_id} is not on {conn.address_text} (role {replication.role})")
         # The job is on this master. Its counter and wake-up may still have been refused, when
         # the job's own write took the master to maxmemory (OOM): the job stands, so does its 202.
-        refused = {i for i in range(len(first) + 1, len(first) + 4) if refusal(replies[i]) is not None}
-        if refused:
+        counters = {i for i in range(len(first) + 1, len(first) + 4) if refusal(replies[i]) is not None}
+        if counters:
             log.warning(
-                "job %s stored; its counter and wake-up were refused: %s", job_id, replies[min(refused)]
+                "job %s stored; its counter and wake-up were refused: %s", job_id, replies[min(counters)]
             )
+        refused |= counters
         failed = next(
             (r for i, r in enumerate(replies) if isinstance(r, Exception) and i not in refused), None
         )
@@ -334,7 +361,11 @@ def enqueue(
             job_id, replayed, acknowledged = claimed
         if acknowledged and not RegisteredJob.exists(job_id, connection=store.redis):
             return  # acknowledged once, and gone since (its result expired, or deleted): not again
-        _confirm_durable(store, job_id, replayed, put())
+        binding = None
+        if idempotency_key:
+            redis_key = _idempotency_redis_key(store, idempotency_key)
+            binding = (redis_key, str(Binding(job_id, fingerprint)), int(store.config["IDEMPOTENCY_TTL"]))
+        _confirm_durable(store, job_id, replayed, put(), binding)
         if idempotency_key and not acknowledged:
             _mark_acknowledged(store, idempotency_key, Binding(job_id, fingerprint, acknowledged=True))
 

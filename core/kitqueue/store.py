@@ -221,9 +221,20 @@ def refusal(error: BaseException) -> Unavailable | None:
 
 # A socket's failures (a file's, such as a missing or unreadable one, are bugs: a 500 with its
 # traceback, not a 503 blamed on a failover).
-NETWORK_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError, socket.gaierror)
+NETWORK_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError, socket.gaierror, socket.herror)
 NETWORK_ERRNOS = frozenset(
-    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.EPIPE}
+    {
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ENETRESET,
+        errno.EHOSTDOWN,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.EADDRNOTAVAIL,
+        errno.ENOBUFS,
+        errno.EPROTO,
+    }
 )
 
 

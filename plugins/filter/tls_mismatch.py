@@ -27,10 +27,31 @@ def _public(key) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+Certs = list[x509.Certificate]
+
+
+def _reaches(cert: x509.Certificate, intermediates: Certs, roots: Certs) -> bool:
+    """Whether some path from `cert` through the intermediates (each used once, in any order:
+    a cross-signed one may come twice) ends at one of the roots."""
+    if any(_issued_by(cert, root) for root in roots):
+        return True
+    return any(
+        _reaches(i, [o for o in intermediates if o is not i], roots)
+        for i in intermediates
+        if _issued_by(cert, i)
+    )
+
+
 def tls_mismatch(certificate: str, key: str, ca_certificate: str) -> list[str]:
     problems = []
-    chain = x509.load_pem_x509_certificates(certificate.encode())
-    authorities = x509.load_pem_x509_certificates(ca_certificate.encode())
+    try:
+        chain = x509.load_pem_x509_certificates(certificate.encode())
+    except ValueError:
+        return ["the certificate cannot be read (not PEM)"]
+    try:
+        authorities = x509.load_pem_x509_certificates(ca_certificate.encode())
+    except ValueError:
+        return ["the CA certificate cannot be read (not PEM)"]
     try:
         private = serialization.load_pem_private_key(key.encode(), password=None)
     except (ValueError, TypeError):
@@ -39,13 +60,8 @@ def tls_mismatch(certificate: str, key: str, ca_certificate: str) -> list[str]:
         if _public(private.public_key()) != _public(chain[0].public_key()):
             problems.append("the key is not the certificate's (its public key differs)")
     # Up from the server's certificate through the intermediates sent with it, to a CA.
-    current, intermediates = chain[0], chain[1:]
-    for _ in range(len(chain)):
-        if any(_issued_by(current, authority) for authority in authorities):
-            return problems
-        current = next((i for i in intermediates if _issued_by(current, i)), None)
-        if current is None:
-            break
+    if _reaches(chain[0], chain[1:], authorities):
+        return problems
     names = ", ".join(a.subject.rfc4514_string() for a in authorities)
     problems.append(
         f"the certificate ({chain[0].subject.rfc4514_string()}, issued by "

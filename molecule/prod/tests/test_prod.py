@@ -430,6 +430,21 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     assert all("error" not in n for n in after["nodes"]), after["nodes"]
     assert "the app cannot read the queues: no web host was reached" in " ".join(after["problems"])
 
+    # Every host cut off: Ansible would stop before the report; the report names them all.
+    everyone = sorted({*hosts_in("redis"), *hosts_in("web"), *hosts_in("workers")})
+    for host in everyone:
+        block_ssh(host)
+    try:
+        alone = _day2("status.yml", "-e", f"status_json={report}")
+    finally:
+        heal(*everyone)
+    assert alone.returncode != 0
+    nothing = json.loads(report.read_text())
+    assert nothing["master"] is None, nothing
+    for host in everyone:
+        assert f"{host}: Ansible cannot reach it" in nothing["problems"], alone.stdout[-5000:]
+    assert any(p.startswith("no data node was read") for p in nothing["problems"]), nothing["problems"]
+
     limited = _day2("status.yml", "--limit", hosts_in("workers")[0])
     assert limited.returncode != 0, "a partial run once reported nothing and ended green"
     assert "status.yml reads the whole platform" in " ".join((limited.stdout + limited.stderr).split())
