@@ -153,13 +153,20 @@ def delete_failed(store: Store, job: RegisteredJob) -> None:
     job.delete()
 
 
-def requeue_all_failed(store: Store, queues: list[str]) -> list[str]:
-    """Put every failed job of `queues` back in its queue, a page of ids at a time."""
+def failed_count(store: Store, queues: list[str]) -> int:
+    return sum(registry(store, "failed", name).get_job_count(cleanup=False) for name in queues)
+
+
+def requeue_all_failed(store: Store, queues: list[str], at_most: int | None = None) -> list[str]:
+    """Put every failed job of `queues` back in its queue (`at_most` of them), a page of ids
+    at a time."""
     done: list[str] = []
     for name in queues:
         failed = FailedJobRegistry(queue=make_queue(store, name))
         while ids := failed.get_job_ids(0, 99, cleanup=False):
             for job_id in ids:
+                if at_most is not None and len(done) >= at_most:
+                    return done
                 try:
                     requeue_failed(store, name, job_id)
                 except NoSuchJobError:

@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # How long the example task, eat, takes (seconds).
     "EAT_SECONDS": 0.2,
+    # The dashboard's "Requeue all failed" puts back at most this many jobs per click (a
+    # transaction of a few round trips each: about a second for 1,000); the answer says how
+    # many are left. Unbounded, tens of thousands after an outage held a web thread for minutes.
+    "REQUEUE_ALL_AT_ONCE": 1000,
 }
 
 
@@ -34,4 +38,9 @@ def load(test_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     tokens = settings["API_TOKENS"]
     if not isinstance(tokens, list) or any(not isinstance(t, str) or len(t) < 16 for t in tokens):
         raise BadSetting("API_TOKENS must be a list of tokens of at least 16 characters")
+    at_once = settings["REQUEUE_ALL_AT_ONCE"]
+    if isinstance(at_once, str) and at_once.isdigit():  # as a template renders "{{ n }}"
+        at_once = settings["REQUEUE_ALL_AT_ONCE"] = int(at_once)
+    if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
+        raise BadSetting(f"REQUEUE_ALL_AT_ONCE must be a whole number of jobs, 1 or more (got {at_once!r})")
     return settings

@@ -195,8 +195,10 @@ def requeue_all():
     store = app_store(current_app)
     queue = request.form.get("queue")
     names = [_queue(store, queue)] if queue else store.config["QUEUES"]
-    done = store.retrying(lambda: browse.requeue_all_failed(store, names))
-    return _done({"action": "requeue", "requeued": len(done)})
+    at_most = current_app.config["REQUEUE_ALL_AT_ONCE"]
+    done = store.retrying(lambda: browse.requeue_all_failed(store, names, at_most))
+    left = store.retrying(lambda: browse.failed_count(store, names))
+    return _done({"action": "requeue", "requeued": len(done), "left": left})
 
 
 def _here() -> str:

@@ -194,6 +194,30 @@ def test_requeue_all_failed_and_the_form_returns_only_to_the_dashboard(client, w
         assert moved.headers["Location"] == "/dashboard/", elsewhere
 
 
+def test_requeue_all_puts_back_at_most_so_many_per_click_and_says_how_many_are_left(client, workers, store):
+    """Tens of thousands of failed jobs after an outage held a web thread for minutes, and a
+    second click a second one; a click now does REQUEUE_ALL_AT_ONCE of them."""
+    ids = [
+        client.post("/jobs", json={"task": "fail", "args": ["x"], "queue": "low"}).get_json()["job_id"]
+        for _ in range(12)
+    ]
+    workers.start(1, JOB_RETRIES=0)
+    for job_id in ids:
+        wait_for_status(client, job_id, {"failed"})
+    workers.stop(workers.procs[0])
+    client.application.config["REQUEUE_ALL_AT_ONCE"] = 5
+    answers = [
+        client.post(
+            "/dashboard/failed/requeue-all",
+            data={"queue": "low"},
+            headers={**SAME_SITE, "Accept": "application/json"},
+        ).get_json()
+        for _ in range(3)
+    ]
+    assert [(a["requeued"], a["left"]) for a in answers] == [(5, 7), (5, 2), (2, 0)], answers
+    assert make_queue(store, "low").count == 12
+
+
 def test_the_counters_fill_the_minute_and_hour_buckets_and_expire(admin):
     now = 1_800_000_000.0  # a fixed clock: the buckets are the key names
     for offset in (0, 0, 61, 3599, 3600):
@@ -323,7 +347,7 @@ def test_a_requeued_job_loses_its_failure_ttl_and_waits_however_long(client, wor
         assert admin.ttl(f"rq:job:{job_id}") > 0  # FAILURE_TTL
     assert client.post(f"/dashboard/failed/{ids[0]}/requeue", headers=ACTION).status_code == 200
     answer = client.post("/dashboard/failed/requeue-all", data={"queue": "default"}, headers=ACTION)
-    assert answer.get_json() == {"action": "requeue", "requeued": 2}
+    assert answer.get_json() == {"action": "requeue", "requeued": 2, "left": 0}
     for job_id in ids:
         assert client.get(f"/jobs/{job_id}").get_json()["status"] == "queued"
         assert admin.ttl(f"rq:job:{job_id}") == -1, job_id
@@ -336,11 +360,11 @@ def test_requeue_all_drops_the_entry_of_a_failed_job_that_expired_and_goes_on(cl
     expired = "0badc0de" * 4
     admin.zadd("rq:failed:default", {expired: 1})  # the oldest entry: met first
     answer = client.post("/dashboard/failed/requeue-all", headers=ACTION)
-    assert (answer.status_code, answer.get_json()) == (200, {"action": "requeue", "requeued": 1})
+    assert (answer.status_code, answer.get_json()) == (200, {"action": "requeue", "requeued": 1, "left": 0})
     assert admin.zcard("rq:failed:default") == 0
     assert admin.lrange("rq:queue:default", 0, -1) == [failing.encode()]
     again = client.post("/dashboard/failed/requeue-all", headers=ACTION)
-    assert (again.status_code, again.get_json()) == (200, {"action": "requeue", "requeued": 0})
+    assert (again.status_code, again.get_json()) == (200, {"action": "requeue", "requeued": 0, "left": 0})
 
 
 def test_a_requeue_cut_off_is_a_503_and_leaves_the_job_in_one_place(client, workers, admin, caplog):

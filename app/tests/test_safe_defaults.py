@@ -175,3 +175,9 @@ def test_the_apps_sentinel_login_cannot_reconfigure_sentinel(cluster, settings, 
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.execute_command(*command)
     assert client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kit")  # still monitored
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "ten", True])
+def test_requeue_all_at_once_must_be_a_count(settings, value):
+    with pytest.raises(BadSetting, match=r"REQUEUE_ALL_AT_ONCE must be a whole number of jobs, 1 or more"):
+        create_app({**settings, "REQUEUE_ALL_AT_ONCE": value})
