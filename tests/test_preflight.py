@@ -241,21 +241,27 @@ def test_client_certificates_required_are_refused_naming_the_setting(tmp_path, p
     assert f"value of {variable} must be one of: no, optional" in said, said[-2000:]
 
 
-def test_two_hosts_with_one_address_are_refused_naming_them(tmp_path):
+def refused_topology(tmp_path: Path, groups: str) -> str:
+    """site.yml on an inventory of these groups (YAML lines under `children:`): it must stop
+    in the preflight. Returns what it said, on one line."""
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n"
+    inventory.write_text("all:\n  children:\n" + groups)
+    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
+    assert result.returncode != 0
+    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def test_two_hosts_with_one_address_are_refused_naming_them(tmp_path):
+    said = refused_topology(
+        tmp_path,
         "    redis: {hosts: {a: {kit_address: 10.0.0.1}, b: {kit_address: 10.0.0.1}}}\n"
         "    redis_sentinel: {hosts: {a: {}, b: {}, c: {kit_address: 10.0.0.3}}}\n"
         "    web: {hosts: {c: {}}}\n"
-        "    workers: {hosts: {c: {}}}\n"
+        "    workers: {hosts: {c: {}}}\n",
     )
-    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
-    said = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0
     refusal = "Impossible topology: each host needs a kit_address of its own, but a (10.0.0.1), b (10.0.0.1)"
     assert f"{refusal} share one" in said, said[-3000:]
-    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
 def test_a_run_limited_to_some_tiers_is_checked_too(tmp_path):
@@ -504,40 +510,30 @@ def test_real_secrets_pass_preflight(tmp_path):
 
 
 def test_an_inventory_with_two_sentinels_is_refused(tmp_path):
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n"
+    said = refused_topology(
+        tmp_path,
         "    redis: {hosts: {a: {kit_address: 10.0.0.1}, b: {kit_address: 10.0.0.2}}}\n"
         "    redis_sentinel: {hosts: {a: {}, b: {}}}\n"
         "    web: {hosts: {a: {}}}\n"
-        "    workers: {hosts: {b: {}}}\n"
+        "    workers: {hosts: {b: {}}}\n",
     )
-    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
-    said = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0
     assert "Impossible topology" in said
     assert "redis_sentinel=2" in said
-    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
 def test_an_inventory_where_no_failover_could_promote_a_replica_is_refused(tmp_path):
     """Sentinel never promotes a replica with replica-priority 0: with it on every node but the
     master, the group has no failover at all, which nothing said."""
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n"
+    said = refused_topology(
+        tmp_path,
         "    redis: {hosts: {a: {kit_address: 10.0.0.1},\n"
         "                    b: {kit_address: 10.0.0.2, redis_replica_priority: 0}}}\n"
         "    redis_sentinel: {hosts: {a: {}, b: {}, c: {kit_address: 10.0.0.3}}}\n"
         "    web: {hosts: {c: {}}}\n"
-        "    workers: {hosts: {c: {}}}\n"
+        "    workers: {hosts: {c: {}}}\n",
     )
-    result = run_site(tmp_path, PROD_SECRETS, inventory=inventory)
-    said = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0
     assert "Sentinel promotes only a replica whose redis_replica_priority is above 0" in said, said[-3000:]
     assert "only a of a, b have one" in said
-    assert stopped_in_preflight(result.stdout), result.stdout[-3000:]
 
 
 def encrypt_string(tmp_path: Path, name: str, value: str) -> str:

@@ -416,14 +416,7 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     # read (the group's state from the second data host) and the two are named. It once failed
     # on an undefined variable, with no report.
     unreachable = [hosts_in("redis")[0], hosts_in("web")[0]]
-    for host in unreachable:
-        block_ssh(host)
-    try:
-        cut_off = _day2("status.yml", "-e", f"status_json={report}")
-    finally:
-        heal(*unreachable)
-    assert cut_off.returncode != 0
-    after = json.loads(report.read_text())
+    cut_off, after = _status_cut_off(report, unreachable)
     for host in unreachable:
         assert f"{host}: Ansible cannot reach it" in after["problems"], cut_off.stdout[-5000:]
     assert after["master"] == state["master"], "the second data host read the group"
@@ -432,14 +425,7 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
 
     # Every host cut off: Ansible would stop before the report; the report names them all.
     everyone = sorted({*hosts_in("redis"), *hosts_in("web"), *hosts_in("workers")})
-    for host in everyone:
-        block_ssh(host)
-    try:
-        alone = _day2("status.yml", "-e", f"status_json={report}")
-    finally:
-        heal(*everyone)
-    assert alone.returncode != 0
-    nothing = json.loads(report.read_text())
+    alone, nothing = _status_cut_off(report, everyone)
     assert nothing["master"] is None, nothing
     for host in everyone:
         assert f"{host}: Ansible cannot reach it" in nothing["problems"], alone.stdout[-5000:]
@@ -448,6 +434,18 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     limited = _day2("status.yml", "--limit", hosts_in("workers")[0])
     assert limited.returncode != 0, "a partial run once reported nothing and ended green"
     assert "status.yml reads the whole platform" in " ".join((limited.stdout + limited.stderr).split())
+
+
+def _status_cut_off(report: Path, hosts: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """status.yml with `hosts` cut off from Ansible: it fails, and writes its report."""
+    for host in hosts:
+        block_ssh(host)
+    try:
+        run = _day2("status.yml", "-e", f"status_json={report}")
+    finally:
+        heal(*hosts)
+    assert run.returncode != 0
+    return run, json.loads(report.read_text())
 
 
 def _wait_in_sync(replica: str) -> None:
