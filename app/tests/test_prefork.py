@@ -191,7 +191,10 @@ def test_a_cold_shutdown_kills_the_job_and_a_new_worker_runs_it_again(client, wo
     worker.send_signal(signal.SIGTERM)
     time.sleep(1.2)  # RQ ignores a second signal within a second of the first
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=10) is not None
+    # Within SCHEDULER_STOP_SECONDS and a margin: once in CI (1 run in about 50) the scheduler
+    # said it had stopped and the worker still waited the whole 10 s for it to exit. The
+    # warning now says what state the kernel had it in.
+    assert worker.wait(timeout=25) is not None
     assert not alive(horse)
     workers.start(1)
     done = wait_for_status(client, job_id, {"finished", "failed"}, timeout=60)

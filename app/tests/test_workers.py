@@ -95,6 +95,25 @@ def test_a_warm_stop_during_a_job_longer_than_the_maintenance_interval_starts_no
     assert client.get(f"/jobs/{job_id}").get_json()["status"] == "finished"
 
 
+def test_stopping_a_scheduler_reaped_outside_multiprocessing_does_not_wait_for_it():
+    """A scheduler process reaped where multiprocessing did not see it (its own waitpid then
+    fails with ECHILD, and is_alive stays True for ever): the stop sees it gone at once. It
+    used to send SIGTERM to the pid and wait SCHEDULER_STOP_SECONDS (10 s)."""
+    from multiprocessing.context import ForkProcess
+    from types import SimpleNamespace
+
+    from kitqueue.worker import KitWorker
+
+    process = ForkProcess(target=os._exit, args=(0,))
+    process.start()
+    os.waitpid(process.pid, 0)  # behind multiprocessing's back
+    assert process.is_alive(), "premise: multiprocessing still counts it alive"
+    worker = SimpleNamespace(scheduler=SimpleNamespace(_process=process), name="reaped")
+    started = time.monotonic()
+    KitWorker.stop_scheduler(worker)
+    assert time.monotonic() - started < 1.0
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop is the fault
 def test_a_stop_request_dropped_by_a_finalizer_still_stops_the_idle_worker(app, client, admin):
     """RQ stops an idle worker by raising StopRequested out of its SIGTERM handler into

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -59,6 +60,32 @@ def sd_notify(message: str) -> None:
 
 # How long a stopping worker waits for its scheduler's process before it kills it.
 SCHEDULER_STOP_SECONDS = 10.0
+
+
+def _alive(process: Any) -> bool:
+    """multiprocessing's is_alive, unless the process is gone: a pid reaped outside its
+    bookkeeping (its waitpid then fails with ECHILD) stays "alive" there for ever. Once in CI a
+    cold shutdown waited the whole SCHEDULER_STOP_SECONDS for a scheduler that had said it
+    stopped."""
+    if not process.is_alive():
+        return False
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _process_state(pid: int) -> str:
+    """A process's state and where the kernel holds it, from /proc, for a log line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        wchan = Path(f"/proc/{pid}/wchan").read_text() or "-"
+    except OSError as error:
+        return f"not readable: {error.strerror}"
+    return f"state {stat.rsplit(')', 1)[1].split()[0]}, in {wchan}"
 
 
 class KitWorker(PreforkWorker):
@@ -247,12 +274,17 @@ class KitWorker(PreforkWorker):
         if process is None or not process.pid:
             return
         deadline = time.monotonic() + SCHEDULER_STOP_SECONDS
-        while process.is_alive() and time.monotonic() < deadline:
+        while _alive(process) and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 os.kill(process.pid, signal.SIGTERM)
             process.join(1.0)
-        if process.is_alive():
-            log.warning("Worker %s: its scheduler %s did not stop; killed", self.name, process.pid)
+        if _alive(process):
+            log.warning(
+                "Worker %s: its scheduler %s did not stop (%s); killed",
+                self.name,
+                process.pid,
+                _process_state(process.pid),
+            )
             with contextlib.suppress(OSError):
                 os.kill(process.pid, signal.SIGKILL)
             process.join()
