@@ -436,3 +436,69 @@ def test_an_idempotency_key_claimed_on_the_old_master_is_bound_where_the_job_is(
     ids = {r.get_json().get("job_id") for r in (first, *retries)} - {None}
     assert ids == {first.get_json()["job_id"]}, "a retry wrote a second job"
     assert retries[-1].get_json().get("replayed") is True
+
+
+def test_an_outage_past_fail_fast_after_answers_at_once_instead_of_filling_the_web_threads(settings, cluster):
+    """Both data nodes frozen (their hosts lost: no TCP reset), with clients enqueueing
+    throughout. Until FAIL_FAST_AFTER each request waits its budget out, as through a
+    failover. Past it, each one doing so only held a web thread: at 1.6 requests/s per 8
+    threads the rest queued in mod_wsgi until it dropped them with a 504 and no Retry-After.
+    Now one request at a time tries Redis once and the others get 503 with Retry-After at once;
+    the first success after the thaw ends it. (The Sentinels are told to wait a minute before
+    calling a node down meanwhile: a failover they began and abandoned would hold off the next
+    one for 10 s, in the tests after this one.)"""
+    from fridge.web import create_app
+
+    budget, fail_fast = 1.0, 2.0
+    app = create_app(
+        {
+            **settings,
+            "RETRY_BUDGET": budget,
+            "FAIL_FAST_AFTER": fail_fast,
+            "REDIS_SOCKET_TIMEOUT": 0.3,
+            "ACK_TIMEOUT_MS": 200,
+        }
+    )
+    assert app.test_client().get("/comer/higo").status_code == 202
+
+    def timed_get() -> tuple[int, str | None, float]:
+        started = time.monotonic()
+        response = app.test_client().get("/comer/higo")
+        return response.status_code, response.headers.get("Retry-After"), time.monotonic() - started
+
+    def down_after(ms: int) -> None:
+        for port in cluster.sentinel_ports:
+            cluster.sentinel(port).execute_command(
+                "SENTINEL", "SET", MASTER_NAME, "down-after-milliseconds", ms
+            )
+
+    down_after(60_000)
+    try:
+        for port in cluster.data_ports:
+            cluster.freeze(port)
+        frozen = time.monotonic()
+        waited = []
+        while (began := time.monotonic() - frozen) < fail_fast + budget:  # clients keep enqueueing
+            waited.append((began, *timed_get()))
+            assert waited[-1][1:3] == (503, "2"), waited
+            assert len(waited) < 30, waited
+        # Those begun before FAIL_FAST_AFTER waited as through a failover.
+        early = [took for began, _, _, took in waited if began < fail_fast]
+        assert min(early) >= budget / 2, f"a failover's wait: {waited}"
+        answers: list[tuple[int, str | None, float]] = []
+        threads = [threading.Thread(target=lambda: answers.append(timed_get())) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert [(s, r) for s, r, _ in answers] == [(503, "2")] * 8, answers
+        quick = [took for _, _, took in answers if took < budget / 2]
+        assert len(quick) >= 7, f"each waited (s): {sorted(round(t, 2) for _, _, t in answers)}"
+    finally:
+        for port in cluster.data_ports:
+            cluster.thaw(port)
+        down_after(cluster.down_after_ms)
+    wait_until(
+        lambda: app.test_client().get("/comer/higo").status_code == 202, 30, "an enqueue after the thaw"
+    )
+    cluster.wait_healthy()

@@ -181,3 +181,13 @@ def test_the_apps_sentinel_login_cannot_reconfigure_sentinel(cluster, settings, 
 def test_requeue_all_at_once_must_be_a_count(settings, value):
     with pytest.raises(BadSetting, match=r"REQUEUE_ALL_AT_ONCE must be a whole number of jobs, 1 or more"):
         create_app({**settings, "REQUEUE_ALL_AT_ONCE": value})
+
+
+@pytest.mark.parametrize("value", [4.9, "20", True, None])
+def test_fail_fast_after_must_leave_a_failover_its_budget(settings, value):
+    """Shorter than RETRY_BUDGET (5 s), a failover's requests would be answered 503 at once
+    instead of waiting for the new master."""
+    with pytest.raises(
+        BadSetting, match=r"FAIL_FAST_AFTER must be a number of seconds no shorter than RETRY_BUDGET"
+    ):
+        create_app({**settings, "FAIL_FAST_AFTER": value})

@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     # RETRY_BUDGET + 1 s (see Store.retrying).
     "RETRY_BUDGET": 5.0,
     "RETRY_AFTER": 2,
+    # An outage that has lasted this long (seconds) is no failover (production's take about
+    # 10 s at most): from then on one request at a time tries Redis once and the others answer
+    # 503 at once, instead of each holding a web thread for RETRY_BUDGET (see Store.retrying).
+    "FAIL_FAST_AFTER": 20.0,
     # Queues in priority order: a worker takes from the first non-empty one.
     "QUEUES": ["critical", "default", "low"],
     # The demonstration and test tasks (sleep, fail, flaky) tie up workers on request: off
@@ -138,6 +142,16 @@ def check(settings: Mapping[str, Any]) -> None:
         raise BadSetting(
             f"ACK_TIMEOUT_MS ({settings['ACK_TIMEOUT_MS']}) must be shorter than REDIS_SOCKET_TIMEOUT "
             f"({settings['REDIS_SOCKET_TIMEOUT']} s): WAIT blocks for that long on the socket"
+        )
+    fail_fast = settings["FAIL_FAST_AFTER"]
+    if (
+        isinstance(fail_fast, bool)
+        or not isinstance(fail_fast, int | float)
+        or fail_fast < float(settings["RETRY_BUDGET"])
+    ):
+        raise BadSetting(
+            f"FAIL_FAST_AFTER must be a number of seconds no shorter than RETRY_BUDGET "
+            f"({settings['RETRY_BUDGET']}), not {fail_fast!r}: a failover must be waited for"
         )
     limit = settings["ENQUEUE_MEMORY_LIMIT"]
     if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1:

@@ -260,9 +260,12 @@ def _new_locks_after_fork() -> None:
     held at that moment would never be released there."""
     for sentinel in _QUORUM_SENTINELS:
         sentinel._order_lock = threading.Lock()
+    for store in _STORES:
+        store._probing, store._outage_lock = threading.RLock(), threading.Lock()
 
 
 _QUORUM_SENTINELS: weakref.WeakSet[QuorumSentinel] = weakref.WeakSet()
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
@@ -569,6 +572,14 @@ class Store:
         # What check_room read of the master (see memory()) and when.
         self._memory: tuple[int, int, int] = (0, 0, 0)
         self._memory_read = -math.inf
+        # This process's attempts failing transiently: the first and the last failure, each
+        # within a RETRY_BUDGET of the one before (None once one succeeds); and the one attempt
+        # allowed at a time once that has lasted FAIL_FAST_AFTER (see _probe_lock). Re-entrant:
+        # a command line's action may call retrying again inside the attempt.
+        self.outage: tuple[float, float] | None = None
+        self._outage_lock = threading.Lock()
+        self._probing = threading.RLock()
+        _STORES.add(self)
 
     def memory(self) -> tuple[int, int, int]:
         """The master's memory as Redis counts it against maxmemory (replica output buffers and
@@ -676,26 +687,67 @@ class Store:
         reserve = min(float(self.config["REDIS_SOCKET_TIMEOUT"]), budget / 2)
         deadline = time.monotonic() + budget - reserve
         delay = 0.05
-        while True:
-            try:
-                return action()
-            except Exception as error:
-                refused = refusal(error) or login_refusal(error, self.config["REDIS_USERNAME"])
-                if refused is error:
-                    raise
-                if refused is not None:
-                    raise refused from error
-                if not is_transient(error):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    if isinstance(error, Unavailable):
-                        raise
-                    raise Unavailable(f"Redis unavailable ({type(error).__name__}: {error})") from error
-                log.warning("Redis failover under way (%s); retrying in %.2fs", error, delay)
+        probe = None
+        try:
+            probe = self._probe_lock()
+            if probe is not None:
+                deadline = -math.inf  # one attempt, no retry, asking the Sentinels afresh
                 self.reset()
-                time.sleep(delay)
-                # Short steps: the new master is used within 0.2 s of Sentinel naming it.
-                delay = min(delay * 2, 0.2)
+            while True:
+                try:
+                    result = action()
+                except Exception as error:
+                    refused = refusal(error) or login_refusal(error, self.config["REDIS_USERNAME"])
+                    if refused is error:
+                        raise
+                    if refused is not None:
+                        raise refused from error
+                    if not is_transient(error):
+                        raise
+                    self._failed()
+                    if time.monotonic() + delay > deadline:
+                        if isinstance(error, Unavailable):
+                            raise
+                        raise Unavailable(f"Redis unavailable ({type(error).__name__}: {error})") from error
+                    log.warning("Redis failover under way (%s); retrying in %.2fs", error, delay)
+                    self.reset()
+                    time.sleep(delay)
+                    # Short steps: the new master is used within 0.2 s of Sentinel naming it.
+                    delay = min(delay * 2, 0.2)
+                else:
+                    with self._outage_lock:
+                        self.outage = None
+                    return result
+        finally:
+            if probe is not None:
+                probe.release()
+
+    def _failed(self) -> None:
+        """Note a transient failure: it goes on the outage under way, or begins one."""
+        with self._outage_lock:
+            now, outage = time.monotonic(), self.outage
+            if outage is None or now - outage[1] > float(self.config["RETRY_BUDGET"]):
+                self.outage = (now, now)
+            else:
+                self.outage = (outage[0], now)
+
+    def _probe_lock(self) -> Any:
+        """An outage that has lasted FAIL_FAST_AFTER is no failover: waiting a whole budget in
+        every request then only fills the web threads, and requests queue in front of them
+        until mod_wsgi drops them with a 504 and no Retry-After. From then on one request at a
+        time makes a single attempt, which ends the outage when it succeeds; the others are
+        answered Unavailable (503, Retry-After) at once. Returns the lock this request holds as
+        that attempt, or None outside such an outage (also when no attempt failed within the
+        last budget: nothing says it goes on)."""
+        outage, now = self.outage, time.monotonic()
+        if outage is None or now - outage[1] > float(self.config["RETRY_BUDGET"]):
+            return None
+        lasted = now - outage[0]
+        if lasted < float(self.config["FAIL_FAST_AFTER"]):
+            return None
+        if not self._probing.acquire(blocking=False):
+            raise Unavailable(f"Redis unavailable for {lasted:.0f} s; another request is trying it")
+        return self._probing
 
 
 class PinnedConnection:
