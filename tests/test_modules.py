@@ -81,6 +81,10 @@ def test_a_healthy_group_has_its_master_and_no_problem():
         ),
         (lambda s, n: s[0].update(flags="master,s_down"), "Sentinel 10.0.0.11 sees its master down"),
         (
+            lambda s, n: s[2].update(ckquorum="NOQUORUM 1 usable Sentinels."),
+            "Sentinel 10.0.0.21 could not fail the master over now: NOQUORUM 1 usable Sentinels.",
+        ),
+        (
             lambda s, n: n[1].update(disk="its last AOF write failed"),
             f"data node {R} cannot write its disk: its last AOF write failed",
         ),
@@ -687,3 +691,54 @@ def test_status_reads_a_real_group_and_names_what_is_wrong(inventory_group, tmp_
     down = run_module("redis_ha_status", tmp_path, **args)
     assert "failed" not in down, down
     assert [p for p in down["problems"] if p.startswith(f"data node {at[replica]} does not answer")], down
+
+
+def test_status_names_a_sentinel_whose_peers_refuse_it(tmp_path):
+    """Three Sentinels (quorum 2) that each answer the module, but one was given another peer
+    password (a rotation half done): its peers refuse it, so it could never be elected to fail
+    the master over, though it knows all three and names the right master. SENTINEL CKQUORUM
+    says so; before, the status found no problem."""
+    master = Server(tmp_path / "master", address="127.0.0.2")
+    port = free_port()
+    addresses = ["127.0.0.4", "127.0.0.5", "127.0.0.6"]
+    procs = []
+    for address in addresses:
+        directory = tmp_path / address
+        directory.mkdir()
+        (directory / "sentinel.conf").write_text(
+            f"sentinel monitor kit {master.address} {master.port} 2\n"
+            "sentinel auth-pass kit pw\n"
+            "sentinel down-after-milliseconds kit 1000\n"
+            "requirepass spw\n"
+            "sentinel sentinel-pass spw\n"
+            f"sentinel announce-ip {address}\n"  # else each would announce its source, 127.0.0.1
+        )
+        command = ["redis-server", str(directory / "sentinel.conf"), "--sentinel", "--port", str(port)]
+        procs.append(
+            subprocess.Popen(
+                [*command, "--bind", address, "--dir", str(directory)], stdout=subprocess.DEVNULL
+            )
+        )
+    args = {
+        **group_args(port, nodes=[master.address], node_port=master.port),
+        "sentinels": addresses,
+        "sentinel_password": "spw",
+    }
+    try:
+
+        def read() -> dict:
+            return run_module("redis_ha_status", tmp_path, **args)
+
+        wait_until(lambda: read()["problems"] == [], "the three Sentinels to know each other", 30)
+        with kit_redis.Connection(addresses[0], port, None, "spw", 2.0) as conn:
+            conn.command("SENTINEL", "CONFIG", "SET", "sentinel-pass", "not-the-peers-password")
+        said = f"Sentinel {addresses[0]} could not fail the master over now: NOQUORUM"
+        wait_until(lambda: any(p.startswith(said) for p in read()["problems"]), "the status to name it", 30)
+        others = [s for s in read()["sentinels"] if s["address"] != addresses[0]]
+        assert {s.get("ckquorum") for s in others} == {"ok"}, others
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        master.proc.terminate()
+        master.proc.wait()

@@ -9,12 +9,15 @@ short_description: Read who is master, each replica's lag and each Sentinel's vi
 author: kit maintainers
 description:
 - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its configuration
-  epoch and the replicas and Sentinels it knows; asks every data node in O(nodes) its role, the master
-  it follows, its link, replication offset and key count, whether its last AOF write and RDB save
-  worked, and how many clients are logged in as O(aof_guard_user).
+  epoch, the replicas and Sentinels it knows, and whether it could fail the master over now
+  (C(SENTINEL CKQUORUM): it reaches enough of its peers for the quorum and a majority); asks every
+  data node in O(nodes) its role, the master it follows, its link, replication offset and key
+  count, whether its last AOF write and RDB save worked, and how many clients are logged in as
+  O(aof_guard_user).
 - Returns the findings and a list of O(problems), such as no master or two masters, a node or a Sentinel
   that does not answer, a Sentinel that names another master than the others or than the node that
-  is master, Sentinels at different epochs or not knowing each other, a replica following another
+  is master, Sentinels at different epochs or not knowing each other, a Sentinel that could not fail
+  the master over (its peers unreachable or refusing its login), a replica following another
   node, with its link down or more than O(max_lag_bytes) behind, a master that is not one of O(nodes),
   a node that cannot write its disk, a node whose AOF guard is not logged in.
 - Never changes anything; never fails on what it finds (the caller decides).
@@ -71,7 +74,9 @@ nodes:
   elements: dict
   returned: always
 sentinels:
-  description: "Per Sentinel: address, master, epoch, quorum, sentinels it knows (itself too), replicas."
+  description: >-
+    Per Sentinel: address, master, epoch, quorum, sentinels it knows (itself too), replicas, and ckquorum
+    (C(ok), or the Sentinel's answer to C(SENTINEL CKQUORUM)).
   type: list
   elements: dict
   returned: always
@@ -97,6 +102,11 @@ def read_sentinel(p: dict, address: str) -> dict[str, Any]:
         ) as conn:
             state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", p["master_name"]))
             replicas = conn.command("SENTINEL", "REPLICAS", p["master_name"])
+            try:  # whether it reaches enough of its peers to be elected and fail the master over
+                conn.command("SENTINEL", "CKQUORUM", p["master_name"])
+                seen["ckquorum"] = "ok"
+            except kit_redis.ReplyError as refused:
+                seen["ckquorum"] = str(refused)
     except (OSError, kit_redis.ReplyError) as error:
         return {**seen, "error": str(error)}
     return {
@@ -188,6 +198,8 @@ def assess(
             problems.append(
                 f"Sentinel {s['address']} knows {s['sentinels']} of the {len(sentinels)} Sentinels"
             )
+        if s.get("ckquorum", "ok") != "ok":
+            problems.append(f"Sentinel {s['address']} could not fail the master over now: {s['ckquorum']}")
         if "o_down" in str(s.get("flags")) or "s_down" in str(s.get("flags")):
             problems.append(f"Sentinel {s['address']} sees its master down ({s['flags']})")
     epochs = sorted({s["epoch"] for s in answering})
