@@ -340,17 +340,19 @@ def test_a_sentinel_forgets_a_stopped_replica_and_keeps_the_others(group):
     assert forget.forget(sentinel_params(port, nodes), check_mode=True) == {
         "changed": True,
         "forgotten": gone,
+        "forgotten_sentinels": [],
     }
     with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
         assert len(forget.view(conn, "kit")[1]) == 2, "check mode resets nothing"
     done = forget.forget(sentinel_params(port, nodes))
-    assert done == {"changed": True, "forgotten": gone}
+    assert done == {"changed": True, "forgotten": gone, "forgotten_sentinels": []}
     with kit_redis.Connection("127.0.0.1", port, None, None, 2.0) as conn:
         master_view, replicas = forget.view(conn, "kit")
     assert list(replicas) == [f"127.0.0.1:{replica.port}"]
     assert not replicas[f"127.0.0.1:{replica.port}"] & forget.GONE
     assert master_view["port"] == str(master.port)
-    assert forget.forget(sentinel_params(port, nodes)) == {"changed": False, "forgotten": []}
+    unchanged = {"changed": False, "forgotten": [], "forgotten_sentinels": []}
+    assert forget.forget(sentinel_params(port, nodes)) == unchanged
 
 
 def test_a_replica_that_still_answers_is_not_forgotten(group):
@@ -693,15 +695,11 @@ def test_status_reads_a_real_group_and_names_what_is_wrong(inventory_group, tmp_
     assert [p for p in down["problems"] if p.startswith(f"data node {at[replica]} does not answer")], down
 
 
-def test_status_names_a_sentinel_whose_peers_refuse_it(tmp_path):
-    """Three Sentinels (quorum 2) that each answer the module, but one was given another peer
-    password (a rotation half done): its peers refuse it, so it could never be elected to fail
-    the master over, though it knows all three and names the right master. SENTINEL CKQUORUM
-    says so; before, the status found no problem."""
-    master = Server(tmp_path / "master", address="127.0.0.2")
-    port = free_port()
-    addresses = ["127.0.0.4", "127.0.0.5", "127.0.0.6"]
-    procs = []
+def _sentinels(
+    tmp_path: Path, master: Server, port: int, addresses: list[str]
+) -> dict[str, subprocess.Popen]:
+    """A Sentinel (quorum 2, down after 1 s) at each address, all on `port`, announcing it."""
+    procs = {}
     for address in addresses:
         directory = tmp_path / address
         directory.mkdir()
@@ -714,11 +712,21 @@ def test_status_names_a_sentinel_whose_peers_refuse_it(tmp_path):
             f"sentinel announce-ip {address}\n"  # else each would announce its source, 127.0.0.1
         )
         command = ["redis-server", str(directory / "sentinel.conf"), "--sentinel", "--port", str(port)]
-        procs.append(
-            subprocess.Popen(
-                [*command, "--bind", address, "--dir", str(directory)], stdout=subprocess.DEVNULL
-            )
+        procs[address] = subprocess.Popen(
+            [*command, "--bind", address, "--dir", str(directory)], stdout=subprocess.DEVNULL
         )
+    return procs
+
+
+def test_status_names_a_sentinel_whose_peers_refuse_it(tmp_path):
+    """Three Sentinels (quorum 2) that each answer the module, but one was given another peer
+    password (a rotation half done): its peers refuse it, so it could never be elected to fail
+    the master over, though it knows all three and names the right master. SENTINEL CKQUORUM
+    says so; before, the status found no problem."""
+    master = Server(tmp_path / "master", address="127.0.0.2")
+    port = free_port()
+    addresses = ["127.0.0.4", "127.0.0.5", "127.0.0.6"]
+    procs = list(_sentinels(tmp_path, master, port, addresses).values())
     args = {
         **group_args(port, nodes=[master.address], node_port=master.port),
         "sentinels": addresses,
@@ -738,6 +746,71 @@ def test_status_names_a_sentinel_whose_peers_refuse_it(tmp_path):
         assert {s.get("ckquorum") for s in others} == {"ok"}, others
     finally:
         for proc in procs:
+            proc.terminate()
+            proc.wait()
+        master.proc.terminate()
+        master.proc.wait()
+
+
+def test_a_sentinel_gone_for_good_is_forgotten_so_one_more_loss_still_fails_over(tmp_path):
+    """Three Sentinels; one host replaced (the Sentinel at .6 gone for good, a new one at .7).
+    The others remembered the old one and counted it among the voters: two of four, once one
+    more Sentinel was lost, made no majority, and no failover could start. The role's forget
+    step, given the group's Sentinels, forgets the one seen down; a second run changes nothing."""
+    master = Server(tmp_path / "master", address="127.0.0.2")
+    port = free_port()
+    procs = _sentinels(tmp_path, master, port, ["127.0.0.4", "127.0.0.5", "127.0.0.6"])
+    try:
+
+        def known(address: str) -> dict[str, set[str]]:
+            try:
+                with kit_redis.Connection(address, port, None, "spw", 2.0) as conn:
+                    return forget.peer_view(conn, "kit")
+            except OSError:  # not listening yet
+                return {}
+
+        wait_until(
+            lambda: all(len(known(a)) == 2 for a in procs), "the three Sentinels to know each other", 30
+        )
+        procs.pop("127.0.0.6").terminate()
+        procs.update(_sentinels(tmp_path, master, port, ["127.0.0.7"]))
+        group = ["127.0.0.4", "127.0.0.5", "127.0.0.7"]
+        gone = f"127.0.0.6:{port}"
+        wait_until(
+            lambda: (
+                all(gone in known(a) and known(a)[gone] & forget.GONE for a in group[:2])
+                and all(len(known(a)) >= 2 for a in group)
+            ),
+            "the old one to be seen down and the new one known",
+            30,
+        )
+        for address in group:
+            args = {
+                "login_host": address,
+                "login_port": port,
+                "login_password": "spw",
+                "master_name": "kit",
+                "nodes": [master.address],
+                "node_port": master.port,
+                "peers": group,
+                "timeout": 30,
+            }
+            result = run_module("redis_sentinel_forget", tmp_path, **args)
+            assert "failed" not in result, result
+            if address != group[2]:  # the new one never met it
+                assert (result["changed"], result["forgotten_sentinels"]) == (True, [gone]), result
+            assert gone not in known(address)
+            assert run_module("redis_sentinel_forget", tmp_path, **args)["changed"] is False
+        procs.pop("127.0.0.5").terminate()
+        with kit_redis.Connection("127.0.0.4", port, None, "spw", 2.0) as conn:
+            wait_until(
+                lambda: "s_down" in known("127.0.0.4")[f"127.0.0.5:{port}"],
+                "the second loss to be seen (s_down: a peer only disconnected still counts as usable)",
+                30,
+            )
+            assert str(conn.command("SENTINEL", "CKQUORUM", "kit")).startswith("OK")
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait()
         master.proc.terminate()

@@ -10,7 +10,7 @@ author: kit maintainers
 description:
 - Asks every Sentinel in O(sentinels) which master it names for O(master_name), with its configuration
   epoch, the replicas and Sentinels it knows, and whether it could fail the master over now
-  (C(SENTINEL CKQUORUM): it reaches enough of its peers for the quorum and a majority); asks every
+  (C(SENTINEL CKQUORUM), whether it reaches enough of its peers for the quorum and a majority); asks every
   data node in O(nodes) its role, the master it follows, its link, replication offset and key
   count, whether its last AOF write and RDB save worked, and how many clients are logged in as
   O(aof_guard_user).

@@ -1,11 +1,11 @@
 #!/usr/bin/python
-"""Make a Sentinel forget the replicas that left the group (SENTINEL RESET, then wait)."""
+"""Make a Sentinel forget the replicas and Sentinels that left the group (SENTINEL RESET, then wait)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: redis_sentinel_forget
-short_description: Make a Sentinel forget replicas that are no longer data nodes
+short_description: Make a Sentinel forget replicas that are no longer data nodes, and Sentinels gone
 author: kit maintainers
 extends_documentation_fragment:
 - kit.jobqueue.login
@@ -14,14 +14,19 @@ description:
 - Lists the replicas the Sentinel knows for O(master_name). One whose address is not in O(nodes) (on
   O(node_port)) has left the group; Sentinel keeps it forever, shown down, and only C(SENTINEL RESET)
   clears it.
+- With O(peers), a peer Sentinel whose address is not one of them and that this Sentinel sees down
+  has left too (its host replaced or removed). Sentinel keeps it as well, and counts it among the
+  voters of every failover (with three Sentinels and one gone but remembered, losing one more
+  leaves two of four, no majority, and no failover). A peer that still answers is left alone (it
+  votes as any other).
 - Waits up to O(timeout) for such a replica to be seen down and fails, naming it, if it still answers
   (it would be found again at once in its master's C(INFO)); stop it first (C(playbooks/remove_replica.yml)).
 - Refuses while a failover is under way or the master is seen down.
 - After the reset, waits until the Sentinel again knows every replica that answered before and as
-  many peer Sentinels as before; fails after O(timeout) naming what is missing.
+  many peer Sentinels as answered before; fails after O(timeout) naming what is missing.
 - Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the quorum
   meanwhile.
-- Reports no change when the Sentinel knows no such replica.
+- Reports no change when the Sentinel knows no such replica or Sentinel.
 options:
   login_host:
     description: Sentinel address.
@@ -47,6 +52,14 @@ options:
     description: Data node port.
     type: int
     default: 6379
+  peers:
+    description:
+    - Addresses of every Sentinel of the group, this one included (the inventory's; on O(login_port)
+      unless given as address:port). A peer not among them that is seen down is forgotten. Empty (the
+      default) leaves the peers alone.
+    type: list
+    elements: str
+    default: []
   timeout:
     description:
     - Seconds to wait for a leaving replica to be seen down, and then for the Sentinel to know the
@@ -58,6 +71,11 @@ options:
 RETURN = r"""
 forgotten:
   description: "Replicas (ip:port) the Sentinel no longer knows."
+  type: list
+  elements: str
+  returned: always
+forgotten_sentinels:
+  description: "Peer Sentinels (ip:port), seen down and not in O(peers), that the Sentinel no longer knows."
   type: list
   elements: str
   returned: always
@@ -87,15 +105,32 @@ def view(conn: kit_redis.Connection, name: str) -> tuple[dict[str, Any], dict[st
 
 
 def strangers(replicas: dict[str, set[str]], nodes: list[str], port: int) -> list[str]:
-    """Known replicas that are not data nodes (given as address, or address:port)."""
+    """Known replicas (or peers) that are not data nodes (or Sentinels) given as address, or address:port."""
     wanted = {node if ":" in node else f"{node}:{port}" for node in nodes}
     return sorted(address for address in replicas if address not in wanted)
+
+
+def peer_view(conn: kit_redis.Connection, name: str) -> dict[str, set[str]]:
+    """{peer Sentinel ip:port: its flags}, as this Sentinel sees them."""
+    peers = {}
+    for entry in conn.command("SENTINEL", "SENTINELS", name):
+        fields = kit_redis.pairs(entry)
+        peers[f"{fields['ip']}:{fields['port']}"] = set(str(fields["flags"]).split(","))
+    return peers
+
+
+def gone_peers(conn: kit_redis.Connection, p: dict) -> list[str]:
+    """Peers that are not among p["peers"] and are seen down (none without p["peers"])."""
+    if not p.get("peers"):
+        return []
+    peers = peer_view(conn, p["master_name"])
+    return [a for a in strangers(peers, p["peers"], p["login_port"]) if peers[a] & GONE]
 
 
 def missing_after_reset(
     before_good: set[str], before_peers: int, master: dict[str, Any], replicas: dict[str, set[str]]
 ) -> list[str]:
-    """What the Sentinel does not know again yet (empty: done)."""
+    """`before_peers`: the peers it should know again (those it forgot not counted)."""
     missing = [f"replica {a}" for a in sorted(before_good) if a not in replicas or replicas[a] & GONE]
     peers = int(master.get("num-other-sentinels", 0))
     if peers < before_peers:
@@ -104,18 +139,20 @@ def missing_after_reset(
 
 
 def forget(p: dict, check_mode: bool = False) -> dict:
-    """Forget the replicas that are not data nodes; RuntimeError names what stops it."""
+    """Forget the replicas that are not data nodes, and the peers gone that are not Sentinels of
+    the group; RuntimeError names what stops it."""
     name, deadline = p["master_name"], time.monotonic() + p["timeout"]
     with kit_redis.login(p) as conn:
         master, replicas = view(conn, name)
         leaving = strangers(replicas, p["nodes"], p["node_port"])
-        if not leaving:
-            return {"changed": False, "forgotten": []}
+        gone = gone_peers(conn, p)
+        if not leaving and not gone:
+            return {"changed": False, "forgotten": [], "forgotten_sentinels": []}
         flags = set(str(master.get("flags", "")).split(","))
         if flags & (GONE | {"failover_in_progress"}):
             raise RuntimeError(
                 f"Sentinel sees master {name} as {master.get('flags')}: not forgetting "
-                f"{', '.join(leaving)} during an incident; re-run when the group is healthy."
+                f"{', '.join(leaving + gone)} during an incident; re-run when the group is healthy."
             )
         while answering := [a for a in leaving if not replicas.get(a, GONE) & GONE]:
             if time.monotonic() > deadline:
@@ -127,9 +164,10 @@ def forget(p: dict, check_mode: bool = False) -> dict:
             time.sleep(0.5)
             master, replicas = view(conn, name)
         if check_mode:
-            return {"changed": True, "forgotten": leaving}
+            return {"changed": True, "forgotten": leaving, "forgotten_sentinels": gone}
         good = {a for a, f in replicas.items() if a not in leaving and not f & GONE}
-        peers = int(master.get("num-other-sentinels", 0))
+        # Those that answer now: one down (restarting) is found again only once it is back.
+        peers = sum(1 for flags in peer_view(conn, name).values() if not flags & GONE)
         conn.command("SENTINEL", "RESET", name)
         missing = ["the master"]
         while missing:
@@ -147,7 +185,13 @@ def forget(p: dict, check_mode: bool = False) -> dict:
                     "as a replica. Stop it (playbooks/remove_replica.yml) and re-run."
                 )
             missing = missing_after_reset(good, peers, master, replicas)
-    return {"changed": True, "forgotten": leaving}
+            back = [a for a in gone if a in peer_view(conn, name)]
+            if back:
+                raise RuntimeError(
+                    f"Sentinel {', '.join(back)} was found again after the reset: it is running. "
+                    "Stop it, or list it in the group's Sentinels (redis_sentinel_peers)."
+                )
+    return {"changed": True, "forgotten": leaving, "forgotten_sentinels": gone}
 
 
 def main() -> None:
@@ -158,6 +202,7 @@ def main() -> None:
             "master_name": {"type": "str", "required": True},
             "nodes": {"type": "list", "elements": "str", "required": True},
             "node_port": {"type": "int", "default": 6379},
+            "peers": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "float", "default": 60},
         },
         supports_check_mode=True,
