@@ -72,6 +72,7 @@ def test_a_healthy_group_has_its_master_and_no_problem():
         ),
         (lambda s, n: s[0].update(epoch=2), "the Sentinels are at different epochs"),
         (lambda s, n: s[1].update(sentinels=2), "Sentinel 10.0.0.12 knows 2 of the 3 Sentinels"),
+        (lambda s, n: s[1].update(sentinels=4), "Sentinel 10.0.0.12 knows 4 Sentinels, the group has 3"),
         (lambda s, n: n[1].update(link="down"), f"replica {R}: link to {M} is down"),
         (lambda s, n: n[1].update(offset=0), f"replica {R} is 1000 bytes behind {M}"),
         (lambda s, n: n[1].update(master="10.0.0.99:6379"), f"replica {R} follows 10.0.0.99:6379"),
@@ -772,18 +773,29 @@ def test_a_sentinel_gone_for_good_is_forgotten_so_one_more_loss_still_fails_over
         wait_until(
             lambda: all(len(known(a)) == 2 for a in procs), "the three Sentinels to know each other", 30
         )
-        procs.pop("127.0.0.6").terminate()
+        old = procs.pop("127.0.0.6")
+        old.terminate()
+        old.wait()
         procs.update(_sentinels(tmp_path, master, port, ["127.0.0.7"]))
         group = ["127.0.0.4", "127.0.0.5", "127.0.0.7"]
         gone = f"127.0.0.6:{port}"
-        wait_until(
-            lambda: (
-                all(gone in known(a) and known(a)[gone] & forget.GONE for a in group[:2])
-                and all(len(known(a)) >= 2 for a in group)
-            ),
-            "the old one to be seen down and the new one known",
-            30,
-        )
+
+        def settled() -> bool:
+            """The two old ones see .6 down and know .7; .7 knows them."""
+            views = {a: known(a) for a in group}
+            return all(
+                "s_down" in views[a].get(gone, set()) and f"127.0.0.7:{port}" in views[a] for a in group[:2]
+            ) and {f"{a}:{port}" for a in group[:2]} <= set(views[group[2]])
+
+        wait_until(settled, "the old one to be seen down and the new one known", 30)
+        status_args = {
+            **group_args(port, nodes=[master.address], node_port=master.port),
+            "sentinels": group,
+            "sentinel_password": "spw",
+        }
+        stale = "Sentinel 127.0.0.4 knows 4 Sentinels, the group has 3"
+        before = run_module("redis_ha_status", tmp_path, **status_args)["problems"]
+        assert any(p.startswith(stale) for p in before), before
         for address in group:
             args = {
                 "login_host": address,
@@ -801,7 +813,11 @@ def test_a_sentinel_gone_for_good_is_forgotten_so_one_more_loss_still_fails_over
                 assert (result["changed"], result["forgotten_sentinels"]) == (True, [gone]), result
             assert gone not in known(address)
             assert run_module("redis_sentinel_forget", tmp_path, **args)["changed"] is False
-        procs.pop("127.0.0.5").terminate()
+        after = run_module("redis_ha_status", tmp_path, **status_args)["problems"]
+        assert not [p for p in after if "Sentinels, the group has" in p], after
+        second = procs.pop("127.0.0.5")
+        second.terminate()
+        second.wait()
         with kit_redis.Connection("127.0.0.4", port, None, "spw", 2.0) as conn:
             wait_until(
                 lambda: "s_down" in known("127.0.0.4")[f"127.0.0.5:{port}"],

@@ -16,7 +16,8 @@ description:
   O(aof_guard_user).
 - Returns the findings and a list of O(problems), such as no master or two masters, a node or a Sentinel
   that does not answer, a Sentinel that names another master than the others or than the node that
-  is master, Sentinels at different epochs or not knowing each other, a Sentinel that could not fail
+  is master, Sentinels at different epochs, not knowing each other or knowing one that is not in
+  O(sentinels), a Sentinel that could not fail
   the master over (its peers unreachable or refusing its login), a replica following another
   node, with its link down or more than O(max_lag_bytes) behind, a master that is not one of O(nodes),
   a node that cannot write its disk, a node whose AOF guard is not logged in.
@@ -197,6 +198,12 @@ def assess(
         if s["sentinels"] < len(sentinels):
             problems.append(
                 f"Sentinel {s['address']} knows {s['sentinels']} of the {len(sentinels)} Sentinels"
+            )
+        elif s["sentinels"] > len(sentinels):
+            problems.append(
+                f"Sentinel {s['address']} knows {s['sentinels']} Sentinels, the group has {len(sentinels)}: "
+                "one gone still counts among the voters of a failover (once it is seen down, site.yml "
+                "makes every Sentinel forget it)"
             )
         if s.get("ckquorum", "ok") != "ok":
             problems.append(f"Sentinel {s['address']} could not fail the master over now: {s['ckquorum']}")

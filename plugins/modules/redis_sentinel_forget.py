@@ -15,13 +15,14 @@ description:
   O(node_port)) has left the group; Sentinel keeps it forever, shown down, and only C(SENTINEL RESET)
   clears it.
 - With O(peers), a peer Sentinel whose address is not one of them and that this Sentinel sees down
-  has left too (its host replaced or removed). Sentinel keeps it as well, and counts it among the
-  voters of every failover (with three Sentinels and one gone but remembered, losing one more
+  (C(s_down)) has left too (its host replaced or removed). Sentinel keeps it as well, and counts
+  it among the voters of every failover (with three Sentinels and one gone but remembered, losing one more
   leaves two of four, no majority, and no failover). A peer that still answers is left alone (it
   votes as any other).
 - Waits up to O(timeout) for such a replica to be seen down and fails, naming it, if it still answers
   (it would be found again at once in its master's C(INFO)); stop it first (C(playbooks/remove_replica.yml)).
-- Refuses while a failover is under way or the master is seen down.
+- Refuses while a failover is under way or the master is seen down (a peer gone is then left for a
+  later run).
 - After the reset, waits until the Sentinel again knows every replica that answered before and as
   many peer Sentinels as answered before; fails after O(timeout) naming what is missing.
 - Run it on one Sentinel at a time (the role's task has C(throttle) 1); the others keep the quorum
@@ -119,12 +120,17 @@ def peer_view(conn: kit_redis.Connection, name: str) -> dict[str, set[str]]:
     return peers
 
 
+# A peer seen down past down-after: one only "disconnected" (for about a second after any
+# reconnection or restart) is no stranger gone.
+PEER_DOWN = {"s_down", "o_down"}
+
+
 def gone_peers(conn: kit_redis.Connection, p: dict) -> list[str]:
     """Peers that are not among p["peers"] and are seen down (none without p["peers"])."""
     if not p.get("peers"):
         return []
     peers = peer_view(conn, p["master_name"])
-    return [a for a in strangers(peers, p["peers"], p["login_port"]) if peers[a] & GONE]
+    return [a for a in strangers(peers, p["peers"], p["login_port"]) if peers[a] & PEER_DOWN]
 
 
 def missing_after_reset(
@@ -145,14 +151,17 @@ def forget(p: dict, check_mode: bool = False) -> dict:
     with kit_redis.login(p) as conn:
         master, replicas = view(conn, name)
         leaving = strangers(replicas, p["nodes"], p["node_port"])
-        gone = gone_peers(conn, p)
+        flags = set(str(master.get("flags", "")).split(","))
+        incident = flags & (GONE | {"failover_in_progress"})
+        # A peer gone is left for a later run during an incident (a reset then would also drop
+        # what this Sentinel knows of it); a replica that left stops the run, as it always did.
+        gone = [] if incident else gone_peers(conn, p)
         if not leaving and not gone:
             return {"changed": False, "forgotten": [], "forgotten_sentinels": []}
-        flags = set(str(master.get("flags", "")).split(","))
-        if flags & (GONE | {"failover_in_progress"}):
+        if incident:
             raise RuntimeError(
                 f"Sentinel sees master {name} as {master.get('flags')}: not forgetting "
-                f"{', '.join(leaving + gone)} during an incident; re-run when the group is healthy."
+                f"{', '.join(leaving)} during an incident; re-run when the group is healthy."
             )
         while answering := [a for a in leaving if not replicas.get(a, GONE) & GONE]:
             if time.monotonic() > deadline:
