@@ -10,7 +10,7 @@ import time
 
 import pytest
 import testinfra.utils.ansible_runner
-from kit_checks import Http, converge, exposure, get_host, run_playbook, wait_for
+from kit_checks import Http, converge, exposure, get_host, installed_collection, run_playbook, wait_for
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -168,6 +168,28 @@ def test_a_broken_apache_config_never_takes_the_server_down(http):
     recap = converge(*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site")
     assert recap["web-app1"]["failed"] == 0
     assert get_host("web-app1").run("apache2ctl configtest").rc == 0
+
+
+def test_a_rolling_restart_stops_at_a_web_host_whose_app_does_not_load(http):
+    """playbooks/rolling_restart.yml reloads one web host at a time and waits until the app
+    answers through it before the next. The app's entry script broken (as a bad upgrade leaves
+    it: the daemons cannot import the app) stops the rollout at that host, naming the answer;
+    it once went on to the next host and reloaded it too."""
+    app_host = get_host("web-app1")
+    script = "/var/www/fridge/wsgi.py"
+    kept = app_host.run(f"cp -p {script} /root/wsgi.py.kept")
+    assert kept.rc == 0, kept.stderr
+    assert app_host.run(f"sed -i '1i raise ImportError(\"broken by the test\")' {script}").rc == 0
+    try:
+        playbook = str(installed_collection() / "playbooks/rolling_restart.yml")
+        run = run_playbook("--tags", "web", playbook=playbook)
+    finally:
+        assert app_host.run(f"mv /root/wsgi.py.kept {script}").rc == 0
+    said = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0, said[-3000:]
+    assert "Wait until the app answers through this host again" in said, said[-3000:]
+    assert "Status code was 500" in said, said[-3000:]
+    wait_for(lambda: http.get("/healthz").status == 200, 30, "the app to load again")
 
 
 @pytest.mark.parametrize(
