@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify, request, url_for
 from kitqueue.queueing import IdempotencyConflict, NotDurable
 from kitqueue.schema import BadArguments
-from kitqueue.store import Full, LoginRefused, Unavailable, is_transient, login_refusal
+from kitqueue.store import FailingFast, Full, LoginRefused, Unavailable, is_transient, login_refusal
 from werkzeug.exceptions import HTTPException
 
 from .api import Unauthorized
@@ -64,6 +64,9 @@ def register(app: Flask) -> None:
         elif isinstance(exc, Full):
             log.warning("answering 503: %s", exc.reason)
             response = error(503, "the queue is full (Redis is near its memory limit), retry later")
+        elif isinstance(exc, FailingFast):  # the Store logs when that begins and ends
+            log.debug("answering 503: %s", exc.reason)
+            response = error(503, "the queue is unavailable (Redis failover or outage), retry later")
         else:
             log.warning("answering 503: %s", exc.reason)
             response = error(503, "the queue is unavailable (Redis failover or outage), retry later")

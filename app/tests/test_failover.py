@@ -434,7 +434,7 @@ def test_an_idempotency_key_claimed_on_the_old_master_is_bound_where_the_job_is(
 
     wait_until(retried, 30, "the retry with the same key to be acknowledged", interval=0.5)
     ids = {r.get_json().get("job_id") for r in (first, *retries)} - {None}
-    assert ids == {first.get_json()["job_id"]}, "a retry wrote a second job"
+    assert len(ids) == 1, f"a retry wrote a second job: {ids}"
     assert retries[-1].get_json().get("replayed") is True
 
 

@@ -183,11 +183,20 @@ def test_requeue_all_at_once_must_be_a_count(settings, value):
         create_app({**settings, "REQUEUE_ALL_AT_ONCE": value})
 
 
-@pytest.mark.parametrize("value", [4.9, "20", True, None])
+@pytest.mark.parametrize("value", [4.9, "20", True])
 def test_fail_fast_after_must_leave_a_failover_its_budget(settings, value):
     """Shorter than RETRY_BUDGET (5 s), a failover's requests would be answered 503 at once
-    instead of waiting for the new master."""
+    instead of waiting for the new master. Unset, it follows RETRY_BUDGET: a deployment with a
+    budget over 20 s still starts."""
     with pytest.raises(
         BadSetting, match=r"FAIL_FAST_AFTER must be a number of seconds no shorter than RETRY_BUDGET"
     ):
         create_app({**settings, "FAIL_FAST_AFTER": value})
+
+
+def test_fail_fast_after_unset_follows_the_retry_budget(settings):
+    from kitqueue.config import fail_fast_after
+
+    assert fail_fast_after({**settings, "FAIL_FAST_AFTER": None, "RETRY_BUDGET": 5}) == 20
+    assert fail_fast_after({**settings, "FAIL_FAST_AFTER": None, "RETRY_BUDGET": 30}) == 120
+    create_app({**settings, "RETRY_BUDGET": 30})  # starts

@@ -45,9 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BUDGET": 5.0,
     "RETRY_AFTER": 2,
     # An outage that has lasted this long (seconds) is no failover (production's take about
-    # 10 s at most): from then on one request at a time tries Redis once and the others answer
-    # 503 at once, instead of each holding a web thread for RETRY_BUDGET (see Store.retrying).
-    "FAIL_FAST_AFTER": 20.0,
+    # 10 s at most): from then on, in each process, one request at a time tries Redis once and
+    # the others answer 503 at once, instead of each holding a web thread for RETRY_BUDGET (see
+    # Store.retrying). None: 20 s, or four budgets when RETRY_BUDGET is over 5 s.
+    "FAIL_FAST_AFTER": None,
     # Queues in priority order: a worker takes from the first non-empty one.
     "QUEUES": ["critical", "default", "low"],
     # The demonstration and test tasks (sleep, fail, flaky) tie up workers on request: off
@@ -130,6 +131,13 @@ def for_worker(settings: Mapping[str, Any]) -> dict[str, Any]:
     return worker
 
 
+def fail_fast_after(settings: Mapping[str, Any]) -> float:
+    """FAIL_FAST_AFTER in seconds, its default derived from RETRY_BUDGET."""
+    if settings["FAIL_FAST_AFTER"] is not None:
+        return float(settings["FAIL_FAST_AFTER"])
+    return max(20.0, 4 * float(settings["RETRY_BUDGET"]))
+
+
 class BadSetting(ValueError):
     """A setting the app cannot keep its promises with; the message names it."""
 
@@ -144,7 +152,7 @@ def check(settings: Mapping[str, Any]) -> None:
             f"({settings['REDIS_SOCKET_TIMEOUT']} s): WAIT blocks for that long on the socket"
         )
     fail_fast = settings["FAIL_FAST_AFTER"]
-    if (
+    if fail_fast is not None and (
         isinstance(fail_fast, bool)
         or not isinstance(fail_fast, int | float)
         or fail_fast < float(settings["RETRY_BUDGET"])

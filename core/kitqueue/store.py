@@ -34,6 +34,8 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnect
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
+from .config import fail_fast_after
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -125,6 +127,11 @@ class Unavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class FailingFast(Unavailable):
+    """Answered at once in a long outage while another request tries Redis (Store._probe_lock);
+    the log says when that begins and ends, not once per request."""
 
 
 class Full(Unavailable):
@@ -574,9 +581,11 @@ class Store:
         self._memory_read = -math.inf
         # This process's attempts failing transiently: the first and the last failure, each
         # within a RETRY_BUDGET of the one before (None once one succeeds); and the one attempt
-        # allowed at a time once that has lasted FAIL_FAST_AFTER (see _probe_lock). Re-entrant:
+        # allowed at a time in this process once that has lasted FAIL_FAST_AFTER (see
+        # _probe_lock). Re-entrant:
         # a command line's action may call retrying again inside the attempt.
         self.outage: tuple[float, float] | None = None
+        self._failing_fast = False  # said once in the log when it begins, and when it ends
         self._outage_lock = threading.Lock()
         self._probing = threading.RLock()
         _STORES.add(self)
@@ -716,7 +725,11 @@ class Store:
                     delay = min(delay * 2, 0.2)
                 else:
                     with self._outage_lock:
-                        self.outage = None
+                        outage, self.outage = self.outage, None
+                        if self._failing_fast:
+                            self._failing_fast = False
+                            lasted = time.monotonic() - outage[0] if outage else 0.0
+                            log.warning("Redis answers again after %.0f s of outage", lasted)
                     return result
         finally:
             if probe is not None:
@@ -743,10 +756,17 @@ class Store:
         if outage is None or now - outage[1] > float(self.config["RETRY_BUDGET"]):
             return None
         lasted = now - outage[0]
-        if lasted < float(self.config["FAIL_FAST_AFTER"]):
+        if lasted < fail_fast_after(self.config):
             return None
         if not self._probing.acquire(blocking=False):
-            raise Unavailable(f"Redis unavailable for {lasted:.0f} s; another request is trying it")
+            raise FailingFast(f"Redis unavailable for {lasted:.0f} s; another request is trying it")
+        if not self._failing_fast:
+            self._failing_fast = True
+            log.warning(
+                "Redis unavailable for %.0f s: no failover takes that long; from now on one request "
+                "at a time tries it once and the others answer 503 at once, until one succeeds",
+                lasted,
+            )
         return self._probing
 
 

@@ -76,7 +76,8 @@ nodes:
   returned: always
 sentinels:
   description: >-
-    Per Sentinel: address, master, epoch, quorum, sentinels it knows (itself too), replicas, and ckquorum
+    Per Sentinel: address, master, epoch, quorum, sentinels it knows (itself too), replicas, peers
+    (the other Sentinels it knows, ip:port), and ckquorum
     (C(ok), or the Sentinel's answer to C(SENTINEL CKQUORUM)).
   type: list
   elements: dict
@@ -103,6 +104,7 @@ def read_sentinel(p: dict, address: str) -> dict[str, Any]:
         ) as conn:
             state = kit_redis.pairs(conn.command("SENTINEL", "MASTER", p["master_name"]))
             replicas = conn.command("SENTINEL", "REPLICAS", p["master_name"])
+            peers = conn.command("SENTINEL", "SENTINELS", p["master_name"])
             try:  # whether it reaches enough of its peers to be elected and fail the master over
                 conn.command("SENTINEL", "CKQUORUM", p["master_name"])
                 seen["ckquorum"] = "ok"
@@ -118,6 +120,7 @@ def read_sentinel(p: dict, address: str) -> dict[str, Any]:
         "quorum": int(state.get("quorum", 0)),
         "sentinels": int(state.get("num-other-sentinels", 0)) + 1,
         "replicas": sorted(f"{r['ip']}:{r['port']}" for r in map(kit_redis.pairs, replicas)),
+        "peers": sorted(f"{r['ip']}:{r['port']}" for r in map(kit_redis.pairs, peers)),
     }
 
 
@@ -199,11 +202,14 @@ def assess(
             problems.append(
                 f"Sentinel {s['address']} knows {s['sentinels']} of the {len(sentinels)} Sentinels"
             )
-        elif s["sentinels"] > len(sentinels):
+        group = {x["address"] for x in sentinels}
+        outside = [a for a in s.get("peers", []) if a.rsplit(":", 1)[0] not in group]
+        if outside or ("peers" not in s and s["sentinels"] > len(sentinels)):
+            named = f"{', '.join(outside)}: " if outside else ""
             problems.append(
-                f"Sentinel {s['address']} knows {s['sentinels']} Sentinels, the group has {len(sentinels)}: "
-                "one gone still counts among the voters of a failover (once it is seen down, site.yml "
-                "makes every Sentinel forget it)"
+                f"Sentinel {s['address']} knows Sentinels outside the group ({named}{s['sentinels']} "
+                f"for {len(sentinels)}): one gone still counts among the voters of a failover (once "
+                "it is seen down, site.yml makes every Sentinel forget it)"
             )
         if s.get("ckquorum", "ok") != "ok":
             problems.append(f"Sentinel {s['address']} could not fail the master over now: {s['ckquorum']}")

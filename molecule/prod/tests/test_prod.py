@@ -436,6 +436,19 @@ def test_status_agrees_and_fails_naming_a_stopped_replica(tmp_path):
     assert "status.yml reads the whole platform" in " ".join((limited.stdout + limited.stderr).split())
 
 
+def test_a_rolling_restart_of_the_web_tier_waits_for_the_app_over_https():
+    """playbooks/rolling_restart.yml --tags web as the operator runs it, on production's
+    settings (HTTPS, the server name the host's FQDN, facts gathered by the play): each web host
+    is reloaded and then waited until the app answers through it again."""
+    run = _day2("rolling_restart.yml", "--tags", "web")
+    said = run.stdout + run.stderr
+    assert run.returncode == 0, said[-5000:]
+    waited = said.split("TASK [Wait until the app answers through this host again]")[1:]
+    assert len(waited) == len(hosts_in("web")), said[-5000:]
+    results = [block.split("TASK [")[0].split("PLAY RECAP")[0] for block in waited]
+    assert all("ok: [" in result and "fatal" not in result for result in results), results
+
+
 def _status_cut_off(report: Path, hosts: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
     """status.yml with `hosts` cut off from Ansible: it fails, and writes its report."""
     for host in hosts:
