@@ -582,8 +582,7 @@ class Store:
         # This process's attempts failing transiently: the first and the last failure, each
         # within a RETRY_BUDGET of the one before (None once one succeeds); and the one attempt
         # allowed at a time in this process once that has lasted FAIL_FAST_AFTER (see
-        # _probe_lock). Re-entrant:
-        # a command line's action may call retrying again inside the attempt.
+        # _probe_lock), re-entrant: a command line's action may call retrying inside it.
         self.outage: tuple[float, float] | None = None
         self._failing_fast = False  # said once in the log when it begins, and when it ends
         self._outage_lock = threading.Lock()

@@ -195,6 +195,7 @@ def assess(
         views = ", ".join(f"{s['address']} names {s['master']}" for s in answering)
         problems.append(f"the Sentinels name different masters: {views}")
     master = masters[0] if len(masters) == 1 else None
+    group = {x["address"] for x in sentinels}
     for s in answering:
         if master and s["master"] != master and len(named) == 1:
             problems.append(f"Sentinel {s['address']} names {s['master']}, but {master} is the master")
@@ -202,7 +203,6 @@ def assess(
             problems.append(
                 f"Sentinel {s['address']} knows {s['sentinels']} of the {len(sentinels)} Sentinels"
             )
-        group = {x["address"] for x in sentinels}
         outside = [a for a in s.get("peers", []) if a.rsplit(":", 1)[0] not in group]
         if outside or ("peers" not in s and s["sentinels"] > len(sentinels)):
             named = f"{', '.join(outside)}: " if outside else ""
