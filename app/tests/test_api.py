@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import wait_for_status
-from kitqueue.queueing import SCRIPTS
+from kitqueue.queueing import BOUND_SHA, SCRIPTS, UNIQUE_SHA
 from kitqueue.store import app_store
 from redis_cluster import SENTINEL_CLIENT_USER, wait_until
 
@@ -96,21 +96,23 @@ def test_bad_comida_is_400(client, store, comida, message):
     assert queue_depth(store) == 0
 
 
-def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_job_once(client, admin):
-    """The job's script goes by SHA-1 in the enqueue's single round trip. A master that does
-    not hold it (restarted, or promoted by a failover) answers NOSCRIPT: the enqueue loads it
-    and sends again, and the job is written, queued and counted once."""
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "idempotency-key"])
+def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_job_once(client, admin, keyed):
+    """The job's script goes by SHA-1 in the enqueue's single round trip (with an
+    Idempotency-Key, the one that claims the key with it). A master that does not hold it
+    (restarted, or promoted by a failover) answers NOSCRIPT: the enqueue loads it and sends
+    again, and the job is written, queued and counted once."""
     assert client.post("/comer/higo").status_code == 202
     admin.script_flush()
     assert not any(admin.script_exists(*SCRIPTS))
     counted = int(admin.get("fridge:stats:enqueued"))
-    response = client.post("/comer/kiwi")
+    response = client.post("/comer/kiwi", headers={"Idempotency-Key": "k-1"} if keyed else {})
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job_id"]
     assert admin.hget(f"rq:job:{job_id}", "status") == b"queued"
     assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
     assert int(admin.get("fridge:stats:enqueued")) == counted + 1
-    assert all(admin.script_exists(*SCRIPTS))
+    assert admin.script_exists(BOUND_SHA if keyed else UNIQUE_SHA) == [True]
     assert client.get(f"/jobs/{job_id}").get_json()["args"] == {"comida": "kiwi"}
 
 
@@ -162,6 +164,43 @@ def test_an_idempotency_key_s_binding_reads_back_what_was_written():
         assert Binding.parse(str(bound).encode()) == bound
     assert str(Binding("4f2a", "sha", acknowledged=True)) == "4f2a sha acknowledged"
     assert Binding.parse(b"4f2a sha") == ("4f2a", "sha", False)  # as written before the mark existed
+
+
+@pytest.mark.parametrize("delay", [0, 30], ids=["queued", "delayed"])
+def test_a_key_claimed_on_another_master_writes_no_second_job_where_it_names_the_first(
+    client, admin, monkeypatch, delay
+):
+    """Two requests with one Idempotency-Key in a failover: the second one's claim went through
+    the pool to a master where the key was free (the old one, see test_failover.py), and its
+    job's connection then reached the master holding the first job and its key. The second job
+    was written there, then found the key naming the first: the request answered the first
+    job's id, as it must, but its own job stayed queued, and both ran. Now the second job is
+    written only where the key is free or names it (one script with the claim), and a delayed
+    one, which RQ writes beforehand, is deleted again."""
+    from kitqueue import queueing
+
+    headers = {"Idempotency-Key": "twice-at-once"}
+    body = {"task": "add", "args": {"a": 1, "b": 2}, "delay": delay}
+    first = client.post("/jobs", json=body, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    real_claim = queueing._claim_idempotency_key
+    elsewhere: list[str] = []
+
+    def claimed_on_another_master(store_, key, fingerprint, new_id):
+        if elsewhere:
+            return real_claim(store_, key, fingerprint, new_id)
+        elsewhere.append(new_id)
+        return new_id, False, False  # the key was free where the pool's connection went
+
+    monkeypatch.setattr(queueing, "_claim_idempotency_key", claimed_on_another_master)
+    second = client.post("/jobs", json=body, headers=headers)
+    assert second.status_code == 202, second.get_json()
+    assert elsewhere, "the second request claimed its key"
+    job_id = first.get_json()["job_id"]
+    assert (second.get_json()["job_id"], second.get_json()["replayed"]) == (job_id, True)
+    assert not admin.exists(f"rq:job:{elsewhere[0]}"), "the second request's job was written"
+    waiting = admin.lrange("rq:queue:default", 0, -1) + admin.zrange("rq:scheduled:default", 0, -1)
+    assert waiting == [job_id.encode()]
 
 
 def test_a_replayed_idempotency_key_whose_job_is_gone_answers_its_id_and_runs_nothing(client, workers, admin):

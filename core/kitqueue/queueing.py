@@ -91,8 +91,29 @@ class Enqueued:
     replayed: bool
 
 
+# RQ's unique enqueue, run only where an idempotency key is free or already names the job
+# (`_bind`): KEYS[3] is the key, the last two ARGV its value and TTL, taken off before RQ's
+# script reads the rest. A key that names another job is answered with its value, and nothing
+# is written: the check and the job's write are one step on the server.
+BOUND_ENQUEUE_SCRIPT = (
+    """
+local ttl = table.remove(ARGV)
+local value = table.remove(ARGV)
+local bound = redis.call("GET", KEYS[3])
+if not bound then
+    redis.call("SET", KEYS[3], value, "EX", ttl)
+elseif string.sub(bound, 1, #ARGV[1] + 1) ~= ARGV[1] .. " " then
+    return bound
+end
+"""
+    + UNIQUE_ENQUEUE_SCRIPT
+)
+UNIQUE_SHA, BOUND_SHA = (
+    hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+    for script in (UNIQUE_ENQUEUE_SCRIPT, BOUND_ENQUEUE_SCRIPT)
+)
 # The scripts an enqueue sends by SHA-1, for a master that does not hold them yet (NOSCRIPT).
-SCRIPTS = {hashlib.sha1(UNIQUE_ENQUEUE_SCRIPT.encode()).hexdigest(): UNIQUE_ENQUEUE_SCRIPT}  # noqa: S324
+SCRIPTS = {UNIQUE_SHA: UNIQUE_ENQUEUE_SCRIPT, BOUND_SHA: BOUND_ENQUEUE_SCRIPT}
 
 
 class EnqueueingQueue(ReliableQueue):
@@ -110,10 +131,9 @@ class EnqueueingQueue(ReliableQueue):
         if not unique or pipeline is None:
             return super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
         self._prepare_for_queue(job)
-        (sha,) = SCRIPTS
         ttl = job.ttl if job.ttl is not None else -1
         keys_and_args = [job.key, self.key, job.id, "L" if at_front else "R", ttl, *_build_hset_args(job)]
-        pipeline.execute_command("EVALSHA", sha, 2, *keys_and_args)
+        pipeline.execute_command("EVALSHA", UNIQUE_SHA, 2, *keys_and_args)
         return job
 
 
@@ -182,10 +202,12 @@ def _confirm_durable(
     connection may have reached another master than this one (in a partition, the old master a
     web host still reaches, while another thread's lookup already moved the pool to the new
     one). The key then lived only where the job did not, and a replay wrote the job again.
+    The job's write is made with the claim, in one script (`_bind`): when the key names another
+    job there, this one is not written (written, then refused, it stayed queued, and both ran).
     """
+    bound_at = None
     if binding is not None:
-        redis_key, value, ttl = binding
-        first = (*first, ("SET", redis_key, value, "NX", "EX", ttl), ("GET", redis_key))
+        first, bound_at = _bind(first, binding)
     wanted = int(store.config["ACK_REPLICAS"])
     timeout_ms = int(store.config["ACK_TIMEOUT_MS"])
     max_lag = int(store.config["REPLICA_MAX_LAG"])
@@ -217,18 +239,22 @@ def _confirm_durable(
             replies = conn.run(*batch(0), raising=False)
         # The key's SET refused (the job's own write took the master to maxmemory) while the
         # key is still free: the job stands, as for its counters below, and the key is left.
-        claim = len(first) - 2 if binding is not None else -1
+        claim = len(first) - 2 if binding is not None and bound_at is None else -1
         refused = {claim} if claim >= 0 and refusal(replies[claim]) is not None else set()
         ahead = enumerate(replies[: len(first)])
         failed = next((r for i, r in ahead if isinstance(r, Exception) and i not in refused), None)
         if failed is not None:
             raise failed
-        if binding is not None:
+        if bound_at is not None:
+            bound = replies[bound_at]  # RQ's 1 or 0 (written, or there already), or the key's value
+            if isinstance(bound, bytes):
+                raise BoundElsewhere(f"idempotency key {binding[0]} names another job on {conn.address_text}")
+        elif binding is not None:
             bound = replies[len(first) - 1]
             if bound is None and refused:
                 log.warning("job %s stored; its idempotency key was refused: %s", job_id, replies[claim])
             elif Binding.parse(bound or b"").job_id != job_id:
-                raise StaleMaster(f"idempotency key {binding[0]} names another job on {conn.address_text}")
+                raise BoundElsewhere(f"idempotency key {binding[0]} names another job on {conn.address_text}")
         exists, info = replies[len(first)], replies[len(first) + 4]
         if isinstance(info, Exception):
             raise info
@@ -272,6 +298,24 @@ def _confirm_durable(
             raise
         log.warning("job %s stored; its count as unreplicated was refused: %s", job_id, error)
     _unreplicated_log.note(job_id)
+
+
+class BoundElsewhere(StaleMaster):
+    """The idempotency key names another job on the master the job went to."""
+
+
+def _bind(first: Commands, binding: tuple[str, str, int]) -> tuple[Commands, int | None]:
+    """Claim the key (Redis key, value, TTL) with the job: RQ's unique enqueue among `first`
+    becomes BOUND_ENQUEUE_SCRIPT, and its index is returned. Without one (a replay whose job is
+    there, or a delayed job, written by RQ beforehand) the claim and a read of the key go last,
+    and the index is None."""
+    redis_key, value, ttl = binding
+    for index, command in enumerate(first):
+        if command[:3] == ("EVALSHA", UNIQUE_SHA, 2):
+            job_key, queue_key, *args = command[3:]
+            bound = ("EVALSHA", BOUND_SHA, 3, job_key, queue_key, redis_key, *args, value, ttl)
+            return (*first[:index], bound, *first[index + 1 :]), index
+    return (*first, ("SET", redis_key, value, "NX", "EX", ttl), ("GET", redis_key)), None
 
 
 class _EveryFewSeconds:
@@ -365,7 +409,12 @@ def enqueue(
         if idempotency_key:
             redis_key = _idempotency_redis_key(store, idempotency_key)
             binding = (redis_key, str(Binding(job_id, fingerprint)), int(store.config["IDEMPOTENCY_TTL"]))
-        _confirm_durable(store, job_id, replayed, put(), binding)
+        try:
+            _confirm_durable(store, job_id, replayed, put(), binding)
+        except BoundElsewhere:
+            if delay > 0 and not replayed:
+                _discard(store, job_id)
+            raise
         if idempotency_key and not acknowledged:
             _mark_acknowledged(store, idempotency_key, Binding(job_id, fingerprint, acknowledged=True))
 
@@ -374,6 +423,18 @@ def enqueue(
     # on the new one.
     store.retrying(put_durably)
     return Enqueued(job_id=job_id, queue=queue_name, replayed=replayed)
+
+
+def _discard(store: Store, job_id: str) -> None:
+    """Delete a delayed job written under a key that turned out to name another job (its write
+    goes before the claim, see _bind). Nobody was given its id, and it is not due yet (RQ
+    schedules to the next whole second at the earliest): no worker has it."""
+    try:
+        RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer).delete()
+    except NoSuchJobError:
+        pass
+    except (redis.RedisError, Unavailable) as error:
+        log.warning("delayed job %s, written under a key bound to another job, stays: %s", job_id, error)
 
 
 def _check_room(store: Store, idempotency_key: str | None) -> None:
@@ -447,6 +508,7 @@ def _mark_acknowledged(store: Store, key: str, bound: Binding) -> None:
 
 
 __all__ = [
+    "BoundElsewhere",
     "Enqueued",
     "Full",
     "IdempotencyConflict",
