@@ -38,9 +38,14 @@ def load(test_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     tokens = settings["API_TOKENS"]
     if not isinstance(tokens, list) or any(not isinstance(t, str) or len(t) < 16 for t in tokens):
         raise BadSetting("API_TOKENS must be a list of tokens of at least 16 characters")
-    at_once = settings["REQUEUE_ALL_AT_ONCE"]
-    if isinstance(at_once, str) and at_once.isdigit():  # as a template renders "{{ n }}"
-        at_once = settings["REQUEUE_ALL_AT_ONCE"] = int(at_once)
-    if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
-        raise BadSetting(f"REQUEUE_ALL_AT_ONCE must be a whole number of jobs, 1 or more (got {at_once!r})")
+    _whole_number(settings, "REQUEUE_ALL_AT_ONCE", "of jobs")
+    _whole_number(settings, "MAX_CONTENT_LENGTH", "of bytes")
     return settings
+
+
+def _whole_number(settings: dict[str, Any], name: str, unit: str) -> None:
+    value = settings[name]
+    if isinstance(value, str) and value.isdigit():  # as a template renders "{{ n }}"
+        value = settings[name] = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadSetting(f"{name} must be a whole number {unit}, 1 or more (got {value!r})")

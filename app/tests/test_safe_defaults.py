@@ -177,10 +177,21 @@ def test_the_apps_sentinel_login_cannot_reconfigure_sentinel(cluster, settings, 
     assert client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kit")  # still monitored
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, "ten", True])
-def test_requeue_all_at_once_must_be_a_count(settings, value):
-    with pytest.raises(BadSetting, match=r"REQUEUE_ALL_AT_ONCE must be a whole number of jobs, 1 or more"):
-        create_app({**settings, "REQUEUE_ALL_AT_ONCE": value})
+@pytest.mark.parametrize(
+    ("name", "unit"), [("REQUEUE_ALL_AT_ONCE", "of jobs"), ("MAX_CONTENT_LENGTH", "of bytes")]
+)
+@pytest.mark.parametrize("value", [0, -1, 2.5, "ten", True, None])
+def test_counts_must_be_whole_numbers(settings, name, unit, value):
+    with pytest.raises(BadSetting, match=rf"{name} must be a whole number {unit}, 1 or more"):
+        create_app({**settings, name: value})
+
+
+def test_a_count_rendered_as_text_by_a_template_is_taken(settings):
+    app = create_app({**settings, "MAX_CONTENT_LENGTH": "1024", "REQUEUE_ALL_AT_ONCE": "10"})
+    assert (app.config["MAX_CONTENT_LENGTH"], app.config["REQUEUE_ALL_AT_ONCE"]) == (1024, 10)
+    response = app.test_client().post("/jobs", json={"task": "add", "args": {"a": 1, "b": "x" * 1024}})
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "request body is larger than 1024 bytes"
 
 
 @pytest.mark.parametrize("value", [4.9, "20", True])

@@ -7,6 +7,8 @@ import os
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -64,9 +66,23 @@ def test_trace_is_refused(http):
     assert http.request("TRACE", "/").status == 405
 
 
-def test_oversized_bodies_are_refused_before_the_app(http):
+def test_apache_s_own_refusals_are_json_like_the_app_s(http):
+    """A body over the limit (413) and a chunked one (411: mod_wsgi takes none) are refused by
+    Apache before the app reads them. They were HTML pages, which a client of the JSON API
+    cannot parse; they are JSON now, and the limit they name is the app's own, written once in
+    the inventory (kit_app_max_request_body)."""
     reply = http.request("POST", "/jobs", body={"task": "eat", "args": ["x" * 70000]})
     assert reply.status == 413
+    assert reply.headers["Content-Type"] == "application/json", reply.body[:200]
+    assert reply.json() == {"error": "request body is larger than 65536 bytes", "status": 413}
+    chunks = iter([json.dumps({"task": "eat", "args": ["x"]}).encode()])  # no length: chunked
+    headers = {"Content-Type": "application/json"}
+    chunked = urllib.request.Request(http.base + "/jobs", data=chunks, method="POST", headers=headers)  # noqa: S310
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(chunked, timeout=30)  # noqa: S310 (the test host)
+    assert refused.value.code == 411
+    assert refused.value.headers["Content-Type"] == "application/json"
+    assert json.loads(refused.value.read())["status"] == 411
 
 
 def test_dashboard_needs_credentials(http):
@@ -183,8 +199,12 @@ def test_a_rolling_restart_stops_at_a_web_host_whose_app_does_not_load(http):
     try:
         playbook = str(installed_collection() / "playbooks/rolling_restart.yml")
         run = run_playbook("--tags", "web", playbook=playbook)
+        broken = http.get("/healthz")
     finally:
         assert app_host.run(f"mv /root/wsgi.py.kept {script}").rc == 0
+    # mod_wsgi's own 500 (the app never loaded) is JSON, as the app's answers are.
+    assert broken.status == 500
+    assert broken.json()["status"] == 500, broken.body[:300]
     said = " ".join((run.stdout + run.stderr).split())
     assert run.returncode != 0, said[-3000:]
     assert "Wait until the app answers through this host again" in said, said[-3000:]
