@@ -148,19 +148,25 @@ def converge(*extra_args: str) -> dict[str, dict[str, int]]:
     return recap
 
 
+def _score(output: str) -> float:
+    """The overall exposure level `systemd-analyze security` ends with."""
+    return float(output.strip().splitlines()[-1].split(":")[1].split()[0])
+
+
+def unit_exposure(host: testinfra.host.Host, unit: str) -> float:
+    """`systemd-analyze security` exposure of a unit as deployed (0 best, 10 worst)."""
+    return _score(host.run(f"systemd-analyze security {unit} --no-pager").stdout)
+
+
 def exposure(host: testinfra.host.Host, unit: str) -> tuple[float, float]:
     """`systemd-analyze security` exposure of the unit as deployed, and of Debian's unit file
     alone (analysed offline), printing both and the container relaxations applied."""
-
-    def score(output: str) -> float:
-        return float(output.strip().splitlines()[-1].split(":")[1].split()[0])
-
     ours = host.run(f"systemd-analyze security {unit} --no-pager").stdout
     vendor = host.run(f"systemd-analyze security --offline=true /lib/systemd/system/{unit}").stdout
     relaxed = host.run(f"cat /etc/systemd/system/{unit}.d/kit-container.conf 2>/dev/null").stdout
-    print(f"\n{unit}: exposure {score(ours)} as deployed, {score(vendor)} for Debian's unit alone")
+    print(f"\n{unit}: exposure {_score(ours)} as deployed, {_score(vendor)} for Debian's unit alone")
     print("container relaxations: " + (" ".join(relaxed.split("[Service]")[-1].split()) or "none"))
-    return score(ours), score(vendor)
+    return _score(ours), _score(vendor)
 
 
 def resolve(variables: dict, value: object, depth: int = 5) -> object:
