@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import wait_for_status
-from kitqueue.queueing import BOUND_SHA, SCRIPTS, UNIQUE_SHA
+from kitqueue.queueing import BOUND, SCRIPTS, UNIQUE_SHA
 from kitqueue.store import app_store
 from redis_cluster import SENTINEL_CLIENT_USER, wait_until
 
@@ -112,7 +112,7 @@ def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_j
     assert admin.hget(f"rq:job:{job_id}", "status") == b"queued"
     assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
     assert int(admin.get("fridge:stats:enqueued")) == counted + 1
-    assert admin.script_exists(BOUND_SHA if keyed else UNIQUE_SHA) == [True]
+    assert admin.script_exists(BOUND[UNIQUE_SHA] if keyed else UNIQUE_SHA) == [True]
     assert client.get(f"/jobs/{job_id}").get_json()["args"] == {"comida": "kiwi"}
 
 

@@ -34,6 +34,9 @@ CALLED = (
     "rq.queue.Queue.registry_cleaning_key",  # fetch.py
     "rq.scripts.UNIQUE_ENQUEUE_SCRIPT",  # queueing.py runs it with its own arguments
     "rq.scripts.save_unique_job",  # queueing.py builds the same KEYS and ARGV
+    "rq.scripts.UNIQUE_SCHEDULE_SCRIPT",  # queueing.py runs it with its own arguments
+    "rq.scripts.schedule_unique_job",  # queueing.py builds the same KEYS and ARGV
+    "rq.queue.Queue._check_rate_limit_namespace",  # queueing.py's schedule_job
     "rq.scripts._build_hset_args",  # queueing.py
     "rq.scripts.release_lock",  # fetch.py
     "rq.intermediate_queue.IntermediateQueue.get_first_seen_key",  # fetch.py's script writes it
@@ -62,7 +65,9 @@ PINNED = {
     "rq.queue.Queue._enqueue_job": "bcf605531f723a88",
     "rq.queue.Queue._enqueue_rate_limited_job": "7d8ddc00a41551a7",
     "rq.queue.Queue._fetch_dequeued_job": "0b0ac4463926ddb1",
+    "rq.queue.Queue._check_rate_limit_namespace": "6f569f8b87103d08",
     "rq.queue.Queue._prepare_for_queue": "bf3032418884dcdc",
+    "rq.queue.Queue.schedule_job": "caab96e840d80048",
     "rq.queue.Queue.acquire_maintenance_lock": "bb9518bac3f24a4e",
     "rq.queue.Queue.dequeue_any": "91d540fe86a73a3e",
     "rq.queue.Queue.intermediate_queue": "6b87b62f71481ddf",
@@ -73,9 +78,11 @@ PINNED = {
     "rq.scheduler.RQScheduler.enqueue_scheduled_jobs": "a8064476f220b4b4",
     "rq.scheduler.RQScheduler.get_locking_key": "4c5e7f1e19477492",
     "rq.scripts.UNIQUE_ENQUEUE_SCRIPT": "29cab659d28268b2",
+    "rq.scripts.UNIQUE_SCHEDULE_SCRIPT": "42202a3a45f202ed",
     "rq.scripts._build_hset_args": "1d0e70e455414bf5",
     "rq.scripts.release_lock": "123c77fa8917d08b",
     "rq.scripts.save_unique_job": "af0753230560a727",
+    "rq.scripts.schedule_unique_job": "2c79a63a1d82dab5",
     "rq.timeouts.UnixSignalDeathPenalty.handle_death_penalty": "be9705f5f529a7c6",
     "rq.worker.base.BaseWorker.__init__": "7a655455b399708a",
     "rq.worker.base.BaseWorker.clean_registries": "3b6158366e582b3c",

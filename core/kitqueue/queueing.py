@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import logging
 import math
@@ -17,8 +18,9 @@ import redis
 from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job
-from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, _build_hset_args
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, UNIQUE_SCHEDULE_SCRIPT, _build_hset_args
 from rq.serializers import JSONSerializer
 
 from .fetch import ReliableQueue
@@ -91,29 +93,38 @@ class Enqueued:
     replayed: bool
 
 
-# RQ's unique enqueue, run only where an idempotency key is free or already names the job
-# (`_bind`): KEYS[3] is the key, the last two ARGV its value and TTL, taken off before RQ's
-# script reads the rest. A key that names another job is answered with its value, and nothing
-# is written: the check and the job's write are one step on the server.
-BOUND_ENQUEUE_SCRIPT = (
-    """
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+
+# RQ's unique writes of a job, queued (UNIQUE_ENQUEUE_SCRIPT) or delayed (UNIQUE_SCHEDULE_SCRIPT),
+# as EnqueueingQueue puts them in the caller's pipeline.
+UNIQUE_SHA, SCHEDULE_SHA = _sha(UNIQUE_ENQUEUE_SCRIPT), _sha(UNIQUE_SCHEDULE_SCRIPT)
+# Each run only where an idempotency key is free or already names the job (`_bind`): the last of
+# KEYS is the key, the last two ARGV its value and TTL, all taken off before RQ's script reads
+# its own. A key that names another job is answered with its value, and nothing is written: the
+# check and the job's write are one step on the server.
+_BIND = """
+local key = table.remove(KEYS)
 local ttl = table.remove(ARGV)
 local value = table.remove(ARGV)
-local bound = redis.call("GET", KEYS[3])
+local bound = redis.call("GET", key)
 if not bound then
-    redis.call("SET", KEYS[3], value, "EX", ttl)
+    redis.call("SET", key, value, "EX", ttl)
 elseif string.sub(bound, 1, #ARGV[1] + 1) ~= ARGV[1] .. " " then
     return bound
 end
 """
-    + UNIQUE_ENQUEUE_SCRIPT
-)
-UNIQUE_SHA, BOUND_SHA = (
-    hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
-    for script in (UNIQUE_ENQUEUE_SCRIPT, BOUND_ENQUEUE_SCRIPT)
-)
+BOUND = {
+    sha: _sha(_BIND + script)
+    for sha, script in ((UNIQUE_SHA, UNIQUE_ENQUEUE_SCRIPT), (SCHEDULE_SHA, UNIQUE_SCHEDULE_SCRIPT))
+}
 # The scripts an enqueue sends by SHA-1, for a master that does not hold them yet (NOSCRIPT).
-SCRIPTS = {UNIQUE_SHA: UNIQUE_ENQUEUE_SCRIPT, BOUND_SHA: BOUND_ENQUEUE_SCRIPT}
+SCRIPTS = {
+    sha: script
+    for rq_script in (UNIQUE_ENQUEUE_SCRIPT, UNIQUE_SCHEDULE_SCRIPT)
+    for sha, script in ((_sha(rq_script), rq_script), (_sha(_BIND + rq_script), _BIND + rq_script))
+}
 
 
 class EnqueueingQueue(ReliableQueue):
@@ -134,6 +145,21 @@ class EnqueueingQueue(ReliableQueue):
         ttl = job.ttl if job.ttl is not None else -1
         keys_and_args = [job.key, self.key, job.id, "L" if at_front else "R", ttl, *_build_hset_args(job)]
         pipeline.execute_command("EVALSHA", UNIQUE_SHA, 2, *keys_and_args)
+        return job
+
+    def schedule_job(self, job: Job, when: datetime, pipeline: Any = None, unique: bool = False) -> Job:
+        """RQ's unique schedule of a delayed job, in the caller's pipeline (as above): RQ's own
+        runs its script at once, before the idempotency key could be claimed with it."""
+        if not unique or pipeline is None:
+            return super().schedule_job(job, when, pipeline=pipeline, unique=unique)
+        self._check_rate_limit_namespace(job)
+        job._status = JobStatus.SCHEDULED
+        registry = ScheduledJobRegistry(queue=self)
+        ttl = job.ttl if job.ttl is not None else -1
+        at = calendar.timegm((when if when.tzinfo else when.astimezone()).utctimetuple())
+        keys = [job.key, registry.key, self.redis_queues_keys]
+        args = [job.id, ttl, at, self.key, *_build_hset_args(job)]
+        pipeline.execute_command("EVALSHA", SCHEDULE_SHA, len(keys), *keys, *args)
         return job
 
 
@@ -305,15 +331,15 @@ class BoundElsewhere(StaleMaster):
 
 
 def _bind(first: Commands, binding: tuple[str, str, int]) -> tuple[Commands, int | None]:
-    """Claim the key (Redis key, value, TTL) with the job: RQ's unique enqueue among `first`
-    becomes BOUND_ENQUEUE_SCRIPT, and its index is returned. Without one (a replay whose job is
-    there, or a delayed job, written by RQ beforehand) the claim and a read of the key go last,
-    and the index is None."""
+    """Claim the key (Redis key, value, TTL) with the job: RQ's unique write among `first`
+    becomes its bound script (BOUND), and its index is returned. Without one (a replay whose job
+    is there) the claim and a read of the key go last, and the index is None."""
     redis_key, value, ttl = binding
     for index, command in enumerate(first):
-        if command[:3] == ("EVALSHA", UNIQUE_SHA, 2):
-            job_key, queue_key, *args = command[3:]
-            bound = ("EVALSHA", BOUND_SHA, 3, job_key, queue_key, redis_key, *args, value, ttl)
+        if command[0] == "EVALSHA" and command[1] in BOUND:
+            sha, numkeys = command[1], int(command[2])
+            keys, args = command[3 : 3 + numkeys], command[3 + numkeys :]
+            bound = ("EVALSHA", BOUND[sha], numkeys + 1, *keys, redis_key, *args, value, ttl)
             return (*first[:index], bound, *first[index + 1 :]), index
     return (*first, ("SET", redis_key, value, "NX", "EX", ttl), ("GET", redis_key)), None
 
@@ -380,13 +406,13 @@ def enqueue(
             "meta": {"task": task.name},
         }
         try:
+            # EnqueueingQueue puts the queue's registration (SADD rq:queues) and the job's
+            # script in the pipeline given: _confirm_durable sends them.
             if delay > 0:
                 # RQ keeps whole seconds; round up so a job never runs before its delay.
                 at = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
-                queue.enqueue_at(at, task.func, **options)
+                queue.enqueue_at(at, task.func, pipeline=deferred, **options)
             else:
-                # EnqueueingQueue puts the queue's registration (SADD rq:queues) and the job's
-                # script in the pipeline given: _confirm_durable sends them.
                 queue.enqueue(task.func, pipeline=deferred, **options)
         except DuplicateJobError:
             pass  # an earlier attempt of this very request got through before the error
@@ -409,12 +435,7 @@ def enqueue(
         if idempotency_key:
             redis_key = _idempotency_redis_key(store, idempotency_key)
             binding = (redis_key, str(Binding(job_id, fingerprint)), int(store.config["IDEMPOTENCY_TTL"]))
-        try:
-            _confirm_durable(store, job_id, replayed, put(), binding)
-        except BoundElsewhere:
-            if delay > 0 and not replayed:
-                _discard(store, job_id)
-            raise
+        _confirm_durable(store, job_id, replayed, put(), binding)
         if idempotency_key and not acknowledged:
             _mark_acknowledged(store, idempotency_key, Binding(job_id, fingerprint, acknowledged=True))
 
@@ -423,18 +444,6 @@ def enqueue(
     # on the new one.
     store.retrying(put_durably)
     return Enqueued(job_id=job_id, queue=queue_name, replayed=replayed)
-
-
-def _discard(store: Store, job_id: str) -> None:
-    """Delete a delayed job written under a key that turned out to name another job (its write
-    goes before the claim, see _bind). Nobody was given its id, and it is not due yet (RQ
-    schedules to the next whole second at the earliest): no worker has it."""
-    try:
-        RegisteredJob.fetch(job_id, connection=store.redis, serializer=JSONSerializer).delete()
-    except NoSuchJobError:
-        pass
-    except (redis.RedisError, Unavailable) as error:
-        log.warning("delayed job %s, written under a key bound to another job, stays: %s", job_id, error)
 
 
 def _check_room(store: Store, idempotency_key: str | None) -> None:

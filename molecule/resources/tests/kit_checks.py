@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import time
@@ -102,18 +103,51 @@ def assert_running(host: testinfra.host.Host, unit: str) -> None:
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
+def _playbook_command(extra_args: tuple[str, ...], playbook: str, inventory: str | None) -> list[str]:
+    inventory = inventory or INVENTORY
+    if not inventory:
+        raise RuntimeError("no inventory: run under Molecule or set kit_checks.INVENTORY")
+    return ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, playbook), *extra_args]
+
+
+_PLAIN_OUTPUT = {"ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "true"}
+
+
 def run_playbook(
     *extra_args: str, playbook: str = "converge.yml", inventory: str | None = None
 ) -> subprocess.CompletedProcess:
     """Run one of the scenario's playbooks (converge by default) with Molecule's settings.
     The inventory is read at each call (`make chaos` sets INVENTORY after importing this
     module): an empty -i would make Ansible run every executable of the directory as one."""
-    inventory = inventory or INVENTORY
-    if not inventory:
-        raise RuntimeError("no inventory: run under Molecule or set kit_checks.INVENTORY")
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
-    cmd = ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, playbook), *extra_args]
+    cmd = _playbook_command(extra_args, playbook, inventory)
+    env = dict(os.environ, **_PLAIN_OUTPUT)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def kill_playbook_after(task: str, *extra_args: str, playbook: str = "converge.yml") -> str:
+    """Run a playbook as run_playbook does and SIGKILL it, with every process it started on
+    this machine, the moment the task named reports a change: a controller lost mid-run (a
+    laptop's connection, a CI job cancelled). Returns its output up to then; fails when the
+    task did not change anything or the run ended first."""
+    cmd = _playbook_command(extra_args, playbook, None)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **_PLAIN_OUTPUT)
+    run = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    said: list[str] = []
+    armed = False
+    assert run.stdout is not None
+    for line in run.stdout:
+        said.append(line)
+        if line.startswith("TASK ["):
+            armed = task in line
+        elif armed and line.startswith("changed:"):
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            return "".join(said)
+    run.wait()
+    ended = f"the run ended (exit {run.returncode}) before {task!r} changed anything"
+    raise AssertionError(f"{ended}: {''.join(said)[-3000:]}")
 
 
 def play_recap(output: str) -> dict[str, dict[str, int]]:

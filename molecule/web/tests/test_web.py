@@ -12,7 +12,16 @@ import urllib.request
 
 import pytest
 import testinfra.utils.ansible_runner
-from kit_checks import Http, converge, exposure, get_host, installed_collection, run_playbook, wait_for
+from kit_checks import (
+    Http,
+    converge,
+    exposure,
+    get_host,
+    installed_collection,
+    kill_playbook_after,
+    run_playbook,
+    wait_for,
+)
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -184,6 +193,32 @@ def test_a_broken_apache_config_never_takes_the_server_down(http):
     recap = converge(*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site")
     assert recap["web-app1"]["failed"] == 0
     assert get_host("web-app1").run("apache2ctl configtest").rc == 0
+
+
+def test_a_run_lost_before_its_reload_leaves_no_configuration_unloaded(http):
+    """A run that changes the VirtualHost and is lost before its handlers (the controller's
+    connection cut, a task failing on the host) leaves a file Apache has not loaded. The next
+    run found the file as it wanted it and changed nothing: Apache served the old
+    configuration for good, with no sign of it. Now the apache role compares what Apache last
+    loaded with the files, whatever the run's tags, and reloads."""
+    without_413 = ("-e", '{"wsgi_site_error_documents": {"411": "a body needs a Content-Length"}}')
+    args = (*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site", *without_413)
+    site = "/etc/apache2/sites-available/fridge.conf"
+    oversized = {"task": "eat", "args": ["x" * 70000]}
+    assert http.post("/jobs", oversized).headers["Content-Type"] == "application/json"
+    kill_playbook_after("Write the VirtualHost", *args)
+    app_host = get_host("web-app1")
+    assert "ErrorDocument 413" not in app_host.file(site).content_string, "the killed run wrote the site"
+    refused = http.post("/jobs", oversized)
+    assert refused.headers["Content-Type"] == "application/json", "Apache was reloaded before the kill"
+    recap = converge(*args)
+    assert recap["web-app1"]["failed"] == 0
+    refused = http.post("/jobs", oversized)
+    assert refused.status == 413
+    assert refused.headers["Content-Type"].startswith("text/html"), refused.body[:300]  # Apache's own
+    assert converge(*args)["web-app1"]["changed"] == 0
+    converge(*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site")
+    assert http.post("/jobs", oversized).json()["status"] == 413
 
 
 def test_a_rolling_restart_stops_at_a_web_host_whose_app_does_not_load(http):
