@@ -210,7 +210,7 @@ def test_a_run_lost_before_its_reload_leaves_no_configuration_unloaded(http):
     app_host = get_host("web-app1")
     assert "ErrorDocument 413" not in app_host.file(site).content_string, "the killed run wrote the site"
     refused = http.post("/jobs", oversized)
-    assert refused.headers["Content-Type"] == "application/json", "Apache was reloaded before the kill"
+    assert refused.headers["Content-Type"] == "application/json", ("Apache reloaded before the kill", refused)
     recap = converge(*args)
     assert recap["web-app1"]["failed"] == 0
     refused = http.post("/jobs", oversized)
@@ -219,6 +219,29 @@ def test_a_run_lost_before_its_reload_leaves_no_configuration_unloaded(http):
     assert converge(*args)["web-app1"]["changed"] == 0
     converge(*FRIDGE_ON_APP_HOST, "--tags", "wsgi_site")
     assert http.post("/jobs", oversized).json()["status"] == 413
+
+
+def test_a_run_lost_before_its_restart_leaves_no_confinement_unapplied(http):
+    """The same for a change that needs a restart (the unit's drop-in, the modules): a run that
+    turns the confinement off is lost once it has removed the drop-in. Apache still runs
+    confined; the next run with the same arguments restarts it unconfined, the one after
+    changes nothing, and a run with the inventory's settings confines it again."""
+    app_host = get_host("web-app1")
+
+    def protect_system() -> str:
+        return app_host.run("systemctl show -p ProtectSystem --value apache2").stdout.strip()
+
+    args = (*FRIDGE_ON_APP_HOST, "--tags", "apache", "-e", "apache_systemd_hardening=false")
+    assert protect_system() == "strict"
+    kill_playbook_after("Remove the confinement when turned off", *args)
+    assert not app_host.file("/etc/systemd/system/apache2.service.d/kit-hardening.conf").exists
+    assert protect_system() == "strict", "Apache was restarted before the kill"
+    assert converge(*args)["web-app1"]["failed"] == 0
+    assert protect_system() == "no"
+    assert converge(*args)["web-app1"]["changed"] == 0
+    converge(*FRIDGE_ON_APP_HOST, "--tags", "apache")
+    assert protect_system() == "strict"
+    assert wait_for(lambda: http.get("/healthz").status == 200, 15, "Apache to answer after its restart")
 
 
 def test_a_rolling_restart_stops_at_a_web_host_whose_app_does_not_load(http):
