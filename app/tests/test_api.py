@@ -174,9 +174,9 @@ def test_a_key_claimed_on_another_master_writes_no_second_job_where_it_names_the
     the pool to a master where the key was free (the old one, see test_failover.py), and its
     job's connection then reached the master holding the first job and its key. The second job
     was written there, then found the key naming the first: the request answered the first
-    job's id, as it must, but its own job stayed queued, and both ran. Now the second job is
-    written only where the key is free or names it (one script with the claim), and a delayed
-    one, which RQ writes beforehand, is deleted again."""
+    job's id, as it must, but its own job stayed queued or scheduled, and both ran. Now the
+    second job, queued or delayed, is written only where the key is free or names it (one
+    script with the claim)."""
     from kitqueue import queueing
 
     headers = {"Idempotency-Key": "twice-at-once"}
