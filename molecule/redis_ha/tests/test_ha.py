@@ -30,7 +30,7 @@ def test_replication_link_is_up_and_a_key_reaches_the_replica(group):
     replicas = [a for a in group.nodes.values() if a != master]
     assert replicas, "no replica in the group"
     key, value = f"app:replication-check:{uuid.uuid4()}", str(uuid.uuid4())
-    with group.node(master) as conn:
+    with group.node(master, timeout=5.0) as conn:
         conn.command("SET", key, value)
         assert conn.command("WAIT", len(replicas), 2000) == len(replicas)
     for replica in replicas:
@@ -88,14 +88,15 @@ def _write_jobs(group, master: str, tag: str, count: int) -> str:
     """Write `count` jobs the way RQ does, each in a MULTI/EXEC block, as the app user; return
     the queue's key once a replica has them."""
     queue = f"rq:queue:restart-{tag}-{uuid.uuid4().hex[:8]}"
-    with group.node(master, user=group.app) as conn:
+    with group.node(master, user=group.app, timeout=5.0) as conn:
         for index in range(count):
             job = f"rq:job:{tag}-{index}-{uuid.uuid4().hex[:8]}"
             assert conn.command("MULTI") == "OK"
             conn.command("HSET", job, "status", "queued", "origin", queue)
             conn.command("RPUSH", queue, job)
             assert conn.command("EXEC") == [2, index + 1]
-        assert conn.command("WAIT", 1, 2000) == 1
+        acked = conn.command("WAIT", 1, 2000)
+    assert acked == 1, f"no replica confirmed the jobs within 2 s\n{_replication_state(group)}"
     return queue
 
 
@@ -111,6 +112,48 @@ def _in_sync(group, master: str) -> bool:
     return all(link_up(group, a, master) for a in group.nodes.values() if a != master)
 
 
+_SYNC_FIELDS = (
+    "role",
+    "master_host",
+    "master_link_status",
+    "master_sync_in_progress",
+    "master_link_down_since_seconds",
+    "connected_slaves",
+    "master_repl_offset",
+)
+
+
+def _replication_state(group) -> str:
+    """What the Sentinels name, each node's replication, each server's journal and each
+    Sentinel's failover events: enough to read a failure in CI."""
+    state = [f"Sentinels name {group.masters_named()}"]
+    for host, address in group.nodes.items():
+        try:
+            role = group.role(address)
+            state.append(f"{host} ({address}): " + str({k: role.get(k) for k in _SYNC_FIELDS}))
+        except (OSError, ReplyError) as unreadable:
+            state.append(f"{host} ({address}): {unreadable}")
+        journal = sh(host, f"journalctl -u {group.service} --no-pager -o short-precise -n 40", False)
+        state.append(f"{host}'s journal:\n{journal}")
+    for host in group.sentinels:
+        events = sh(
+            host,
+            f"journalctl -u {group.flavor}-sentinel --no-pager -o short-precise"
+            " | grep -E 'sdown|odown|failover|switch-master|convert' | tail -n 15",
+            False,
+        )
+        state.append(f"{host}'s Sentinel:\n{events}")
+    return "\n".join(state)
+
+
+def _wait_in_sync(group, master: str, what: str, timeout: float = 60) -> None:
+    """Wait for every replica's link to `master`; fail with `_replication_state` if it never comes."""
+    try:
+        wait_for(lambda: _in_sync(group, master), timeout, what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{_replication_state(group)}") from None
+
+
 @pytest.mark.parametrize(
     "how",
     ["planned-restart", "sigkill-restarted-by-systemd", "replica-restart"],
@@ -121,7 +164,7 @@ def test_restarts_keep_every_transaction(group, how):
     resynchronises from it loses a job."""
     master = group.current_master()
     replica = next(a for a in group.nodes.values() if a != master)
-    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
+    _wait_in_sync(group, master, "the replica to be in sync")
     queue = _write_jobs(group, master, how, 200)
     target = replica if how == "replica-restart" else master
     host = get_host(group.host_of(target))
@@ -141,7 +184,7 @@ def test_restarts_keep_every_transaction(group, how):
     )
     wait_for(lambda: loaded(group, target), 30, f"{target} to load its data")
     # Fast enough that Sentinel never saw it down: the master stays the master.
-    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+    _wait_in_sync(group, master, "the replica to be in sync again")
     lengths = _queue_length_everywhere(group, queue)
     journal = host.run(f"journalctl -u {group.service} --no-pager -n 500").stdout
     noperm = journal.count("NOPERM")
@@ -181,7 +224,7 @@ def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
     service = group.service
-    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
+    _wait_in_sync(group, master, "the replica to be in sync")
     queue = _write_jobs(group, master, "first-aof", 50)
     prefix = f"app:bulk:{uuid.uuid4().hex[:8]}:"
     try:
@@ -208,7 +251,7 @@ def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job
             assert active == "active"
         assert refused, f"in {attempts} tries the restart never came during the AOF write"
         wait_for(lambda: loaded(group, replica), 60, f"{replica} to load its data")
-        wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+        _wait_in_sync(group, master, "the replica to be in sync again")
         assert set(_queue_length_everywhere(group, queue).values()) == {50}
     finally:
         # A restart left hanging (the failure this test catches) is ended by hand, so that the
@@ -266,7 +309,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
     service = group.service
-    wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync")
+    _wait_in_sync(group, master, "the replica to be in sync")
 
     def unit(field: str, name: str = service) -> str:
         return sh(host, f"systemctl show -p {field} --value {name}").strip()
@@ -279,7 +322,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
     try:
         with small_disk(group, host) as directory:
             # In sync first: a full sync cannot be written to a full disk.
-            wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync on its small disk")
+            _wait_in_sync(group, master, "the replica to be in sync on its small disk")
             running = (unit("MainPID"), unit("NRestarts"))
             with group.node(replica) as conn:
                 assert conn.command("CONFIG", "GET", "replica-ignore-disk-write-errors")[1] == "yes"
@@ -304,7 +347,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
             assert "Bad file format" not in log
             assert "DB loaded from append only file" in log
             assert "code=exited ; status=0" in unit("ExecStartPre"), unit("ExecStartPre")  # ran, not refused
-            wait_for(lambda: _in_sync(group, master), 60, "the replica to be in sync again")
+            _wait_in_sync(group, master, "the replica to be in sync again")
             for queue, count in queues:
                 assert set(_queue_length_everywhere(group, queue).values()) == {count}, queue
     finally:
@@ -315,7 +358,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
     old = group.current_master()
     new = next(a for a in group.nodes.values() if a != old)
     wait_for(lambda: link_up(group, new, old), 30, "the replica to be in sync")
-    with group.node(old) as conn:
+    with group.node(old, timeout=5.0) as conn:
         conn.command("SET", "app:before-failover", old)
         conn.command("WAIT", 1, 2000)
 
@@ -351,7 +394,7 @@ def test_failover_rerun_and_return_of_the_old_master(group):
     wait_for(lambda: link_up(group, old, new), 60, f"{old} to rejoin as a replica of {new}")
     rejoined = time.monotonic() - started
     print(f"{group.name}: old master back in sync as a replica {rejoined:.2f}s after its start")
-    with group.node(new) as conn:
+    with group.node(new, timeout=5.0) as conn:
         conn.command("SET", "app:after-failover", new)
         assert conn.command("WAIT", 1, 2000) == 1
     with group.node(old) as conn:

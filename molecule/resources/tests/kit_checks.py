@@ -236,9 +236,10 @@ class Group:
     def service(self) -> str:
         return f"{self.flavor}-server"
 
-    def node(self, address: str, user: tuple[str, str] | None = None) -> Connection:
+    def node(self, address: str, user: tuple[str, str] | None = None, timeout: float = 1.0) -> Connection:
+        """A connection to a data node; `timeout` longer than any WAIT sent on it."""
         username, password = user or self.admin
-        return Connection(address, 6379, username, password, timeout=1.0, tls=self.tls)
+        return Connection(address, 6379, username, password, timeout=timeout, tls=self.tls)
 
     def sentinel(self, address: str, user: tuple[str, str] | None = None) -> Connection:
         username, password = user or (None, self.sentinel_password)
