@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,7 @@ backup = _load(ROOT / "plugins/modules/redis_backup.py", "kit_redis_backup")
 restore = _load(ROOT / "plugins/modules/redis_restore.py", "kit_redis_restore")
 synced = _load(ROOT / "plugins/modules/redis_replica_synced.py", "kit_redis_replica_synced")
 forget = _load(ROOT / "plugins/modules/redis_sentinel_forget.py", "kit_redis_sentinel_forget")
+since_start = _load(ROOT / "plugins/modules/changed_since_start.py", "kit_changed_since_start")
 
 M, R = "10.0.0.11:6379", "10.0.0.12:6379"
 
@@ -835,3 +837,30 @@ def test_a_sentinel_gone_for_good_is_forgotten_so_one_more_loss_still_fails_over
             proc.wait()
         master.proc.terminate()
         master.proc.wait()
+
+
+def test_changed_since_start_lists_the_files_modified_after_the_main_process_started(tmp_path):
+    show = "ActiveState=active\nExecMainStartTimestamp=Mon 2026-12-07 14:16:54.473538 UTC\n"
+    started = since_start.start_time(show)
+    assert started == pytest.approx(1796653014.473538)
+    before, after, gone = tmp_path / "hardening.conf", tmp_path / "stamp", tmp_path / "container.conf"
+    for path, mtime in ((before, started - 0.001), (after, started + 0.001)):
+        path.write_text("x")
+        os.utime(path, (mtime, mtime))
+    assert since_start.changed_after(started, [str(before), str(after), str(gone)]) == [str(after)]
+
+
+@pytest.mark.parametrize(
+    "show",
+    [
+        "ActiveState=inactive\nExecMainStartTimestamp=Mon 2026-12-07 14:16:54.473538 UTC\n",
+        "ActiveState=active\nExecMainStartTimestamp=\n",
+        "ActiveState=inactive\nExecMainStartTimestamp=\n",  # no such unit
+    ],
+    ids=["stopped", "no-start-time", "unknown-unit"],
+)
+def test_changed_since_start_lists_nothing_for_a_unit_not_running(show, tmp_path):
+    path = tmp_path / "hardening.conf"
+    path.write_text("x")
+    assert since_start.start_time(show) is None
+    assert since_start.changed_after(None, [str(path)]) == []

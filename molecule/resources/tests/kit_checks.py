@@ -124,24 +124,27 @@ def run_playbook(
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-def kill_playbook_after(task: str, *extra_args: str, playbook: str = "converge.yml") -> str:
+def kill_playbook_after(task: str, *extra_args: str, playbook: str = "converge.yml", changes: int = 1) -> str:
     """Run a playbook as run_playbook does and SIGKILL it, with every process it started on
-    this machine, the moment the task named reports a change: a controller lost mid-run (a
-    laptop's connection, a CI job cancelled). Returns its output up to then; fails when the
-    task did not change anything or the run ended first."""
+    this machine, the moment the task named reports a change (on `changes` hosts): a controller
+    lost mid-run (a laptop's connection, a CI job cancelled). Returns its output up to then;
+    fails when the task did not change anything or the run ended first."""
     cmd = _playbook_command(extra_args, playbook, None)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **_PLAIN_OUTPUT)
     run = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     said: list[str] = []
-    armed = False
+    armed, changed = False, 0
     assert run.stdout is not None
     for line in run.stdout:
         said.append(line)
         if line.startswith("TASK ["):
             armed = task in line
         elif armed and line.startswith("changed:"):
+            changed += 1
+            if changed < changes:
+                continue
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
             return "".join(said)

@@ -1,0 +1,97 @@
+#!/usr/bin/python
+"""Which files a service reads only at start changed after its running process started."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: changed_since_start
+short_description: Find the files a running service read before they last changed
+author: kit maintainers
+description:
+- Lists which of O(paths) were modified after the main process of the systemd unit O(service)
+  started. A service that reads them only at start (its unit's drop-ins, a certificate, a config
+  file it reads once) runs without those changes until it is restarted.
+- A restart notified by a run that was lost before its handlers ran (a task failing on the host,
+  the controller's connection cut) leaves exactly that, and the next run, finding the files as it
+  wants them, would notify nothing; the kit's roles read this first and restart.
+- Nothing is listed when the unit is not active (its next start reads every file), and a path
+  that does not exist is skipped. Never changes anything.
+options:
+  service:
+    description: The systemd unit (C(.service) may be left out).
+    type: str
+    required: true
+  paths:
+    description: The files the service reads only when it starts.
+    type: list
+    elements: path
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Find what the server reads at start that changed after its start
+  kit.jobqueue.changed_since_start:
+    service: redis-server
+    paths: [/etc/systemd/system/redis-server.service.d/kit-hardening.conf]
+  register: changed_since_start
+"""
+
+RETURN = r"""
+started:
+  description: When the unit's main process started (seconds since the epoch); null when it is not active.
+  type: float
+  returned: always
+paths:
+  description: The files of O(paths) modified after that, in their order.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import os
+from datetime import UTC, datetime
+
+from ansible.module_utils.basic import AnsibleModule
+
+# systemctl show --timestamp=us+utc: "Mon 2026-12-07 14:16:54.473538 UTC"
+_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"
+
+
+def start_time(show: str) -> float | None:
+    """The main process's start (seconds since the epoch) from `systemctl show -p ActiveState
+    -p ExecMainStartTimestamp --timestamp=us+utc`, or None when the unit is not active."""
+    fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    stamp = fields.get("ExecMainStartTimestamp", "").strip()
+    if fields.get("ActiveState") != "active" or not stamp:
+        return None
+    return datetime.strptime(stamp, _FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+def changed_after(started: float | None, paths: list[str]) -> list[str]:
+    """The paths that exist and were modified after `started` (none when it is None)."""
+    if started is None:
+        return []
+    return [path for path in paths if os.path.exists(path) and os.stat(path).st_mtime > started]
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "required": True},
+            "paths": {"type": "list", "elements": "path", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    argv = ["systemctl", "show", "--timestamp=us+utc", "-p", "ActiveState", "-p", "ExecMainStartTimestamp"]
+    rc, out, err = module.run_command([*argv, module.params["service"]])
+    if rc != 0:
+        module.fail_json(msg=f"systemctl show {module.params['service']} failed: {err.strip()}")
+    try:
+        started = start_time(out)
+    except ValueError as error:
+        module.fail_json(msg=f"cannot read when {module.params['service']} started: {error}")
+    module.exit_json(changed=False, started=started, paths=changed_after(started, module.params["paths"]))
+
+
+if __name__ == "__main__":
+    main()
