@@ -446,6 +446,26 @@ def test_an_immutable_setting_changed_beside_a_live_one_stays_in_the_file(pair, 
     assert "tcp-backlog 128" in master.conf.read_text().splitlines()
 
 
+def test_an_acl_load_then_the_settings_in_one_run(tmp_path):
+    """Redis 7.0 closes the connections of every user an ACL LOAD replaces, once it has
+    answered, the module's own among them: the settings after it failed with "Connection reset
+    by peer" (a run that added a user on Debian 12 failed on every data node)."""
+    users = tmp_path / "users.acl"
+    users.write_text("user default on >pw ~* &* +@all\nuser kit-admin on >admin-pw ~* &* +@all\n")
+    server = Server(tmp_path / "acl", "--aclfile", str(users))
+    try:
+        users.write_text(users.read_text() + "user newcomer on >newcomer-pw ~app:* -@all +ping\n")
+        args = {**login(server.port), "login_user": "kit-admin", "login_password": "admin-pw"}
+        done = run_module("redis_live_config", tmp_path, acl_load=True, config={"maxmemory": "64mb"}, **args)
+        assert done.get("failed") is not True, done
+        assert done["changes"] == [{"acl": "reloaded"}, {"maxmemory": {"before": "0", "after": "67108864"}}]
+        with kit_redis.Connection("127.0.0.1", server.port, "newcomer", "newcomer-pw", 2.0) as conn:
+            assert conn.command("PING") == "PONG"
+    finally:
+        server.proc.terminate()
+        server.proc.wait()
+
+
 def test_live_config_names_the_server_when_the_password_is_wrong(pair, tmp_path):
     master, _ = pair
     refused = run_module(
@@ -839,10 +859,13 @@ def test_a_sentinel_gone_for_good_is_forgotten_so_one_more_loss_still_fails_over
         master.proc.wait()
 
 
+_STARTED = "2026-12-07 14:16:54.473538 UTC"
+
+
 def test_changed_since_start_lists_the_files_modified_after_the_main_process_started(tmp_path):
-    show = "ActiveState=active\nExecMainStartTimestamp=Mon 2026-12-07 14:16:54.473538 UTC\n"
+    show = since_start.fields(f"ActiveState=active\nExecMainStartTimestamp=Mon {_STARTED}\n")
     started = since_start.start_time(show)
-    assert started == pytest.approx(1796653014.473538)
+    assert started == pytest.approx(1796653014.473538, abs=1e-6)
     before, after, gone = tmp_path / "hardening.conf", tmp_path / "stamp", tmp_path / "container.conf"
     for path, mtime in ((before, started - 0.001), (after, started + 0.001)):
         path.write_text("x")
@@ -862,5 +885,13 @@ def test_changed_since_start_lists_the_files_modified_after_the_main_process_sta
 def test_changed_since_start_lists_nothing_for_a_unit_not_running(show, tmp_path):
     path = tmp_path / "hardening.conf"
     path.write_text("x")
-    assert since_start.start_time(show) is None
+    assert since_start.start_time(since_start.fields(show)) is None
     assert since_start.changed_after(None, [str(path)]) == []
+
+
+@pytest.mark.parametrize("weekday", ["Mon", "Mo", "lun."])
+def test_changed_since_start_reads_the_start_whatever_the_weekday_says(weekday):
+    """strptime's %a reads the weekday in the module's locale (Ansible sets it from the
+    environment: "Mo" in de_DE) while systemd writes it in English: the weekday is not read."""
+    show = since_start.fields(f"ActiveState=active\nExecMainStartTimestamp={weekday} {_STARTED}\n")
+    assert since_start.start_time(show) == pytest.approx(1796653014.473538, abs=1e-6)

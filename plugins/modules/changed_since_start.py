@@ -16,6 +16,10 @@ description:
   wants them, would notify nothing; the kit's roles read this first and restart.
 - Nothing is listed when the unit is not active (its next start reads every file), and a path
   that does not exist is skipped. Never changes anything.
+- Also says whether systemd has not loaded the unit's files since they changed
+  (C(NeedDaemonReload)). A drop-in written by a run lost before its C(daemon-reload), then a
+  restart by anything else (a crash, an operator), leaves the service started after the file
+  but on the unit without it.
 options:
   service:
     description: The systemd unit (C(.service) may be left out).
@@ -46,6 +50,12 @@ paths:
   type: list
   elements: str
   returned: always
+unit_changed:
+  description: >-
+    Whether systemd has not reloaded the unit's files since they changed (a restart then needs
+    a daemon-reload first). False when the unit is not active.
+  type: bool
+  returned: always
 """
 
 import os
@@ -53,18 +63,24 @@ from datetime import UTC, datetime
 
 from ansible.module_utils.basic import AnsibleModule
 
-# systemctl show --timestamp=us+utc: "Mon 2026-12-07 14:16:54.473538 UTC"
-_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"
+# systemctl show --timestamp=us+utc: "Mon 2026-12-07 14:16:54.473538 UTC". The weekday, always in
+# English, is dropped: strptime reads %a in the locale the module runs in (de_DE: "Mo").
+_FORMAT = "%Y-%m-%d %H:%M:%S.%f UTC"
+PROPERTIES = ("ActiveState", "ExecMainStartTimestamp", "NeedDaemonReload")
 
 
-def start_time(show: str) -> float | None:
-    """The main process's start (seconds since the epoch) from `systemctl show -p ActiveState
-    -p ExecMainStartTimestamp --timestamp=us+utc`, or None when the unit is not active."""
-    fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
-    stamp = fields.get("ExecMainStartTimestamp", "").strip()
-    if fields.get("ActiveState") != "active" or not stamp:
+def fields(show: str) -> dict[str, str]:
+    """`systemctl show -p ...`'s answer, property -> value."""
+    return dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+
+
+def start_time(show: dict[str, str]) -> float | None:
+    """The main process's start (seconds since the epoch), read with --timestamp=us+utc, or None
+    when the unit is not active."""
+    stamp = show.get("ExecMainStartTimestamp", "").strip()
+    if show.get("ActiveState") != "active" or not stamp:
         return None
-    return datetime.strptime(stamp, _FORMAT).replace(tzinfo=UTC).timestamp()
+    return datetime.strptime(stamp.split(" ", 1)[-1], _FORMAT).replace(tzinfo=UTC).timestamp()
 
 
 def changed_after(started: float | None, paths: list[str]) -> list[str]:
@@ -82,15 +98,21 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    argv = ["systemctl", "show", "--timestamp=us+utc", "-p", "ActiveState", "-p", "ExecMainStartTimestamp"]
+    argv = ["systemctl", "show", "--timestamp=us+utc", *(f"--property={name}" for name in PROPERTIES)]
     rc, out, err = module.run_command([*argv, module.params["service"]])
     if rc != 0:
         module.fail_json(msg=f"systemctl show {module.params['service']} failed: {err.strip()}")
+    show = fields(out)
     try:
-        started = start_time(out)
+        started = start_time(show)
     except ValueError as error:
         module.fail_json(msg=f"cannot read when {module.params['service']} started: {error}")
-    module.exit_json(changed=False, started=started, paths=changed_after(started, module.params["paths"]))
+    module.exit_json(
+        changed=False,
+        started=started,
+        paths=changed_after(started, module.params["paths"]),
+        unit_changed=started is not None and show.get("NeedDaemonReload") == "yes",
+    )
 
 
 if __name__ == "__main__":

@@ -212,11 +212,18 @@ def main() -> None:
         kit_redis.fail_naming_server(module, error, result)
     except OSError as error:
         kit_redis.fail_naming_server(module, error, result)
+    if p["acl_load"]:
+        result["changes"].append({"acl": "reloaded"})
+        if not module.check_mode:
+            # Redis 7.0 closes every connection of the users it replaces after ACL LOAD answers,
+            # this one too (its user is replaced even when unchanged): the rest on a new one.
+            try:
+                with conn:
+                    conn.command("ACL", "LOAD")
+                conn = kit_redis.login(p)
+            except (OSError, kit_redis.ReplyError) as error:
+                kit_redis.fail_naming_server(module, error, result)
     with kit_redis.reporting(module, result), conn:
-        if p["acl_load"]:
-            result["changes"].append({"acl": "reloaded"})
-            if not module.check_mode:
-                conn.command("ACL", "LOAD")
         if p["tls_reload"]:
             reload_tls(module, conn, result)
         config_changed, for_file = reconcile_config(module, conn, result)

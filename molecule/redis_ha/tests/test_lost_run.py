@@ -5,10 +5,47 @@ A replica of each group (Redis 7 on Debian 12, Valkey 8 on Debian 13) and its ho
 
 from __future__ import annotations
 
-from kit_checks import hosts_in, kill_playbook_after, load_group, play_recap, run_playbook, wait_for
-from kit_faults import loaded, sh
+import json
+import subprocess
+
+import kit_checks
+from kit_checks import (
+    ReplyError,
+    hosts_in,
+    kill_playbook_after,
+    load_group,
+    play_recap,
+    run_playbook,
+    wait_for,
+)
+from kit_faults import kill_server, loaded, sh
 
 _HARDEN = "install | Harden the unit beyond Debian's defaults"
+
+
+def _replicas() -> dict:
+    """The inventory name of a replica of each group -> its group."""
+    targets = {}
+    for group in (load_group(hosts_in(name)) for name in ("group_a", "group_b")):
+        master = group.current_master()
+        replica = next(a for a in group.nodes.values() if a != master)
+        targets[group.host_of(replica)] = group
+    return targets
+
+
+def _unchanged(*args: str) -> None:
+    """A run with `args` changes nothing on the hosts it reaches."""
+    run = run_playbook(*args)
+    recap = play_recap(run.stdout)
+    assert run.returncode == 0, run.stdout[-5000:]
+    changed = {host: counts["changed"] for host, counts in recap.items() if host != "localhost"}
+    assert changed, run.stdout[-5000:]
+    assert not any(changed.values()), run.stdout[-5000:]
+
+
+def _reloaded(host: str, unit: str) -> bool:
+    """systemd has loaded the unit's files as they are on disk."""
+    return sh(host, f"systemctl show -P NeedDaemonReload {unit}").strip() == "no"
 
 
 def _main_pid(host: str, unit: str) -> str:
@@ -18,15 +55,12 @@ def _main_pid(host: str, unit: str) -> str:
 def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
     """A run that changes a unit's hardening drop-in, and is lost before its handler restarts the
     server (the controller's connection cut, a task failing after it), left the server confined
-    as before; the next run found the file as it wanted it and changed nothing, for good. Now each
-    run first compares what the server and Sentinel read only at start (drop-ins, the bootstrap
-    config's stamp, Sentinel's certificates) with when they started, and restarts them."""
-    groups = [load_group(hosts_in(name)) for name in ("group_a", "group_b")]
-    targets = {}  # host -> its group, the replica of each group
-    for group in groups:
-        master = group.current_master()
-        replica = next(a for a in group.nodes.values() if a != master)
-        targets[group.host_of(replica)] = group
+    as before, even after a crash that systemd restarted (on the unit it had loaded); the next
+    run found the file as it wanted it and changed nothing, for good. Now each run first
+    compares what the server and Sentinel read only at start with when they started (here the
+    drop-ins; the bootstrap config's stamp and Sentinel's certificates are read the same way),
+    and whether systemd loaded the unit since, and restarts them on the unit as it is on disk."""
+    targets = _replicas()
     limit = ("--limit", ",".join(targets))
     units = {host: (g.service, f"{g.flavor}-sentinel") for host, g in targets.items()}
     before = {host: tuple(_main_pid(host, u) for u in pair) for host, pair in units.items()}
@@ -42,15 +76,25 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
     for host, (server, _) in units.items():
         assert "changed by hand" not in sh(host, f"cat {dropin(server)}"), "not written back"
         assert _main_pid(host, server) == before[host][0], f"{server} on {host} restarted by a lost run"
+        assert not _reloaded(host, server), "the lost run reloaded systemd"
+    # Then the server crashes and systemd restarts it, on the unit it has loaded (without the
+    # drop-in): started after the file changed, it is still not confined as the file says.
+    for host in units:
+        kill_server(targets[host], host, restart=True)
+    for host, (server, _) in units.items():
+        wait_for(lambda h=host, u=server: _main_pid(h, u) not in ("", "0", before[h][0]), 30, f"{host} back")
+        wait_for(lambda h=host: loaded(targets[h], targets[h].nodes[h]), 60, f"{host} to load")
+    crashed = {host: _main_pid(host, server) for host, (server, _) in units.items()}
 
     # 2. Sentinel's drop-in too, in a run lost after the data nodes' play: that play restarted
-    # each server, its drop-in newer than its start.
+    # each server, on its unit as on disk.
     for host, (_, sentinel) in units.items():
         sh(host, f"echo '# changed by hand' >> {dropin(sentinel)}")
     said = kill_playbook_after(f"jobqueue.redis_sentinel : {_HARDEN}", *limit, changes=len(targets))
     for host, (server, sentinel) in units.items():
-        assert f"{server} started before {dropin(server)} changed" in " ".join(said.split()), said[-3000:]
-        assert _main_pid(host, server) not in ("0", before[host][0]), f"{server} on {host} not restarted"
+        assert f"{server} runs on its unit as systemd last loaded it" in " ".join(said.split()), said[-3000:]
+        assert _main_pid(host, server) not in ("0", crashed[host]), f"{server} on {host} not restarted"
+        assert _reloaded(host, server), f"{server} on {host} restarted on the unit without its drop-in"
         assert _main_pid(host, sentinel) == before[host][1], f"{sentinel} on {host} restarted by a lost run"
         wait_for(lambda host=host: loaded(targets[host], targets[host].nodes[host]), 60, f"{host} to load")
 
@@ -60,8 +104,51 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
     for host, (_, sentinel) in units.items():
         assert f"{sentinel} started before {dropin(sentinel)} changed" in " ".join(run.stdout.split())
         assert _main_pid(host, sentinel) not in ("0", before[host][1]), f"{sentinel} on {host} not restarted"
-    again = run_playbook(*limit)
-    recap = play_recap(again.stdout)
-    assert again.returncode == 0, again.stdout[-5000:]
-    changed = {host: recap[host]["changed"] for host in targets}
-    assert changed == dict.fromkeys(targets, 0), again.stdout[-5000:]
+        assert _reloaded(host, sentinel), f"{sentinel} on {host} restarted on the unit without its drop-in"
+    _unchanged(*limit)
+
+
+def test_a_run_lost_before_its_acl_load_leaves_no_user_unloaded():
+    """A run that adds a user (or rotates a password) writes the users file, and the ACL LOAD
+    that applies it comes later in the run. Lost in between, the server kept the old users and
+    the next run, finding the file as it wanted it, loaded nothing: the apps given the new
+    password were refused. Now the role records what the server loaded and loads what differs."""
+    targets = _replicas()
+    limit = ("--limit", ",".join(targets), "--tags", "redis")
+    newcomer = ("lost-run-check", "molecule-lost-run-5Tz8")
+    # The inventory's users as written (templates unrendered: the role's defaults resolve them).
+    inventory = ["ansible-inventory", "-i", kit_checks.INVENTORY, "--host", next(iter(targets))]
+    users = json.loads(subprocess.run(inventory, capture_output=True, text=True, check=True).stdout)[
+        "redis_acl_app_users"
+    ]
+    user = {"name": newcomer[0], "password": newcomer[1], "keys": ["app:x"], "commands": ["ping"]}
+    extra = {"redis_acl_app_users": [*users, user]}
+    added = ("-e", json.dumps(extra))
+
+    def logs_in(host: str) -> bool:
+        group = targets[host]
+        try:
+            with group.node(group.nodes[host], user=newcomer) as conn:
+                return conn.command("PING") == "PONG"
+        except ReplyError as error:
+            if "WRONGPASS" not in str(error):
+                raise
+            return False
+
+    kill_playbook_after(
+        "jobqueue.redis : configure | Write the ACL users file", *limit, *added, changes=len(targets)
+    )
+    for host in targets:
+        assert newcomer[0] in sh(host, f"cat /etc/{targets[host].flavor}/users.acl"), (
+            "the lost run wrote no user"
+        )
+        assert not logs_in(host), f"the lost run loaded the users on {host}"
+    run = run_playbook(*limit, *added)
+    assert run.returncode == 0, run.stdout[-5000:]
+    for host in targets:
+        assert logs_in(host), f"{newcomer[0]} refused on {host} after the next run"
+    _unchanged(*limit, *added)
+    run = run_playbook(*limit)  # the user removed again, as the inventory has it
+    assert run.returncode == 0, run.stdout[-5000:]
+    for host in targets:
+        assert not logs_in(host)
