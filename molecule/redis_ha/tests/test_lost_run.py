@@ -11,10 +11,10 @@ import subprocess
 import kit_checks
 from kit_checks import (
     ReplyError,
+    converge,
     hosts_in,
     kill_playbook_after,
     load_group,
-    play_recap,
     run_playbook,
     wait_for,
 )
@@ -35,12 +35,9 @@ def _replicas() -> dict:
 
 def _unchanged(*args: str) -> None:
     """A run with `args` changes nothing on the hosts it reaches."""
-    run = run_playbook(*args)
-    recap = play_recap(run.stdout)
-    assert run.returncode == 0, run.stdout[-5000:]
-    changed = {host: counts["changed"] for host, counts in recap.items() if host != "localhost"}
-    assert changed, run.stdout[-5000:]
-    assert not any(changed.values()), run.stdout[-5000:]
+    changed = {host: counts["changed"] for host, counts in converge(*args).items() if host != "localhost"}
+    assert changed
+    assert not any(changed.values()), changed
 
 
 def _reloaded(host: str, unit: str) -> bool:
@@ -143,12 +140,10 @@ def test_a_run_lost_before_its_acl_load_leaves_no_user_unloaded():
             "the lost run wrote no user"
         )
         assert not logs_in(host), f"the lost run loaded the users on {host}"
-    run = run_playbook(*limit, *added)
-    assert run.returncode == 0, run.stdout[-5000:]
+    converge(*limit, *added)
     for host in targets:
         assert logs_in(host), f"{newcomer[0]} refused on {host} after the next run"
     _unchanged(*limit, *added)
-    run = run_playbook(*limit)  # the user removed again, as the inventory has it
-    assert run.returncode == 0, run.stdout[-5000:]
+    converge(*limit)  # the user removed again, as the inventory has it
     for host in targets:
         assert not logs_in(host)
