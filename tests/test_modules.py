@@ -895,3 +895,41 @@ def test_changed_since_start_reads_the_start_whatever_the_weekday_says(weekday):
     environment: "Mo" in de_DE) while systemd writes it in English: the weekday is not read."""
     show = since_start.fields(f"ActiveState=active\nExecMainStartTimestamp={weekday} {_STARTED}\n")
     assert since_start.start_time(show) == pytest.approx(1796653014.473538, abs=1e-6)
+
+
+def test_changed_since_start_digests_the_drop_ins_with_their_paths_and_absence(tmp_path):
+    """The digest a unit's start notes (kit-started.conf) changes with a drop-in's content, and
+    with one that appears or goes (a host that stops being a container loses kit-container.conf)."""
+    hardening, container = tmp_path / "kit-hardening.conf", tmp_path / "kit-container.conf"
+    paths = [str(hardening), str(container)]
+    hardening.write_text("[Service]\nProtectSystem=strict\n")
+    without = since_start.unit_digest(paths)
+    container.write_text("[Service]\nPrivateUsers=false\n")
+    with_container = since_start.unit_digest(paths)
+    assert with_container != without
+    assert since_start.unit_digest(paths) == with_container  # stable
+    hardening.write_text("[Service]\nProtectSystem=full\n")
+    assert since_start.unit_digest(paths) not in (without, with_container)
+    container.write_text("")  # empty is not absent
+    container_empty = since_start.unit_digest(paths)
+    container.unlink()
+    assert since_start.unit_digest(paths) != container_empty
+
+
+def test_changed_since_start_says_a_unit_started_on_other_drop_ins_than_on_disk(tmp_path):
+    """A run lost before its restart, a crash that systemd restarted on the unit it had loaded,
+    then a daemon-reload by anything else (NeedDaemonReload no longer says): the digest the
+    start noted differs from the drop-ins on disk. No note (a start before the unit noted it)
+    leaves NeedDaemonReload alone to say; a unit not running needs nothing."""
+    note = tmp_path / "redis-server.unit"
+    assert since_start.noted(str(note)) is None
+    assert since_start.noted(None) is None
+    note.write_text("abc\n")
+    assert since_start.noted(str(note)) == "abc"
+    reloaded, unreloaded = {"NeedDaemonReload": "no"}, {"NeedDaemonReload": "yes"}
+    assert since_start.unit_changed(reloaded, 1.0, "abc", "def")
+    assert not since_start.unit_changed(reloaded, 1.0, "def", "def")
+    assert not since_start.unit_changed(reloaded, 1.0, None, "def")
+    assert since_start.unit_changed(unreloaded, 1.0, None, "def")
+    assert since_start.unit_changed(unreloaded, 1.0, "def", "def")
+    assert not since_start.unit_changed(unreloaded, None, "abc", "def")

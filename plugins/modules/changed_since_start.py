@@ -30,6 +30,16 @@ options:
     type: list
     elements: path
     required: true
+  unit_files:
+    description: The unit's drop-ins that need a restart, in a fixed order (a missing one counts as absent).
+    type: list
+    elements: path
+    default: []
+  started_on:
+    description: >-
+      The file in which the unit notes, at each start, the digest of O(unit_files) as systemd
+      had loaded them. Absent (a start before the unit noted it): only C(NeedDaemonReload) says.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -52,12 +62,22 @@ paths:
   returned: always
 unit_changed:
   description: >-
-    Whether systemd has not reloaded the unit's files since they changed (a restart then needs
-    a daemon-reload first). False when the unit is not active.
+    Whether the running process was started on other unit files than those on disk: systemd
+    has not reloaded them since they changed, or O(started_on) notes another digest than
+    RV(unit_digest). A restart then needs a daemon-reload first. False when the unit is not active.
   type: bool
+  returned: always
+unit_digest:
+  description: The SHA-256 of O(unit_files) as they are on disk (their paths and contents).
+  type: str
+  returned: always
+started_on:
+  description: What O(started_on) notes, or null (no note, or the unit is not active).
+  type: str
   returned: always
 """
 
+import hashlib
 import os
 from datetime import UTC, datetime
 
@@ -90,11 +110,45 @@ def changed_after(started: float | None, paths: list[str]) -> list[str]:
     return [path for path in paths if os.path.exists(path) and os.stat(path).st_mtime > started]
 
 
+def unit_digest(paths: list[str]) -> str:
+    """The SHA-256 of the files in `paths`, each with its path (a missing one as absent)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                content = b"present\0" + handle.read()
+        except FileNotFoundError:
+            content = b"absent"
+        digest.update(path.encode() + b"\0" + content + b"\0")
+    return digest.hexdigest()
+
+
+def noted(path: str | None) -> str | None:
+    """The digest a start noted in `path`, or None when there is none."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def unit_changed(show: dict[str, str], started: float | None, started_on: str | None, digest: str) -> bool:
+    """The running process was started on other unit files than those on disk: systemd has
+    not reloaded them since they changed, or its start noted another digest."""
+    if started is None:
+        return False
+    return show.get("NeedDaemonReload") == "yes" or started_on not in (None, digest)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "service": {"type": "str", "required": True},
             "paths": {"type": "list", "elements": "path", "required": True},
+            "unit_files": {"type": "list", "elements": "path", "default": []},
+            "started_on": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -107,11 +161,15 @@ def main() -> None:
         started = start_time(show)
     except ValueError as error:
         module.fail_json(msg=f"cannot read when {module.params['service']} started: {error}")
+    digest = unit_digest(module.params["unit_files"])
+    started_on = noted(module.params["started_on"]) if started is not None else None
     module.exit_json(
         changed=False,
         started=started,
         paths=changed_after(started, module.params["paths"]),
-        unit_changed=started is not None and show.get("NeedDaemonReload") == "yes",
+        unit_changed=unit_changed(show, started, started_on, digest),
+        unit_digest=digest,
+        started_on=started_on,
     )
 
 

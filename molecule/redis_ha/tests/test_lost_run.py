@@ -49,38 +49,61 @@ def _main_pid(host: str, unit: str) -> str:
     return sh(host, f"systemctl show -p MainPID --value {unit}").strip()
 
 
+def _unit_digest(host: str, unit: str) -> str:
+    """The digest of the unit's drop-ins that need a restart, as the roles' check computes it."""
+    files = [f"/etc/systemd/system/{unit}.service.d/kit-{name}.conf" for name in ("hardening", "container")]
+    args = json.dumps({"service": unit, "paths": [], "unit_files": files})
+    result = kit_checks.get_host(host).ansible("kit.jobqueue.changed_since_start", args, check=False)
+    return result["unit_digest"]
+
+
 def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
     """A run that changes a unit's hardening drop-in, and is lost before its handler restarts the
     server (the controller's connection cut, a task failing after it), left the server confined
-    as before, even after a crash that systemd restarted (on the unit it had loaded); the next
-    run found the file as it wanted it and changed nothing, for good. Now each run first
-    compares what the server and Sentinel read only at start with when they started (here the
-    drop-ins; the bootstrap config's stamp and Sentinel's certificates are read the same way),
-    and whether systemd loaded the unit since, and restarts them on the unit as it is on disk."""
+    as before, even after a crash that systemd restarted (on the unit it had loaded) and a
+    daemon-reload by anything else since; the next run found the file as it wanted it and
+    changed nothing, for good. Now each run first compares what the server and Sentinel read
+    only at start with when they started (here the drop-ins; the bootstrap config's stamp and
+    Sentinel's certificates are read the same way), and the drop-ins each start noted
+    (kit-started.conf) with those on disk, and restarts them on the unit as it is on disk."""
     targets = _replicas()
     limit = ("--limit", ",".join(targets))
     units = {host: (g.service, f"{g.flavor}-sentinel") for host, g in targets.items()}
-    before = {host: tuple(_main_pid(host, u) for u in pair) for host, pair in units.items()}
 
-    def dropin(unit: str) -> str:
-        return f"/etc/systemd/system/{unit}.service.d/kit-hardening.conf"
+    def dropin(unit: str, name: str = "hardening") -> str:
+        return f"/etc/systemd/system/{unit}.service.d/kit-{name}.conf"
 
-    # 1. The server's drop-in changes (here by hand, as a new version of the kit would), and the
-    # run that writes it back is lost at once.
+    def started_on(host: str, unit: str) -> str:
+        return sh(host, f"cat /run/kit-jobqueue/{unit}.unit").strip()
+
+    # 1. Each server runs on a drop-in of an older kit (here changed by hand, its start noting
+    # it as the role's kit-started.conf does), and the run that writes this kit's back is lost
+    # at once.
     for host, (server, _) in units.items():
         sh(host, f"echo '# changed by hand' >> {dropin(server)}")
+        older = _unit_digest(host, server)
+        sh(host, f"sed -i 's/echo [0-9a-f]* >/echo {older} >/' {dropin(server, 'started')}")
+        sh(host, f"systemctl daemon-reload && systemctl restart {server}")
+        assert started_on(host, server) == older, "the start noted no digest"
+        wait_for(lambda h=host: loaded(targets[h], targets[h].nodes[h]), 60, f"{host} to load")
+    before = {host: tuple(_main_pid(host, u) for u in pair) for host, pair in units.items()}
     kill_playbook_after(f"jobqueue.redis : {_HARDEN}", *limit, changes=len(targets))
     for host, (server, _) in units.items():
         assert "changed by hand" not in sh(host, f"cat {dropin(server)}"), "not written back"
         assert _main_pid(host, server) == before[host][0], f"{server} on {host} restarted by a lost run"
         assert not _reloaded(host, server), "the lost run reloaded systemd"
-    # Then the server crashes and systemd restarts it, on the unit it has loaded (without the
-    # drop-in): started after the file changed, it is still not confined as the file says.
+    # Then the server crashes and systemd restarts it, on the unit it has loaded (the older
+    # drop-in), and something else reloads systemd (a package's script, an operator): the
+    # server started after the file changed, and systemd has loaded it, yet the server runs
+    # confined as the older file said.
     for host in units:
         kill_server(targets[host], host, restart=True)
     for host, (server, _) in units.items():
         wait_for(lambda h=host, u=server: _main_pid(h, u) not in ("", "0", before[h][0]), 30, f"{host} back")
         wait_for(lambda h=host: loaded(targets[h], targets[h].nodes[h]), 60, f"{host} to load")
+        sh(host, "systemctl daemon-reload")
+        assert _reloaded(host, server)
+        assert started_on(host, server) != _unit_digest(host, server)
     crashed = {host: _main_pid(host, server) for host, (server, _) in units.items()}
 
     # 2. Sentinel's drop-in too, in a run lost after the data nodes' play: that play restarted
@@ -89,9 +112,11 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         sh(host, f"echo '# changed by hand' >> {dropin(sentinel)}")
     said = kill_playbook_after(f"jobqueue.redis_sentinel : {_HARDEN}", *limit, changes=len(targets))
     for host, (server, sentinel) in units.items():
-        assert f"{server} runs on its unit as systemd last loaded it" in " ".join(said.split()), said[-3000:]
+        assert f"{server} was started on its unit as it was before a run changed it" in " ".join(
+            said.split()
+        ), said[-3000:]
         assert _main_pid(host, server) not in ("0", crashed[host]), f"{server} on {host} not restarted"
-        assert _reloaded(host, server), f"{server} on {host} restarted on the unit without its drop-in"
+        assert started_on(host, server) == _unit_digest(host, server), f"{server} on {host} on the older unit"
         assert _main_pid(host, sentinel) == before[host][1], f"{sentinel} on {host} restarted by a lost run"
         wait_for(lambda host=host: loaded(targets[host], targets[host].nodes[host]), 60, f"{host} to load")
 
