@@ -8,7 +8,8 @@ import time
 
 import pytest
 from conftest import wait_for_status
-from kitqueue.queueing import BOUND, SCRIPTS, UNIQUE_SHA
+from kitqueue import queueing
+from kitqueue.queueing import BOUND, COUNTED_SHA, SCRIPTS, UNIQUE_SHA
 from kitqueue.store import app_store
 from redis_cluster import SENTINEL_CLIENT_USER, wait_until
 
@@ -112,8 +113,40 @@ def test_an_enqueue_on_a_master_without_the_job_script_loads_it_and_counts_the_j
     assert admin.hget(f"rq:job:{job_id}", "status") == b"queued"
     assert admin.lrange("rq:queue:default", 0, -1).count(job_id.encode()) == 1
     assert int(admin.get("fridge:stats:enqueued")) == counted + 1
-    assert admin.script_exists(BOUND[UNIQUE_SHA] if keyed else UNIQUE_SHA) == [True]
+    script = COUNTED_SHA[UNIQUE_SHA]
+    assert admin.script_exists(BOUND[script] if keyed else script) == [True]
     assert client.get(f"/jobs/{job_id}").get_json()["args"] == {"comida": "kiwi"}
+
+
+def test_a_job_its_idempotency_key_refuses_is_neither_written_nor_counted(client, admin, monkeypatch):
+    """A partition's race: the key was free where the request claimed it (the old master), and
+    names another job where the job goes. The job's script refuses it there, and the retry
+    answers the other job as a replay: nothing written, and the job counted as a replay only
+    (before, it was counted as enqueued too, so `fridge_jobs_enqueued_total` ran ahead of the
+    jobs there were)."""
+    first = client.post("/comer/higo", headers={"Idempotency-Key": "race-1"})
+    assert first.status_code == 202, first.get_json()
+    stats = {name: int(admin.get(f"fridge:stats:{name}") or 0) for name in ("enqueued", "replayed")}
+    jobs = len(admin.keys("rq:job:*"))
+    real_claim = queueing._claim_idempotency_key
+    raced = []
+
+    def claimed_where_the_key_was_free(store_, key, fingerprint, new_id):
+        if raced:
+            return real_claim(store_, key, fingerprint, new_id)
+        raced.append(new_id)
+        return new_id, False, False
+
+    monkeypatch.setattr(queueing, "_claim_idempotency_key", claimed_where_the_key_was_free)
+    again = client.post("/comer/higo", headers={"Idempotency-Key": "race-1"})
+    assert raced, "the request claimed its key"
+    assert again.status_code == 202, again.get_json()
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert again.get_json()["replayed"] is True
+    assert not admin.exists(f"rq:job:{raced[0]}"), "the refused job was written"
+    assert len(admin.keys("rq:job:*")) == jobs
+    assert int(admin.get("fridge:stats:enqueued") or 0) == stats["enqueued"]
+    assert int(admin.get("fridge:stats:replayed") or 0) == stats["replayed"] + 1
 
 
 def test_a_new_master_without_the_script_nor_a_replica_costs_one_wait_timeout_not_two(

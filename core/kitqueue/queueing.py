@@ -100,10 +100,26 @@ def _sha(script: str) -> str:
 # RQ's unique writes of a job, queued (UNIQUE_ENQUEUE_SCRIPT) or delayed (UNIQUE_SCHEDULE_SCRIPT),
 # as EnqueueingQueue puts them in the caller's pipeline.
 UNIQUE_SHA, SCHEDULE_SHA = _sha(UNIQUE_ENQUEUE_SCRIPT), _sha(UNIQUE_SCHEDULE_SCRIPT)
+# Each counts the job it writes, and only then: the last of KEYS is the counter (the stats'
+# "enqueued", or "replayed"), taken off before RQ's script reads its own, which runs as it is
+# inside a function. A job already there (this request's earlier attempt wrote it) is not
+# counted again, nor is one an idempotency key refuses (`_bind`).
+_COUNT = """
+local counter = table.remove(KEYS)
+local function write()
+%s
+end
+local written = write()
+if written == 1 then
+    redis.call("INCRBY", counter, 1)
+end
+return written
+"""
+COUNTED = {UNIQUE_SHA: _COUNT % UNIQUE_ENQUEUE_SCRIPT, SCHEDULE_SHA: _COUNT % UNIQUE_SCHEDULE_SCRIPT}
 # Each run only where an idempotency key is free or already names the job (`_bind`): the last of
-# KEYS is the key, the last two ARGV its value and TTL, all taken off before RQ's script reads
-# its own. A key that names another job is answered with its value, and nothing is written: the
-# check and the job's write are one step on the server.
+# KEYS is the key, the last two ARGV its value and TTL, all taken off before the counted script
+# reads its own. A key that names another job is answered with its value, and nothing is
+# written: the check and the job's write are one step on the server.
 _BIND = """
 local key = table.remove(KEYS)
 local ttl = table.remove(ARGV)
@@ -115,15 +131,14 @@ elseif string.sub(bound, 1, #ARGV[1] + 1) ~= ARGV[1] .. " " then
     return bound
 end
 """
-BOUND = {
-    sha: _sha(_BIND + script)
-    for sha, script in ((UNIQUE_SHA, UNIQUE_ENQUEUE_SCRIPT), (SCHEDULE_SHA, UNIQUE_SCHEDULE_SCRIPT))
-}
+# RQ's script's SHA-1 -> its counted script's, and that one's -> the same bound to a key.
+COUNTED_SHA = {sha: _sha(script) for sha, script in COUNTED.items()}
+BOUND = {_sha(script): _sha(_BIND + script) for script in COUNTED.values()}
 # The scripts an enqueue sends by SHA-1, for a master that does not hold them yet (NOSCRIPT).
 SCRIPTS = {
     sha: script
-    for rq_script in (UNIQUE_ENQUEUE_SCRIPT, UNIQUE_SCHEDULE_SCRIPT)
-    for sha, script in ((_sha(rq_script), rq_script), (_sha(_BIND + rq_script), _BIND + rq_script))
+    for counted in COUNTED.values()
+    for sha, script in ((_sha(counted), counted), (_sha(_BIND + counted), _BIND + counted))
 }
 
 
@@ -231,6 +246,8 @@ def _confirm_durable(
     The job's write is made with the claim, in one script (`_bind`): when the key names another
     job there, this one is not written (written, then refused, it stayed queued, and both ran).
     """
+    counter = store.key("stats", "replayed" if replayed else "enqueued")
+    first, scripted = _counted(first, counter)
     bound_at = None
     if binding is not None:
         first, bound_at = _bind(first, binding)
@@ -242,7 +259,8 @@ def _confirm_durable(
         commands = [
             *first,
             ("EXISTS", f"{RegisteredJob.redis_job_namespace_prefix}{job_id}"),
-            ("INCRBY", store.key("stats", "replayed" if replayed else "enqueued"), count),  # as incr()
+            # A replay answered from the job there; a job written counts itself (_COUNT).
+            ("INCRBY", counter, 0 if scripted else count),
             ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
             ("LTRIM", store.key("wake"), 0, 99),
             ("INFO", "replication"),
@@ -256,8 +274,7 @@ def _confirm_durable(
         missing = [first[i][1] for i, r in enumerate(replies[: len(first)]) if isinstance(r, NoScriptError)]
         if missing:
             # A master that has not run the script yet (new, or restarted): load it and send the
-            # whole again. The first send counted the job already, so this one adds 0; and it
-            # waits only for the replicas the first one found in sync.
+            # whole again. It waits only for the replicas the first send found in sync.
             info = replies[len(first) + 4]
             if not isinstance(info, Exception):
                 guess = min(wanted, Replication.parse(info).in_sync(max_lag))
@@ -330,8 +347,21 @@ class BoundElsewhere(StaleMaster):
     """The idempotency key names another job on the master the job went to."""
 
 
+def _counted(first: Commands, counter: str) -> tuple[Commands, bool]:
+    """RQ's unique write among `first` becomes its counted script (COUNTED), which adds the job
+    to `counter` when it writes it; and whether there was one (a replay of a job still there
+    has none)."""
+    for index, command in enumerate(first):
+        if command[0] == "EVALSHA" and command[1] in COUNTED_SHA:
+            numkeys = int(command[2])
+            keys, args = command[3 : 3 + numkeys], command[3 + numkeys :]
+            counted = ("EVALSHA", COUNTED_SHA[command[1]], numkeys + 1, *keys, counter, *args)
+            return (*first[:index], counted, *first[index + 1 :]), True
+    return first, False
+
+
 def _bind(first: Commands, binding: tuple[str, str, int]) -> tuple[Commands, int | None]:
-    """Claim the key (Redis key, value, TTL) with the job: RQ's unique write among `first`
+    """Claim the key (Redis key, value, TTL) with the job: the counted write among `first`
     becomes its bound script (BOUND), and its index is returned. Without one (a replay whose job
     is there) the claim and a read of the key go last, and the index is None."""
     redis_key, value, ttl = binding

@@ -20,6 +20,11 @@ description:
   (C(NeedDaemonReload)). A drop-in written by a run lost before its C(daemon-reload), then a
   restart by anything else (a crash, an operator), leaves the service started after the file
   but on the unit without it.
+- C(NeedDaemonReload) is cleared by any C(daemon-reload) (a package's script, an operator's), so
+  a service can also say what it was started on. O(unit_files) are the drop-ins that need a
+  restart, and RV(unit_digest) their digest. A drop-in the kit's roles write with that digest
+  (C(kit-started.conf)) has systemd note it in O(started_on) at each start, from the unit as
+  it has loaded it; a note other than the digest of the files on disk is the same restart.
 options:
   service:
     description: The systemd unit (C(.service) may be left out).
@@ -47,7 +52,16 @@ EXAMPLES = r"""
   kit.jobqueue.changed_since_start:
     service: redis-server
     paths: [/etc/systemd/system/redis-server.service.d/kit-hardening.conf]
+    unit_files: [/etc/systemd/system/redis-server.service.d/kit-hardening.conf]
+    started_on: /run/kit-jobqueue/redis-server.unit
   register: changed_since_start
+
+- name: Restart it on its unit as on disk
+  ansible.builtin.systemd_service:
+    name: redis-server
+    state: restarted
+    daemon_reload: true
+  when: changed_since_start.paths or changed_since_start.unit_changed
 """
 
 RETURN = r"""

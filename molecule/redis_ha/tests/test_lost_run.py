@@ -106,27 +106,34 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         assert started_on(host, server) != _unit_digest(host, server)
     crashed = {host: _main_pid(host, server) for host, (server, _) in units.items()}
 
-    # 2. Sentinel's drop-in too, in a run lost after the data nodes' play: that play restarted
-    # each server, on its unit as on disk.
-    for host, (_, sentinel) in units.items():
-        sh(host, f"echo '# changed by hand' >> {dropin(sentinel)}")
-    said = kill_playbook_after(f"jobqueue.redis_sentinel : {_HARDEN}", *limit, changes=len(targets))
-    for host, (server, sentinel) in units.items():
-        assert f"{server} was started on its unit as it was before a run changed it" in " ".join(
-            said.split()
-        ), said[-3000:]
+    # 2. The next run, here one limited to the settings (which writes no drop-in), restarts each
+    # server on its unit as on disk; the one after changes nothing.
+    config = (*limit, "--tags", "redis_config")
+    run = run_playbook(*config)
+    assert run.returncode == 0, run.stdout[-5000:]
+    for host, (server, _) in units.items():
+        said = " ".join(run.stdout.split())
+        assert f"{server} was started on its unit as it was before a run changed it" in said, said[-3000:]
         assert _main_pid(host, server) not in ("0", crashed[host]), f"{server} on {host} not restarted"
         assert started_on(host, server) == _unit_digest(host, server), f"{server} on {host} on the older unit"
-        assert _main_pid(host, sentinel) == before[host][1], f"{sentinel} on {host} restarted by a lost run"
         wait_for(lambda host=host: loaded(targets[host], targets[host].nodes[host]), 60, f"{host} to load")
+    _unchanged(*config)
 
-    # 3. The next run restarts each Sentinel; the one after changes nothing.
+    # 3. Sentinel's drop-in too, in a run lost as soon as it has written it back.
+    for host, (_, sentinel) in units.items():
+        sh(host, f"echo '# changed by hand' >> {dropin(sentinel)}")
+    kill_playbook_after(f"jobqueue.redis_sentinel : {_HARDEN}", *limit, changes=len(targets))
+    for host, (_, sentinel) in units.items():
+        assert _main_pid(host, sentinel) == before[host][1], f"{sentinel} on {host} restarted by a lost run"
+
+    # 4. The next run restarts each Sentinel; the one after changes nothing.
     run = run_playbook(*limit)
     assert run.returncode == 0, run.stdout[-5000:]
     for host, (_, sentinel) in units.items():
         assert f"{sentinel} started before {dropin(sentinel)} changed" in " ".join(run.stdout.split())
         assert _main_pid(host, sentinel) not in ("0", before[host][1]), f"{sentinel} on {host} not restarted"
         assert _reloaded(host, sentinel), f"{sentinel} on {host} restarted on the unit without its drop-in"
+        assert started_on(host, sentinel) == _unit_digest(host, sentinel), f"{sentinel} on {host}: its note"
     _unchanged(*limit)
 
 
