@@ -933,3 +933,14 @@ def test_changed_since_start_says_a_unit_started_on_other_drop_ins_than_on_disk(
     assert since_start.unit_changed(unreloaded, 1.0, None, "def")
     assert since_start.unit_changed(unreloaded, 1.0, "def", "def")
     assert not since_start.unit_changed(unreloaded, None, "abc", "def")
+
+
+def test_changed_since_start_says_whether_the_note_drop_in_holds_the_digest(tmp_path):
+    """The role writes kit-started.conf again only when it does not hold the drop-ins' digest:
+    a no-op run spends no task on it."""
+    note = tmp_path / "kit-started.conf"
+    assert not since_start.note_holds(str(note), "abc")
+    assert not since_start.note_holds(None, "abc")
+    note.write_text("[Service]\nExecStartPre=-+/bin/sh -c 'echo abc > /run/kit-jobqueue/x.unit'\n")
+    assert since_start.note_holds(str(note), "abc")
+    assert not since_start.note_holds(str(note), "def")

@@ -45,6 +45,11 @@ options:
       The file in which the unit notes, at each start, the digest of O(unit_files) as systemd
       had loaded them. Absent (a start before the unit noted it): only C(NeedDaemonReload) says.
     type: path
+  note_unit:
+    description: >-
+      The drop-in that has the unit note the digest at each start; RV(note_current) says whether
+      it holds the digest of O(unit_files) as they are on disk (it is to be written again when not).
+    type: path
 """
 
 EXAMPLES = r"""
@@ -88,6 +93,10 @@ unit_digest:
 started_on:
   description: What O(started_on) notes, or null (no note, or the unit is not active).
   type: str
+  returned: always
+note_current:
+  description: Whether O(note_unit) exists and holds RV(unit_digest); false without O(note_unit).
+  type: bool
   returned: always
 """
 
@@ -148,6 +157,17 @@ def noted(path: str | None) -> str | None:
         return None
 
 
+def note_holds(path: str | None, digest: str) -> bool:
+    """The note's drop-in at `path` exists and writes `digest`."""
+    if not path:
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return digest in handle.read()
+    except FileNotFoundError:
+        return False
+
+
 def unit_changed(show: dict[str, str], started: float | None, started_on: str | None, digest: str) -> bool:
     """The running process was started on other unit files than those on disk: systemd has
     not reloaded them since they changed, or its start noted another digest."""
@@ -163,6 +183,7 @@ def main() -> None:
             "paths": {"type": "list", "elements": "path", "required": True},
             "unit_files": {"type": "list", "elements": "path", "default": []},
             "started_on": {"type": "path"},
+            "note_unit": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -184,6 +205,7 @@ def main() -> None:
         unit_changed=unit_changed(show, started, started_on, digest),
         unit_digest=digest,
         started_on=started_on,
+        note_current=note_holds(module.params["note_unit"], digest),
     )
 
 
