@@ -341,7 +341,7 @@ def prometheus(store: Store) -> str:
         [('{state="busy"}', busy), ('{state="idle"}', len(data["workers"]) - busy)],
     )
     for name, help_text in (
-        ("enqueued", "Jobs accepted (202) since the counters began."),
+        ("enqueued", "Jobs written to a queue (each once) since the counters began."),
         ("finished", "Jobs finished successfully."),
         ("failures", "Job executions that raised (each retry counts)."),
         ("unreplicated", "Jobs acknowledged while no replica was online (ACK_POLICY=available)."),

@@ -104,10 +104,11 @@ UNIQUE_SHA, SCHEDULE_SHA = _sha(UNIQUE_ENQUEUE_SCRIPT), _sha(UNIQUE_SCHEDULE_SCR
 # "enqueued", or "replayed"), taken off before RQ's script reads its own, which runs as it is
 # inside a function. A job already there (this request's earlier attempt wrote it) is not
 # counted again, nor is one an idempotency key refuses (`_bind`).
-_COUNT = """
+_COUNT_HEAD = """
 local counter = table.remove(KEYS)
 local function write()
-%s
+"""
+_COUNT_TAIL = """
 end
 local written = write()
 if written == 1 then
@@ -115,7 +116,10 @@ if written == 1 then
 end
 return written
 """
-COUNTED = {UNIQUE_SHA: _COUNT % UNIQUE_ENQUEUE_SCRIPT, SCHEDULE_SHA: _COUNT % UNIQUE_SCHEDULE_SCRIPT}
+COUNTED = {
+    sha: _COUNT_HEAD + script + _COUNT_TAIL
+    for sha, script in ((UNIQUE_SHA, UNIQUE_ENQUEUE_SCRIPT), (SCHEDULE_SHA, UNIQUE_SCHEDULE_SCRIPT))
+}
 # Each run only where an idempotency key is free or already names the job (`_bind`): the last of
 # KEYS is the key, the last two ARGV its value and TTL, all taken off before the counted script
 # reads its own. A key that names another job is answered with its value, and nothing is
@@ -259,8 +263,9 @@ def _confirm_durable(
         commands = [
             *first,
             ("EXISTS", f"{RegisteredJob.redis_job_namespace_prefix}{job_id}"),
-            # A replay answered from the job there; a job written counts itself (_COUNT).
-            ("INCRBY", counter, 0 if scripted else count),
+            # A replay answered from the job there; a job written counts itself (_COUNT_HEAD),
+            # and a read holds the place (no write to replicate, none to refuse).
+            ("EXISTS", counter) if scripted else ("INCRBY", counter, count),
             ("LPUSH", store.key("wake"), 1),  # wakes one idle worker at once (see fetch.py)
             ("LTRIM", store.key("wake"), 0, 99),
             ("INFO", "replication"),
