@@ -22,7 +22,8 @@ bp = Blueprint("api", __name__)
 
 
 class Unauthorized(Exception):
-    """Enqueueing needs a bearer token (API_TOKENS) and the request has none that matches."""
+    """Enqueueing, and reading a job, need a bearer token (API_TOKENS) and the request has none
+    that matches."""
 
 
 @bp.before_app_request
@@ -150,6 +151,9 @@ def _not_json(constant: str) -> None:
 
 @bp.get("/jobs/<job_id>")
 def job_status(job_id: str):
+    # A job's arguments and result are the client's data, and a recurring job's id is
+    # predictable (recurring-<name>-<period>): reading one needs the token enqueueing does.
+    _authorize()
     check(openapi.JOB_ID, job_id, "job_id")
     described = read_job(app_store(current_app), job_id, monitoring.describe_job)
     if described is None:

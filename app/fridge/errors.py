@@ -50,7 +50,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Unauthorized)
     def unauthorized(exc: Unauthorized):
-        response = error(401, "enqueueing needs a valid token: Authorization: Bearer <token>")
+        response = error(401, "enqueueing and reading jobs need a valid token: Authorization: Bearer <token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="fridge"'
         return response
 

@@ -171,12 +171,14 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
                 "get": {
                     "summary": "Status, result or failure of a job",
                     "operationId": "getJob",
+                    **guard,
                     "parameters": [_param("job_id", "path", JOB_ID, True)],
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Job"}, "The job."),
                         "400": bad,
                         "404": _json(ERROR, "No such job."),
                         "503": unavailable,
+                        **({"401": enqueue_errors["401"]} if secured else {}),
                     },
                 }
             },

@@ -101,19 +101,32 @@ def test_a_task_whose_queue_is_not_in_queues_is_refused_at_start(settings, clust
     assert create_app({**settings, **narrow, "DEMO_TASKS": False})
 
 
-def test_tokens_guard_enqueueing_when_configured(settings, admin):
+def test_tokens_guard_enqueueing_and_reading_jobs_when_configured(settings, admin):
+    """With API_TOKENS, enqueueing and reading a job need one: a job's arguments and result are
+    the client's data, and a recurring job's id (recurring-<name>-<period>) can be guessed."""
     client = create_app({**settings, "API_TOKENS": [TOKEN]}).test_client()
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post("/jobs", json={"task": "add", "args": {"a": 40, "b": 2}}, headers=ok)
+    assert queued.status_code == 202
+    job_url = f"/jobs/{queued.get_json()['job_id']}"
+    counted = enqueued(admin)
     for headers in ({}, {"Authorization": "Bearer wrong-token-0000000"}, {"Authorization": f"Basic {TOKEN}"}):
         response = client.post("/jobs", json={"task": "eat", "args": ["x"]}, headers=headers)
         assert response.status_code == 401, headers
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert client.get("/comer/pan", headers=headers).status_code == 401
-    assert enqueued(admin) == 0
-    ok = {"Authorization": f"Bearer {TOKEN}"}
+        for path in (job_url, "/jobs/recurring-report-0", "/jobs/nope"):
+            read = client.get(path, headers=headers)
+            assert read.status_code == 401, (path, headers)
+            assert "args" not in read.get_json(), read.get_json()
+    assert enqueued(admin) == counted
     assert client.post("/jobs", json={"task": "eat", "args": ["x"]}, headers=ok).status_code == 202
     assert client.get("/comer/pan", headers=ok).status_code == 202
+    assert client.get(job_url, headers=ok).get_json()["args"] == {"a": 40, "b": 2}
     doc = client.get("/openapi.json").get_json()
     assert doc["paths"]["/jobs"]["post"]["security"] == [{"bearer": []}]
+    assert doc["paths"]["/jobs/{job_id}"]["get"]["security"] == [{"bearer": []}]
+    assert "401" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
     with pytest.raises(BadSetting, match="API_TOKENS"):
         create_app({**settings, "API_TOKENS": ["short"]})
 

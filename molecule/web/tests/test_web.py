@@ -320,7 +320,7 @@ def test_bad_encodings_and_form_bodies_are_4xx_through_apache(http):
     assert form.status == 415
 
 
-def test_enqueueing_needs_an_api_token_and_apache_passes_it_to_the_app(app_host_vars):
+def test_enqueueing_and_reading_jobs_need_an_api_token_and_apache_passes_it_to_the_app(app_host_vars):
     """kit_app_api_tokens on: mod_wsgi hands the Authorization header to the API's paths (it
     drops it by default, which would refuse every token), and to no other path."""
     first, second = app_host_vars["kit_app_api_tokens"]
@@ -335,8 +335,11 @@ def test_enqueueing_needs_an_api_token_and_apache_passes_it_to_the_app(app_host_
     accepted = Http(address, token=first).post("/jobs", body=job)
     assert accepted.status == 202, accepted.body
     assert Http(address, token=second).get("/comer/pan").status == 202
-    # Reading a job needs no token: its id, given only to whoever enqueued it, is the secret.
-    assert anonymous.get(accepted.headers["Location"]).status == 200
+    # Reading a job needs one too: its arguments and result are its client's, and a recurring
+    # job's id (recurring-<name>-<period>) can be guessed.
+    assert anonymous.get(accepted.headers["Location"]).status == 401
+    assert anonymous.get(accepted.headers["Location"], headers=wrong).status == 401
+    assert Http(address, token=second).get(accepted.headers["Location"]).json()["args"] == {"a": 1, "b": 2}
 
 
 def test_demo_tasks_and_critical_follow_the_inventory(http):
