@@ -26,7 +26,7 @@ def link_up(group, replica: str, master: str) -> bool:
 
 
 def test_replication_link_is_up_and_a_key_reaches_the_replica(group):
-    master = group.current_master()
+    master = group.wait_settled()
     replicas = [a for a in group.nodes.values() if a != master]
     assert replicas, "no replica in the group"
     key, value = f"app:replication-check:{uuid.uuid4()}", str(uuid.uuid4())
@@ -162,7 +162,7 @@ def test_restarts_keep_every_transaction(group, how):
     """The AOF replays every MULTI/EXEC block at start-up (the default user must not be what
     EXEC's ACL re-check refuses), so neither the restarted node nor the replica that then
     resynchronises from it loses a job."""
-    master = group.current_master()
+    master = group.wait_settled()
     replica = next(a for a in group.nodes.values() if a != master)
     _wait_in_sync(group, master, "the replica to be in sync")
     queue = _write_jobs(group, master, how, 200)
@@ -183,15 +183,18 @@ def test_restarts_keep_every_transaction(group, how):
         f"{group.service} on {target} to run again under a new PID",
     )
     wait_for(lambda: loaded(group, target), 30, f"{target} to load its data")
-    # Fast enough that Sentinel never saw it down: the master stays the master.
-    _wait_in_sync(group, master, "the replica to be in sync again")
+    # Usually fast enough that Sentinel never sees it down, and the master stays the master. A
+    # start slower than down-after-milliseconds (a loaded machine: CI's once took 2 s) leads to
+    # a failover: what holds either way is every job on every node.
+    now = group.wait_settled("the group to settle after the restart")
+    _wait_in_sync(group, now, "the replica to be in sync again")
     lengths = _queue_length_everywhere(group, queue)
     journal = host.run(f"journalctl -u {group.service} --no-pager -n 500").stdout
     noperm = journal.count("NOPERM")
-    print(f"\n{group.name} {how}: queue lengths after the restart {lengths}, NOPERM lines: {noperm}")
+    moved = "" if now == master else f", and a failover from {master} to {now}"
+    print(f"\n{group.name} {how}: queue lengths after the restart {lengths}, NOPERM lines: {noperm}{moved}")
     assert set(lengths.values()) == {200}, lengths
     assert noperm == 0
-    assert group.current_master() == master
 
 
 # Enough data that writing it takes a moment (the scenario's maxmemory is 256 MB): 120,000
@@ -220,7 +223,7 @@ def test_a_restart_while_a_replica_writes_its_first_aof_ends_and_keeps_every_job
     again, a second setting changed). The server refuses that SIGTERM ("Writing initial AOF,
     can't exit") and never tries again, and the packaged unit waits without a limit: before the
     kit's kit-stop.conf, `systemctl restart` hung for good. Now the stop ends with the write."""
-    master = group.current_master()
+    master = group.wait_settled()
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
     service = group.service
@@ -305,7 +308,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
     - guard running (kit-aof-guard, the role's default): it rewrites the AOF once the disk has
       room, and a second full disk, which would otherwise cut commands out of the file for good
       (tests/test_aof_repair.py), loses nothing either."""
-    master = group.current_master()
+    master = group.wait_settled()
     replica = next(a for a in group.nodes.values() if a != master)
     host = group.host_of(replica)
     service = group.service
@@ -357,7 +360,7 @@ def test_a_full_disk_the_node_ran_through_loses_nothing_at_its_next_start(group,
 
 
 def test_failover_rerun_and_return_of_the_old_master(group):
-    old = group.current_master()
+    old = group.wait_settled()
     new = next(a for a in group.nodes.values() if a != old)
     wait_for(lambda: link_up(group, new, old), 30, "the replica to be in sync")
     with group.node(old, timeout=5.0) as conn:
@@ -426,7 +429,7 @@ FORBIDDEN_ON_SENTINEL = [
 
 
 def test_the_apps_sentinel_login_only_finds_the_master(group):
-    master = group.current_master()
+    master = group.wait_settled()
     for address in group.sentinels.values():
         with group.sentinel(address, group.sentinel_client) as conn:
             assert conn.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", group.master_name)[0] == master

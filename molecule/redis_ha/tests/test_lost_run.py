@@ -6,6 +6,7 @@ A replica of each group (Redis 7 on Debian 12, Valkey 8 on Debian 13) and its ho
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import kit_checks
@@ -27,7 +28,7 @@ def _replicas() -> dict:
     """The inventory name of a replica of each group -> its group."""
     targets = {}
     for group in (load_group(hosts_in(name)) for name in ("group_a", "group_b")):
-        master = group.current_master()
+        master = group.wait_settled()
         replica = next(a for a in group.nodes.values() if a != master)
         targets[group.host_of(replica)] = group
     return targets
@@ -49,12 +50,11 @@ def _main_pid(host: str, unit: str) -> str:
     return sh(host, f"systemctl show -p MainPID --value {unit}").strip()
 
 
-def _unit_digest(host: str, unit: str) -> str:
-    """The digest of the unit's drop-ins that need a restart, as the roles' check computes it."""
-    files = [f"/etc/systemd/system/{unit}.service.d/kit-{name}.conf" for name in ("hardening", "container")]
-    args = json.dumps({"service": unit, "paths": [], "unit_files": files})
-    result = kit_checks.get_host(host).ansible("kit.jobqueue.changed_since_start", args, check=False)
-    return result["unit_digest"]
+def _noted(host: str, unit: str) -> str:
+    """The digest of the drop-ins that need a restart, as the role last wrote it in the unit's
+    kit-started.conf (the drop-ins' digest on disk, once a run has gone through)."""
+    note = sh(host, f"cat /etc/systemd/system/{unit}.service.d/kit-started.conf")
+    return re.search(r"echo (\S+) >", note).group(1)
 
 
 def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
@@ -79,12 +79,12 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
     # 1. Each server runs on a drop-in of an older kit (here changed by hand, its start noting
     # it as the role's kit-started.conf does), and the run that writes this kit's back is lost
     # at once.
+    older = {host: "older-kit-" + _noted(host, server)[:8] for host, (server, _) in units.items()}
     for host, (server, _) in units.items():
         sh(host, f"echo '# changed by hand' >> {dropin(server)}")
-        older = _unit_digest(host, server)
-        sh(host, f"sed -i 's/echo [0-9a-f]* >/echo {older} >/' {dropin(server, 'started')}")
+        sh(host, f"sed -i 's/echo [0-9a-f]* >/echo {older[host]} >/' {dropin(server, 'started')}")
         sh(host, f"systemctl daemon-reload && systemctl restart {server}")
-        assert started_on(host, server) == older, "the start noted no digest"
+        assert started_on(host, server) == older[host], "the start noted no digest"
         wait_for(lambda h=host: loaded(targets[h], targets[h].nodes[h]), 60, f"{host} to load")
     before = {host: tuple(_main_pid(host, u) for u in pair) for host, pair in units.items()}
     kill_playbook_after(f"jobqueue.redis : {_HARDEN}", *limit, changes=len(targets))
@@ -103,7 +103,7 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         wait_for(lambda h=host: loaded(targets[h], targets[h].nodes[h]), 60, f"{host} to load")
         sh(host, "systemctl daemon-reload")
         assert _reloaded(host, server)
-        assert started_on(host, server) != _unit_digest(host, server)
+        assert started_on(host, server) == older[host]
     crashed = {host: _main_pid(host, server) for host, (server, _) in units.items()}
 
     # 2. The next run, here one limited to the settings (which writes no drop-in), restarts each
@@ -115,7 +115,7 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         said = " ".join(run.stdout.split())
         assert f"{server} was started on its unit as it was before a run changed it" in said, said[-3000:]
         assert _main_pid(host, server) not in ("0", crashed[host]), f"{server} on {host} not restarted"
-        assert started_on(host, server) == _unit_digest(host, server), f"{server} on {host} on the older unit"
+        assert started_on(host, server) == _noted(host, server), f"{server} on {host} on the older unit"
         wait_for(lambda host=host: loaded(targets[host], targets[host].nodes[host]), 60, f"{host} to load")
     _unchanged(*config)
 
@@ -133,7 +133,7 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         assert f"{sentinel} started before {dropin(sentinel)} changed" in " ".join(run.stdout.split())
         assert _main_pid(host, sentinel) not in ("0", before[host][1]), f"{sentinel} on {host} not restarted"
         assert _reloaded(host, sentinel), f"{sentinel} on {host} restarted on the unit without its drop-in"
-        assert started_on(host, sentinel) == _unit_digest(host, sentinel), f"{sentinel} on {host}: its note"
+        assert started_on(host, sentinel) == _noted(host, sentinel), f"{sentinel} on {host}: its note"
     _unchanged(*limit)
 
 

@@ -269,6 +269,27 @@ class Group:
         assert len(answers) == 1, f"Sentinels disagree on the master: {answers}"
         return answers.pop().split(":")[0]
 
+    def settled_master(self) -> str | None:
+        """The master, once every Sentinel names it, sees it up with no failover under way
+        (flags "master" alone), and has heard it within half of down-after-milliseconds (so
+        none is about to find it down): else None. A restart that outlasted down-after (a slow
+        start on a loaded machine) leads to a failover a test must not read half-way."""
+        named = set()
+        for address in self.sentinels.values():
+            try:
+                with self.sentinel(address) as conn:
+                    state = dict(pairs(conn.command("SENTINEL", "MASTER", self.master_name)))
+            except (OSError, ReplyError):
+                return None
+            heard = int(state.get("last-ok-ping-reply", self.down_after_ms))
+            if state.get("flags") != "master" or heard >= self.down_after_ms // 2:
+                return None
+            named.add(state.get("ip"))
+        return named.pop() if len(named) == 1 else None
+
+    def wait_settled(self, what: str = "the Sentinels to agree on a master, no failover under way") -> str:
+        return wait_for(self.settled_master, 60, what, 0.2)
+
     def host_of(self, address: str) -> str:
         """The inventory name of the data node at `address`."""
         return next(h for h, a in self.nodes.items() if a == address)
