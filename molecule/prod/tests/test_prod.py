@@ -100,10 +100,11 @@ def test_production_defaults_keep_the_demo_tasks_and_critical_private():
     assert http.post("/jobs", body={"task": "eat", "args": ["pan"], "queue": "low"}).status == 202
 
 
-def test_production_enqueues_only_with_the_token_and_reads_need_none():
+def test_production_enqueues_and_reads_jobs_only_with_the_token():
     """inventories/prod as shipped: enqueueing (POST /jobs, and GET /comer/<food>, which any web
-    page could make a visitor's browser send with an <img>) needs the vault's bearer token;
-    health, the OpenAPI document and a job's status need none."""
+    page could make a visitor's browser send with an <img>) and reading a job (its arguments and
+    result; a recurring job's id can be guessed) need the vault's bearer token; health and the
+    OpenAPI document need none."""
     anonymous = Http(hostvars(hosts_in("web")[0])["kit_address"], cafile=_tls("server.crt"))
     job = {"task": "eat", "args": ["pan"]}
     wrong = {"Authorization": "Bearer " + "x" * len(_api_token())}
@@ -117,7 +118,9 @@ def test_production_enqueues_only_with_the_token_and_reads_need_none():
     accepted = _https().post("/jobs", body=job)
     assert accepted.status == 202, accepted.body
     assert _https().get("/comer/with-the-token").status == 202
-    assert anonymous.get(accepted.headers["Location"]).status == 200
+    for headers in ({}, wrong):
+        assert anonymous.get(accepted.headers["Location"], headers=headers).status == 401
+    assert _https().get(accepted.headers["Location"]).status == 200
     assert anonymous.get("/healthz").status == 200
     document = anonymous.get("/openapi.json")
     assert document.status == 200
