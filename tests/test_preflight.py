@@ -866,3 +866,23 @@ def test_worker_slots_out_of_range_are_refused_naming_the_setting(tmp_path, slot
     assert (result.returncode != 0) == refused, result.stdout[-3000:]
     if refused:
         assert f"rq_workers_slots 1 to 64 (got {slots})" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("statuses", "refused"),
+    [({500: 503}, False), ({}, False), ({502: 503}, True), ({500: 200}, True), ({500: 999}, True)],
+)
+def test_error_statuses_without_a_document_or_outside_4xx_5xx_are_refused_naming_them(
+    tmp_path, statuses, refused
+):
+    role = ROOT / "roles" / "wsgi_site"
+    playbook = tmp_path / "site.yml"
+    playbook.write_text(
+        f"- hosts: all\n  gather_facts: false\n  vars_files: [{role}/defaults/main.yml]\n"
+        f"  tasks:\n    - ansible.builtin.import_tasks: {role}/tasks/preflight.yml\n"
+    )
+    result = run(str(playbook), "all", tmp_path, wsgi_site_name="probe", wsgi_site_error_statuses=statuses)
+    said = " ".join(result.stdout.split())
+    assert (result.returncode != 0) == refused, said[-3000:]
+    if refused:
+        assert "wsgi_site_error_statuses" in said and "statuses (400-599)" in said, said[-3000:]

@@ -45,6 +45,7 @@ FAULTS = [
     "worker-host-loss",
     "disk-full",
     "web-reload",
+    "app-crash",
     "log-rotation",
 ]
 
@@ -78,6 +79,9 @@ def test_fault_under_load_loses_no_acknowledged_job(platform, fault):
         assert result.in_flight > 0, result.line()
         assert result.retried == result.in_flight, result.line()
         assert result.rerun_after < 30, result.line()
+    if fault == "app-crash":
+        # The killed daemons held requests (mod_wsgi's 500s before wsgi_site_error_statuses).
+        assert result.unavailable_503 > 0, "no request was in a killed daemon: the drill proved nothing"
     if fault == "log-rotation":
         # copytruncate: no reload, so no daemon restarts and nothing waits (Debian's policy
         # reloads Apache: a gap of about 1.5 s and 503s, as in web-reload).

@@ -930,6 +930,32 @@ def drill_web_reload(platform: Platform, name: str = "web-reload", reloads: int 
     return _finish(platform, name, load, began, before, f"{reloads} reloads")
 
 
+def drill_app_crash(platform: Platform, name: str = "app-crash", crashes: int = 5) -> Result:
+    """One of the app's mod_wsgi daemon processes SIGKILLed under web-reload's load, `crashes`
+    times, as the OOM killer or a crash in a C extension ends one; mod_wsgi starts another. The
+    requests it held die with it, and mod_wsgi answers them 500 ("Truncated or oversized
+    response headers"): the job may or may not be written. Each must get a 503 that says when
+    to retry (role wsgi_site's wsgi_site_error_statuses), and every 202 a job that runs."""
+    killed = []
+    with under_load(platform, name, clients=6, pause=0.005) as load:
+        time.sleep(1)
+        before = platform.workers_state()
+        began = time.monotonic()
+        for round_ in range(crashes):
+            daemons = sorted(app_daemons(platform))
+            victim = daemons[round_ % len(daemons)]
+            sh(platform.web, f"kill -KILL {victim}")
+            killed.append(victim)
+
+            def replaced(victim: str = victim, count: int = len(daemons)) -> bool:
+                now = app_daemons(platform)
+                return victim not in now and len(now) == count
+
+            wait_for(replaced, 30, "mod_wsgi to start another daemon process")
+            _settle(load, 0.5)
+    return _finish(platform, name, load, began, before, f"{len(killed)} daemon processes SIGKILLed")
+
+
 def drill_log_rotation(platform: Platform, name: str = "log-rotation") -> Result:
     """The nightly rotation of Apache's logs (`logrotate --force /etc/logrotate.d/apache2`, what
     logrotate.timer runs) under web-reload's load. The kit rotates them with copytruncate
@@ -1100,6 +1126,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "disk-full": drill_disk_full,
     "replica-disk-full": drill_replica_disk_full,
     "web-reload": drill_web_reload,
+    "app-crash": drill_app_crash,
     "log-rotation": drill_log_rotation,
 }
 

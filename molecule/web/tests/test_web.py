@@ -267,13 +267,16 @@ def test_a_rolling_restart_stops_at_a_web_host_whose_app_does_not_load(http):
         broken = http.get("/healthz")
     finally:
         assert app_host.run(f"mv /root/wsgi.py.kept {script}").rc == 0
-    # mod_wsgi's own 500 (the app never loaded) is JSON, as the app's answers are.
-    assert broken.status == 500
-    assert broken.json()["status"] == 500, broken.body[:300]
+    # mod_wsgi's own 500 (the app never loaded) is answered 503 with Retry-After, in JSON as
+    # the app's answers are (wsgi_site_error_statuses): a client holds its job and retries.
+    assert broken.status == 503
+    assert broken.json()["status"] == 503, broken.body[:300]
+    assert "could not load" in broken.json()["error"], broken.body[:300]
+    assert broken.headers.get("Retry-After") == "1", broken.headers
     said = " ".join((run.stdout + run.stderr).split())
     assert run.returncode != 0, said[-3000:]
     assert "Wait until the app answers through this host again" in said, said[-3000:]
-    assert "Status code was 500" in said, said[-3000:]
+    assert "the app did not answer this request" in said, said[-3000:]
     wait_for(lambda: http.get("/healthz").status == 200, 30, "the app to load again")
 
 
