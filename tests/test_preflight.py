@@ -870,11 +870,16 @@ def test_worker_slots_out_of_range_are_refused_naming_the_setting(tmp_path, slot
 
 @pytest.mark.parametrize(
     ("statuses", "refused"),
-    [({500: 503}, False), ({}, False), ({502: 503}, True), ({500: 200}, True), ({500: 999}, True)],
+    [
+        ({500: 503}, False),
+        ({}, False),
+        ({502: 503}, False),  # no document for 502: Apache's page, unused
+        ({500: 200}, True),
+        ({99: 503}, True),
+        ({500: 999}, True),
+    ],
 )
-def test_error_statuses_without_a_document_or_outside_4xx_5xx_are_refused_naming_them(
-    tmp_path, statuses, refused
-):
+def test_error_statuses_outside_4xx_5xx_are_refused_naming_them(tmp_path, statuses, refused):
     role = ROOT / "roles" / "wsgi_site"
     playbook = tmp_path / "site.yml"
     playbook.write_text(
