@@ -114,7 +114,12 @@ def document(config: dict[str, Any]) -> dict[str, Any]:
     )
     accepted = _json({"$ref": "#/components/schemas/Accepted"}, "Enqueued (durably: reached a replica).")
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "The job's status URL."}}
-    unavailable = _json(ERROR, "Redis unreachable within the retry budget (failover); see Retry-After.")
+    unavailable = _json(
+        ERROR,
+        "Not acknowledged: Redis unreachable within the retry budget (failover), the queue full, the job"
+        " not yet on a replica, or the app's process lost before it answered. Retry after Retry-After,"
+        " with the same Idempotency-Key: the job may have been written.",
+    )
     unavailable["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     bad = _json(ERROR, "Bad input: the error names the problem; nothing was enqueued.")
     enqueue_errors: dict[str, Any] = {"400": bad, "503": unavailable}

@@ -79,9 +79,14 @@ def test_fault_under_load_loses_no_acknowledged_job(platform, fault):
         assert result.in_flight > 0, result.line()
         assert result.retried == result.in_flight, result.line()
         assert result.rerun_after < 30, result.line()
+    if fault in ("web-reload", "app-crash"):
+        # Apache's and mod_wsgi's own answers are the API's JSON too (wsgi_site's error documents).
+        assert result.not_json == 0, result.line()
     if fault == "app-crash":
         # The killed daemons held requests (mod_wsgi's 500s before wsgi_site_error_statuses).
         assert result.unavailable_503 > 0, "no request was in a killed daemon: the drill proved nothing"
+        # A 503 is a promise too: sent again with its key, each request is acknowledged once.
+        assert result.refused_retried == result.unavailable_503, result.line()
     if fault == "log-rotation":
         # copytruncate: no reload, so no daemon restarts and nothing waits (Debian's policy
         # reloads Apache: a gap of about 1.5 s and 503s, as in web-reload).

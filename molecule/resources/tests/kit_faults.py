@@ -380,6 +380,8 @@ class Answer:
     job_id: str | None
     retry_after: list[str]  # every Retry-After header of the answer
     replayed: bool = False
+    index: int = 0  # the request's number in its load: its Idempotency-Key and arguments
+    json_error: bool = True  # an error's body is JSON naming its status, as every answer of the API
 
 
 def http_status(url: str, timeout: float = 5) -> int:
@@ -410,31 +412,53 @@ class Load:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
 
-    def _run(self) -> None:
+    def send(self, index: int) -> Answer:
+        """Request number `index`: the same key and arguments however often it is sent."""
         import json
 
-        while not self._stop.is_set():
-            index = next(self._counter)
-            request = urllib.request.Request(  # noqa: S310 (http to a test host)
-                f"{self.url}/jobs",
-                data=json.dumps({"task": "add", "args": {"a": index, "b": 1}}).encode(),
-                method="POST",
-                headers={"Idempotency-Key": f"{self.name}-{index}", "Content-Type": "application/json"},
-            )
-            asked = time.monotonic()
-            status, job_id, retry_after, replayed = 0, None, [], False
+        request = urllib.request.Request(  # noqa: S310 (http to a test host)
+            f"{self.url}/jobs",
+            data=json.dumps({"task": "add", "args": {"a": index, "b": 1}}).encode(),
+            method="POST",
+            headers={"Idempotency-Key": f"{self.name}-{index}", "Content-Type": "application/json"},
+        )
+        asked = time.monotonic()
+        status, job_id, retry_after, replayed, json_error = 0, None, [], False, True
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as reply:  # noqa: S310
+                status, body = reply.status, reply.read()
+                answer = json.loads(body)
+                job_id, replayed = answer.get("job_id"), bool(answer.get("replayed"))
+        except urllib.error.HTTPError as error:
+            status, retry_after = error.code, error.headers.get_all("Retry-After") or []
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:  # noqa: S310
-                    status, body = reply.status, reply.read()
-                    answer = json.loads(body)
-                    job_id, replayed = answer.get("job_id"), bool(answer.get("replayed"))
-            except urllib.error.HTTPError as error:
-                status, retry_after = error.code, error.headers.get_all("Retry-After") or []
-            except OSError:
-                status = 0
+                json_error = json.loads(error.read()).get("status") == error.code
+            except (ValueError, AttributeError, OSError):
+                json_error = False
+        except Exception:  # no answer, or a broken one (cut short, not JSON)
+            status = 0
+        return Answer(asked, time.monotonic(), status, job_id, retry_after, replayed, index, json_error)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            answer = self.send(next(self._counter))
             with self._lock:
-                self.answers.append(Answer(asked, time.monotonic(), status, job_id, retry_after, replayed))
+                self.answers.append(answer)
             time.sleep(self.pause)
+
+    def retry_refused(self, deadline: float = 30) -> list[Answer]:
+        """Each request answered 503, sent again with its key as its Retry-After says, as a
+        client keeping its promise would, until it is acknowledged (or `deadline` passes)."""
+        retried = []
+        for refused in (a for a in self.answers if a.status == 503):
+            give_up = time.monotonic() + deadline
+            answer = refused
+            while answer.status != 202 and time.monotonic() < give_up:
+                wait = float(answer.retry_after[0]) if answer.retry_after else 1.0
+                time.sleep(max(0.0, answer.answered + wait - time.monotonic()))
+                answer = self.send(refused.index)
+            retried.append(answer)
+        return retried
 
     def start(self) -> Load:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.clients)]
@@ -526,6 +550,12 @@ class Result:
     # 503s without exactly one Retry-After: with none a client cannot tell them from a failure
     # (the kit promises Retry-After with every 503); with two, some clients cannot read it.
     bare_503: int = 0
+    # app-crash: the 503s sent again with their keys and acknowledged, and how many of them
+    # were answered as a replay (the job had been written before the process died).
+    refused_retried: int | None = None
+    refused_written: int | None = None
+    # Errors whose body is not the API's JSON naming their status (Apache's HTML, a raw document).
+    not_json: int = 0
 
     @property
     def errors_5xx(self) -> int:
@@ -551,6 +581,7 @@ class Result:
                 else ""
             )
             + (f"; {self.bare_503} x 503 without exactly one Retry-After" if self.bare_503 else "")
+            + (f"; {self.not_json} errors not in the API's JSON" if self.not_json else "")
             + (f"; {self.detail}" if self.detail else "")
         )
 
@@ -602,6 +633,7 @@ def _finish(
         workers_restarted=restarted,
         replays=sum(a.replayed for a in load.answers),
         bare_503=sum(1 for a in load.answers if a.status == 503 and len(a.retry_after) != 1),
+        not_json=sum(1 for a in load.answers if a.status >= 400 and not a.json_error),
         rate_before=rates[0],
         rate_during=rates[1],
     )
@@ -935,7 +967,9 @@ def drill_app_crash(platform: Platform, name: str = "app-crash", crashes: int = 
     times, as the OOM killer or a crash in a C extension ends one; mod_wsgi starts another. The
     requests it held die with it, and mod_wsgi answers them 500 ("Truncated or oversized
     response headers"): the job may or may not be written. Each must get a 503 that says when
-    to retry (role wsgi_site's wsgi_site_error_statuses), and every 202 a job that runs."""
+    to retry (role wsgi_site's wsgi_site_error_statuses), and every 202 a job that runs; then
+    each refused request, sent again with its key, is acknowledged (a replay where its job had
+    been written) and its job runs."""
     killed = []
     with under_load(platform, name, clients=6, pause=0.005) as load:
         time.sleep(1)
@@ -953,7 +987,16 @@ def drill_app_crash(platform: Platform, name: str = "app-crash", crashes: int = 
 
             wait_for(replaced, 30, "mod_wsgi to start another daemon process")
             _settle(load, 0.5)
-    return _finish(platform, name, load, began, before, f"{len(killed)} daemon processes SIGKILLed")
+    retried = load.retry_refused()
+    acked = [a for a in retried if a.status == 202 and a.job_id]
+    written = sum(a.replayed for a in acked)
+    detail = (
+        f"{len(killed)} daemon processes SIGKILLed; {len(acked)} of {len(retried)} refused requests "
+        f"acknowledged when sent again with their keys ({written} had been written: a replay)"
+    )
+    result = _finish(platform, name, load, began, before, detail, also=[a.job_id for a in acked if a.job_id])
+    result.refused_retried, result.refused_written = len(acked), written
+    return result
 
 
 def drill_log_rotation(platform: Platform, name: str = "log-rotation") -> Result:
