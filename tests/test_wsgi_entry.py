@@ -21,6 +21,9 @@ PROBE = """
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/boom":
         raise RuntimeError("the probe failed")
+    if environ["PATH_INFO"] == "/late":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        raise RuntimeError("the probe failed after it started its answer")
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"fine"]
 """
@@ -70,6 +73,8 @@ def entry(tmp_path_factory):
     spec.loader.exec_module(module)
     yield module
     sys.path.remove(str(where))
+    sys.modules.pop("kit_probe_app", None)
+    os.environ.pop("PROBE", None)
 
 
 def call(entry, path: str) -> tuple[list, bytes, str]:
@@ -101,3 +106,14 @@ def test_an_answer_passes_as_the_app_gave_it_with_the_site_environment_set(entry
     assert body == b"fine"
     assert logged == ""
     assert os.environ["PROBE"] == "1"
+
+
+def test_an_answer_started_then_failed_is_replaced_by_the_500_before_anything_is_sent(entry):
+    """PEP 3333: start_response again with exc_info replaces headers not sent yet (the server
+    raises it again once they are: then mod_wsgi ends the answer, as without the wrapper)."""
+    started, body, logged = call(entry, "/late")
+    assert [s[0] for s in started] == ["200 OK", "500 Internal Server Error"]
+    assert started[0][2] is None
+    assert started[1][2] is not None
+    assert json.loads(body)["status"] == 500
+    assert "after it started its answer" in logged

@@ -433,7 +433,7 @@ class Load:
             status, retry_after = error.code, error.headers.get_all("Retry-After") or []
             try:
                 json_error = json.loads(error.read()).get("status") == error.code
-            except (ValueError, AttributeError, OSError):
+            except Exception:  # not JSON, or cut short (http.client.IncompleteRead)
                 json_error = False
         except Exception:  # no answer, or a broken one (cut short, not JSON)
             status = 0
@@ -446,12 +446,12 @@ class Load:
                 self.answers.append(answer)
             time.sleep(self.pause)
 
-    def retry_refused(self, deadline: float = 30) -> list[Answer]:
+    def retry_refused(self, deadline: float = 60) -> list[Answer]:
         """Each request answered 503, sent again with its key as its Retry-After says, as a
-        client keeping its promise would, until it is acknowledged (or `deadline` passes)."""
+        client keeping its promise would, until it is acknowledged; all within `deadline`."""
         retried = []
+        give_up = time.monotonic() + deadline
         for refused in (a for a in self.answers if a.status == 503):
-            give_up = time.monotonic() + deadline
             answer = refused
             while answer.status != 202 and time.monotonic() < give_up:
                 wait = float(answer.retry_after[0]) if answer.retry_after else 1.0
