@@ -1,6 +1,7 @@
 """A run lost between a change and the restart it notified: the next run makes the restart.
 
-A replica of each group (Redis 7 on Debian 12, Valkey 8 on Debian 13) and its host's Sentinel.
+A replica of each group (Redis 7 on Debian 12, Valkey 8 on Debian 13) and its host's Sentinel;
+for the restart of the server, each group's master too.
 """
 
 from __future__ import annotations
@@ -106,17 +107,34 @@ def test_a_run_lost_before_its_restart_leaves_no_unit_change_unapplied():
         assert started_on(host, server) == older[host]
     crashed = {host: _main_pid(host, server) for host, (server, _) in units.items()}
 
+    # The masters' restart was lost too (their drop-in newer than their start, as a run lost
+    # after writing it leaves it): the next run moves each group's master to its replica first.
+    masters = {}
+    for group in targets.values():
+        master = group.host_of(group.wait_settled())
+        masters[master] = (group, _main_pid(master, group.service))
+        sh(master, f"touch {dropin(group.service)}")
+
     # 2. The next run, here one limited to the settings (which writes no drop-in), restarts each
-    # server on its unit as on disk; the one after changes nothing.
-    config = (*limit, "--tags", "redis_config")
+    # server on its unit as on disk, the replicas first, then each master once it has been moved
+    # away (both groups' in the same run); the one after changes nothing.
+    config = ("--limit", ",".join([*targets, *masters]), "--tags", "redis_config")
     run = run_playbook(*config)
     assert run.returncode == 0, run.stdout[-5000:]
+    said = " ".join(run.stdout.split())
     for host, (server, _) in units.items():
-        said = " ".join(run.stdout.split())
         assert f"{server} was started on its unit as it was before a run changed it" in said, said[-3000:]
         assert _main_pid(host, server) not in ("0", crashed[host]), f"{server} on {host} not restarted"
         assert started_on(host, server) == _noted(host, server), f"{server} on {host} on the older unit"
         wait_for(lambda host=host: loaded(targets[host], targets[host].nodes[host]), 60, f"{host} to load")
+    for host, (group, pid) in masters.items():
+        assert f"{group.service} started before {dropin(group.service)} changed" in said, said[-3000:]
+        assert _main_pid(host, group.service) not in ("0", pid), f"{group.service} on {host} not restarted"
+        now = group.wait_settled()
+        old = group.nodes[host]
+        assert now != old, f"the master {host} was restarted where it stood"
+        assert f"Master of {group.master_name}: {old}:6379 -> {now}:6379" in said, said[-3000:]
+        assert group.role(old).get("master_link_status") == "up", f"{host} is not a replica in sync again"
     _unchanged(*config)
 
     # 3. Sentinel's drop-in too, in a run lost as soon as it has written it back.

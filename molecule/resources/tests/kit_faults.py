@@ -7,6 +7,8 @@ Every host is a systemd container named after its inventory host, driven from th
 - a server process killed (SIGKILL) with systemd free to restart it (`Restart=always`), or
   kept from restarting (the unit masked);
 - a planned restart (`systemctl restart`, as an upgrade or a config change does);
+- a deploy whose changed unit drop-in restarts the servers (`site.yml`), on a host slow to start
+  its server again;
 - a whole host lost (`docker kill`: its processes vanish and no TCP reset ever reaches its
   peers), and brought back with its disk (`docker start`);
 - a host frozen (`docker pause`) and thawed;
@@ -701,6 +703,41 @@ def drill_rolling_restart(platform: Platform, name: str = "rolling-restart") -> 
     )
 
 
+# How long the master's server takes to start again in `deploy-restart`: past the development
+# topology's down-after (2 s) and the Sentinels' election, so they fail over meanwhile unless
+# the run has moved the master away first.
+SLOW_START_SECONDS = 8
+
+
+def drill_deploy_restart(platform: Platform, name: str = "deploy-restart") -> Result:
+    """A deploy (`site.yml` on the data nodes) of a kit version whose systemd drop-in for the
+    server differs from the one every data node runs on, as a new version's hardening does:
+    the run restarts each server. The master's host takes SLOW_START_SECONDS to start its
+    server again (a slow disk, a mount it waits for: an operator's drop-in that sleeps before
+    the start stands for them)."""
+    master = platform.master_host()
+    unit = f"/etc/systemd/system/{platform.group.service}.service.d"
+    slow = f"{unit}/zz-slow-start.conf"
+    sh(master, f"printf '[Service]\\nExecStartPre=/bin/sleep {SLOW_START_SECONDS}\\n' > {slow}")
+    for host in platform.group.nodes:
+        sh(host, f"echo '# an older kit' >> {unit}/kit-hardening.conf && systemctl daemon-reload")
+    try:
+        with under_load(platform, name) as load:
+            time.sleep(1)
+            before = platform.workers_state()
+            began = time.monotonic()
+            run = run_playbook("--limit", ",".join(platform.group.nodes), playbook=str(KIT / "site.yml"))
+            took = time.monotonic() - began
+            assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+            _settle(load)
+    finally:
+        sh(master, f"rm -f {slow} && systemctl daemon-reload")
+    platform.wait_healthy()
+    now = platform.master_host()
+    moved = f"master {'moved' if now != master else 'kept'} ({master} -> {now})"
+    return _finish(platform, name, load, began, before, f"run {took:.0f} s, {moved}")
+
+
 def drill_restart(platform: Platform, name: str = "restart") -> Result:
     """`systemctl restart` of the master's server (the AOF replays at start-up)."""
     return _queued_across(platform, name, lambda master: restart_server(platform.group, master))
@@ -1157,6 +1194,7 @@ DRILLS: dict[str, Callable[[Platform], Result]] = {
     "failover": drill_failover,
     "rolling-restart": drill_rolling_restart,
     "restart": drill_restart,
+    "deploy-restart": drill_deploy_restart,
     "crash": drill_crash,
     "power-cut": drill_power_cut,
     "host-loss": drill_lose_master_host,
