@@ -285,6 +285,20 @@ def test_replica_synced_sees_a_replica_in_sync_and_not_a_master(pair):
     assert synced.state(params(master.port, max_lag_bytes=1024))[:2] == (False, "role master")
 
 
+def test_replica_synced_judges_by_the_replica_when_the_master_refuses_the_login(pair):
+    """An admin password changed with no previous one kept: the restarted replica knows it, the
+    master not until its own restart later in the run. Linked and done syncing is in sync."""
+    master, replica = pair
+    master("CONFIG", "SET", "requirepass", "not-yet")
+    try:
+        ok, seen, fields = synced.state(params(replica.port, max_lag_bytes=1024))
+    finally:
+        with kit_redis.Connection("127.0.0.1", master.port, None, "not-yet", 2.0) as conn:
+            conn.command("CONFIG", "SET", "requirepass", "pw")
+    assert (ok, fields["lag_bytes"]) == (True, -1), seen
+    assert "the master refused the login" in seen
+
+
 # --- a Sentinel forgets a replica that left the group --------------------------------------
 
 
@@ -579,6 +593,7 @@ def test_failover_promotes_a_replica_in_sync_and_then_changes_nothing(group, tmp
     args = group_args(port, timeout=60)
     done = run_module("redis_failover", tmp_path, **args)
     assert done["changed"] is True, done.get("msg")
+    assert done["failover_sent"] is True, done
     assert (done["old_master"], done["new_master"]) == (
         f"127.0.0.1:{master.port}",
         f"127.0.0.1:{replica.port}",
@@ -588,6 +603,20 @@ def test_failover_promotes_a_replica_in_sync_and_then_changes_nothing(group, tmp
         assert kit_redis.parse_info(conn.command("INFO", "replication"))["role"] == "master"
     again = run_module("redis_failover", tmp_path, **{**args, "target": "127.0.0.1"})
     assert again["changed"] is False, again
+
+
+def test_failover_with_no_replica_in_sync_is_refused_before_any_sentinel_is_asked(group, tmp_path):
+    """The restart handler restarts a master where it is only when nothing was moved: the
+    refusal says so (failover_sent false), and the master stays."""
+    master, replica, leaving, port = group
+    for server in (replica, leaving):
+        server.proc.terminate()
+        server.proc.wait()
+    refused = run_module("redis_failover", tmp_path, **group_args(port, timeout=2))
+    assert refused["failed"] is True, refused
+    assert refused["failover_sent"] is False, refused
+    assert "can be promoted" in refused["msg"], refused["msg"]
+    assert _names(f"127.0.0.1:{port}") == f"127.0.0.1:{master.port}"
 
 
 def test_failover_with_one_sentinel_of_three_down_ends_on_the_majority_s_word(group, tmp_path):

@@ -52,6 +52,10 @@ seconds:
   description: "How long the switchover took until everyone agreed."
   type: float
   returned: changed
+failover_sent:
+  description: "Whether a Sentinel was asked to fail over (false: refused before, nothing moved)."
+  type: bool
+  returned: always
 """
 
 import time
@@ -235,12 +239,18 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
     try:
         for address in others if group.p["target"] else []:
             lowered[address] = group.set_priority(address, "0")
+        reached = False  # a Sentinel may have started it: the command was cut, not refused
         for address in group.p["sentinels"]:
             try:
+                result["failover_sent"] = True  # from here the master may be on its way elsewhere
                 with group.sentinel(address) as conn:
                     conn.command("SENTINEL", "FAILOVER", group.p["master_name"])
                 break
-            except (OSError, kit_redis.ReplyError) as error:
+            except kit_redis.ReplyError as error:  # refused: this Sentinel started nothing
+                result["failover_sent"] = reached
+                result.setdefault("failover_errors", []).append(f"{address}: {error}")
+            except OSError as error:
+                reached = True
                 result.setdefault("failover_errors", []).append(f"{address}: {error}")
         else:
             raise Refused(f"no Sentinel started the failover: {result['failover_errors']}")
@@ -278,7 +288,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    result: dict = {"changed": False, "old_master": "", "new_master": ""}
+    result: dict = {"changed": False, "old_master": "", "new_master": "", "failover_sent": False}
     try:
         switch(module, Group(module.params), result)
     except Refused as error:

@@ -734,7 +734,10 @@ def drill_deploy_restart(platform: Platform, name: str = "deploy-restart") -> Re
         sh(master, f"rm -f {slow} && systemctl daemon-reload")
     platform.wait_healthy()
     now = platform.master_host()
-    moved = f"master {'moved' if now != master else 'kept'} ({master} -> {now})"
+    # The run's own switchover reports "every Sentinel agrees" (roles/redis, tasks/failover.yml).
+    switched = "(every Sentinel agrees;" in " ".join(run.stdout.split())
+    how = "switched over by the run" if switched else "not by the run"
+    moved = f"master {'moved' if now != master else 'kept'} ({master} -> {now}, {how})"
     return _finish(platform, name, load, began, before, f"run {took:.0f} s, {moved}")
 
 
