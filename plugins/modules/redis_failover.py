@@ -19,15 +19,16 @@ description:
   replica mid-failover.
 - Runs C(SENTINEL FAILOVER), then waits until every Sentinel names the new master, the new master
   reports itself master and the old one is its replica with the link up.
-- Once every Sentinel that answers (a majority) names the new master and it reports itself master,
-  turns the old master into its replica as the Sentinels would (C(REPLICAOF), C(CONFIG REWRITE), its
-  clients closed), instead of waiting the 8-10 s they take to do it themselves.
+- Once every Sentinel that answers (a majority) names the new master and sees it up, and it reports
+  itself master, turns the old master into its replica as the Sentinels would (C(REPLICAOF),
+  C(CONFIG REWRITE), its clients closed), instead of waiting the 8-10 s they take to do it
+  themselves; refused, it warns and leaves it to them.
 - Does nothing (C(changed=false)) when the target already is the master.
 extends_documentation_fragment:
 - kit.jobqueue.sentinel_group
 options:
   node_user:
-    description: ACL user allowed INFO, CONFIG, REPLICAOF and CLIENT KILL on the data nodes.
+    description: ACL user allowed INFO, CONFIG, REPLICAOF, MULTI/EXEC and CLIENT KILL on the data nodes.
     type: str
   target:
     description: Address of the replica to promote; any replica in sync when omitted.
@@ -142,36 +143,54 @@ class Group:
         with self.node(host, int(port)) as conn:
             return kit_redis.parse_info(conn.command("INFO", "replication"))
 
-    def demote(self, old: str) -> bool:
+    def demote(self, old: str, target: str | None) -> bool:
         """Make the old master a replica of the new one, as its Sentinels would (their
         +convert-to-slave: REPLICAOF, CONFIG REWRITE so a restart keeps it, and its clients
-        closed so that they ask the Sentinels again), once every Sentinel that answers names the
-        new master and it is master. The Sentinels wait 8 s after they first see the old master
-        still claiming the role (and read a replica's INFO every 10 s): a planned switchover
-        then took 11-12 s, most of it waiting for them. Returns whether it did: an old master
-        that is already a replica, or a new one not yet named by them all, is left alone."""
-        named = [a for a in self.named().values() if a]
-        if len(named) < len(self.p["sentinels"]) // 2 + 1 or len(set(named)) != 1 or named[0] == old:
+        closed so that they ask the Sentinels again), once a majority of Sentinels answer, all
+        name the new master (the target, when one was given) and see it up, no failover under
+        way, and it reports itself master. The Sentinels wait 8 s after they first see the old
+        master still claiming the role (and read a replica's INFO every 10 s): a planned
+        switchover then took 11-12 s, most of it waiting for them. Returns whether there is
+        nothing more to do: False while the Sentinels have not all named the new master yet."""
+        views = []
+        for address in self.p["sentinels"]:
+            try:
+                with self.sentinel(address) as conn:
+                    views.append(kit_redis.pairs(conn.command("SENTINEL", "MASTER", self.p["master_name"])))
+            except (OSError, kit_redis.ReplyError):
+                continue
+        named = {f"{v['ip']}:{v['port']}" for v in views}
+        if len(views) < len(self.p["sentinels"]) // 2 + 1 or len(named) != 1:
             return False
-        new = named[0]
-        if self.info(new).get("role") != "master" or self.info(old).get("role") != "master":
+        new = named.pop()
+        if new == old or (target and new != target):
+            return False
+        if any(str(v.get("flags")) != "master" for v in views):  # s_down, o_down, failover_in_progress
+            return False
+        if self.info(old).get("role") != "master":
+            return True  # the Sentinels have done it
+        if self.info(new).get("role") != "master":
             return False
         host, port = old.rsplit(":", 1)
         new_host, new_port = new.rsplit(":", 1)
+        steps = [
+            ("REPLICAOF", new_host, new_port),
+            ("CONFIG", "REWRITE"),
+            ("CLIENT", "KILL", "TYPE", "normal"),  # SKIPME yes: not this connection
+            ("CLIENT", "KILL", "TYPE", "pubsub"),
+        ]
         with self.node(host, int(port)) as conn:
-            replies = conn.pipeline(
-                [
-                    ("MULTI",),
-                    ("REPLICAOF", new_host, new_port),
-                    ("CONFIG", "REWRITE"),
-                    ("CLIENT", "KILL", "TYPE", "normal"),  # SKIPME yes: not this connection
-                    ("CLIENT", "KILL", "TYPE", "pubsub"),
-                    ("EXEC",),
-                ]
-            )
-        failed = [r for r in replies if isinstance(r, kit_redis.ReplyError)]
-        if failed:  # an error in the transaction's reply: EXEC itself is read as one
-            raise kit_redis.ReplyError(f"REPLICAOF {new} on {old}: {failed[-1]}")
+            conn.command("MULTI")
+            for step in steps:
+                try:
+                    conn.command(*step)  # QUEUED; a refusal here discards the transaction
+                except kit_redis.ReplyError as error:
+                    name = " ".join(step[:1] if step[0] == "REPLICAOF" else step[:2])
+                    raise kit_redis.ReplyError(f"{name} refused: {error}") from None
+            try:
+                conn.command("EXEC")
+            except kit_redis.ReplyError as error:  # a step failed as it ran; those before it took effect
+                raise kit_redis.ReplyError(f"REPLICAOF {new}, then CONFIG REWRITE: {error}") from None
         return True
 
     def set_priority(self, where: str, value: str) -> str:
@@ -298,9 +317,9 @@ def switch(module: AnsibleModule, group: Group, result: dict) -> None:
                 now = None
             if not now and not demoted:
                 try:
-                    demoted = group.demote(master)
-                except (OSError, kit_redis.ReplyError) as error:  # the Sentinels will, in 8-10 s
-                    module.warn(f"the old master is left to the Sentinels to turn into a replica: {error}")
+                    demoted = group.demote(master, target if group.p["target"] else None)
+                except (OSError, kit_redis.ReplyError) as error:  # the Sentinels do it in 8-10 s
+                    module.warn(f"the Sentinels are left to turn {master} into a replica: {error}")
                     demoted = True
             if now:
                 break
